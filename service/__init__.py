@@ -1,0 +1,1 @@
+"""streamnorm's service: HTTP API, Redis store, stream worker and CLI (being built)."""
