@@ -119,14 +119,16 @@ class RecurrentCell(nn.Module):
         assert state is not None
         return torch.stack(outs), state
 
-    def forward(self, x: Tensor, state: State | None = None) -> Any:
+    def forward(self, x: Tensor, state: State | Tensor | None = None) -> Any:
         """One step ``[B, I]`` like ``torch.nn.LSTMCell``: LSTM returns ``(h, c)``, others ``h``."""
+        if isinstance(state, Tensor):
+            state = (state,)
         _, new = self.forward_seq(x.unsqueeze(0), state)
         return new if self.n_state == 2 else new[0]
 
-    def zero_state(self, batch: int) -> State:
-        """An explicit all-zero state (``None`` means the same, without touching statistics)."""
-        z = torch.zeros(batch, self.hidden_size)
+    def zero_state(self, like: Tensor) -> State:
+        """An explicit all-zero state for the batch of ``like`` ``[T, B, I]`` (its dtype)."""
+        z = like.new_zeros(like.shape[1], self.hidden_size)
         return tuple(z.clone() for _ in range(self.n_state))
 
     def extra_repr(self) -> str:
@@ -163,7 +165,7 @@ class LSTMCell(RecurrentCell):
 
     def _fused(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
         if state is None:
-            state = self.zero_state(x.shape[1])
+            state = self.zero_state(x)
         hx = (state[0].unsqueeze(0), state[1].unsqueeze(0))
         params = [self.lx.weight, self.lh.weight, self.bias, self._zeros]
         out, h, c = torch.lstm(x, hx, params, True, 1, 0.0, self.training, False, False)
@@ -217,7 +219,7 @@ class GRUCell(RecurrentCell):
         return (new,)
 
     def _fused(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
-        h0 = (state[0] if state is not None else torch.zeros(x.shape[1], self.hidden_size))
+        h0 = state[0] if state is not None else self.zero_state(x)[0]
         b_hh = torch.cat([self._zeros[:2 * self.hidden_size], self.bias_hn])
         params = [self.lx.weight, self.lh.weight, self.bias, b_hh]
         out, h = torch.gru(x, h0.unsqueeze(0), params, True, 1, 0.0, self.training, False, False)
@@ -239,7 +241,7 @@ class RNNCell(RecurrentCell):
         return (torch.tanh(a),)
 
     def _fused(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
-        h0 = (state[0] if state is not None else torch.zeros(x.shape[1], self.hidden_size))
+        h0 = state[0] if state is not None else self.zero_state(x)[0]
         params = [self.lx.weight, self.lh.weight, self.bias, self._zeros]
         out, h = torch.rnn_tanh(x, h0.unsqueeze(0), params, True, 1, 0.0, self.training, False,
                                 False)

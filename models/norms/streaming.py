@@ -111,7 +111,7 @@ class StreamingSite(Site):
         self.p, self.eps, self.warm = float(p), float(eps), bool(warm)
         self.weight = nn.Parameter(torch.ones(width))
         self.bias = nn.Parameter(torch.zeros(width)) if bias else None
-        shape = (2, width) if axes == "unit" else (2, 1)
+        shape = (2, width) if axes == "unit" else (2, 1, 1)
         for name in ("L", "S", "GL", "GS"):
             self.register_buffer(name, torch.zeros(shape))
         for name in ("n", "m", "steps", "folded_at", "l_init", "gl_init"):
@@ -149,7 +149,7 @@ class StreamingSite(Site):
 
     def _pool(self, s: Tensor) -> Tensor:
         """Per-sample statistics ``[2, B, 1]`` are streamed as their batch mean ``[2, 1]``."""
-        return s.mean(1) if self.axes == "sample" else s
+        return s.mean(1, keepdim=True) if self.axes == "sample" else s
 
     @torch.no_grad()
     def _mix(self, s_cur: Tensor) -> Tensor:
