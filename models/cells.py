@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import norms
+from . import fastlstm, norms
 from .norms import NormMethod, NormParams
 
 __all__ = ["CELLS", "GRUCell", "LSTMCell", "RNNCell", "RecurrentCell", "RecurrentStack"]
@@ -103,21 +103,42 @@ class RecurrentCell(nn.Module):
     def _fused(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
         raise NotImplementedError
 
-    def forward_seq(self, x: Tensor, state: State | None = None, t0: int = 0
-                    ) -> tuple[Tensor, State]:
-        """Run a window ``[T, B, I]`` from ``state`` (``None``: zero); outputs ``[T, B, H]``."""
+    def forward_window(self, x: Tensor, state: State | None = None, t0: int = 0,
+                       capture: int | None = None) -> tuple[Tensor, State, State | None]:
+        """Run a window ``[T, B, I]`` from ``state`` (``None``: zero); outputs ``[T, B, H]``.
+
+        Also returns the state after step ``capture`` (the learner's next window start).
+        """
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"x must be [T, B, {self.input_size}], got {list(x.shape)}")
         with self.method.window():  # type: ignore[attr-defined]
             if self.fused:
-                return self._fused(x, state)
+                return self._fused_window(x, state, capture)
             gx = self.input_term(x, t0)
-            outs = []
+            outs, captured = [], None
             for i in range(x.shape[0]):
                 state = self.step(gx[i], state, t0 + i)
                 outs.append(state[0])
+                if i == capture:
+                    captured = state
         assert state is not None
-        return torch.stack(outs), state
+        return torch.stack(outs), state, captured
+
+    def forward_seq(self, x: Tensor, state: State | None = None, t0: int = 0
+                    ) -> tuple[Tensor, State]:
+        """``forward_window`` without a capture: outputs and final state."""
+        out, final, _ = self.forward_window(x, state, t0)
+        return out, final
+
+    def _fused_window(self, x: Tensor, state: State | None, capture: int | None
+                      ) -> tuple[Tensor, State, State | None]:
+        """The fused kernel, split after ``capture`` to read the state there."""
+        if capture is None or capture >= x.shape[0] - 1:
+            out, final = self._fused(x, state)
+            return out, final, (final if capture is not None else None)
+        first, mid = self._fused(x[:capture + 1], state)
+        rest, final = self._fused(x[capture + 1:], mid)
+        return torch.cat([first, rest]), final, mid
 
     def forward(self, x: Tensor, state: State | Tensor | None = None) -> Any:
         """One step ``[B, I]`` like ``torch.nn.LSTMCell``: LSTM returns ``(h, c)``, others ``h``."""
@@ -148,6 +169,12 @@ class LSTMCell(RecurrentCell):
 
     def _forget_slice(self) -> slice:
         return slice(self.hidden_size, 2 * self.hidden_size)
+
+    def forward_window(self, x: Tensor, state: State | None = None, t0: int = 0,
+                       capture: int | None = None) -> tuple[Tensor, State, State | None]:
+        """As ``RecurrentCell.forward_window``; ``layer``/``streaming`` run ``fastlstm``."""
+        fast = fastlstm.try_window(self, x, state, t0, capture)
+        return fast if fast is not None else super().forward_window(x, state, t0, capture)
 
     def step(self, gx: Tensor, state: State | None, t: int) -> State:
         a = gx
@@ -277,14 +304,26 @@ class RecurrentStack(nn.Module):
         """Tensors per layer in the recurrent state."""
         return self.layers[0].n_state
 
-    def forward(self, x: Tensor, state: State | None = None, t0: int = 0
-                ) -> tuple[Tensor, State]:
-        """Run a window ``[T, B, I]``; returns the top layer's outputs and the new state."""
+    def run(self, x: Tensor, state: State | None = None, t0: int = 0,
+            capture: int | None = None) -> tuple[Tensor, State, State | None]:
+        """Run a window ``[T, B, I]``: top-layer outputs, final state, state after ``capture``."""
         finals: list[State] = []
+        caps: list[State | None] = []
         out = x
         for k, layer in enumerate(self.layers):
             layer_state = None if state is None else tuple(s[k] for s in state)
-            out, last = layer.forward_seq(out, layer_state, t0)
+            out, last, cap = layer.forward_window(out, layer_state, t0, capture)
             finals.append(last)
+            caps.append(cap)
         new = tuple(torch.stack([f[j] for f in finals]) for j in range(self.n_state))
+        captured = None
+        if capture is not None:
+            captured = tuple(torch.stack([c[j] for c in caps if c is not None])
+                             for j in range(self.n_state))
+        return out, new, captured
+
+    def forward(self, x: Tensor, state: State | None = None, t0: int = 0
+                ) -> tuple[Tensor, State]:
+        """Run a window ``[T, B, I]``; returns the top layer's outputs and the new state."""
+        out, new, _ = self.run(x, state, t0)
         return out, new

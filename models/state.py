@@ -26,9 +26,10 @@ class StateError(ValueError):
 def module_to_bytes(module: nn.Module, meta: dict[str, Any] | None = None) -> bytes:
     """Every parameter and buffer of ``module`` (its ``state_dict``) plus JSON ``meta``."""
     tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    header = {"format": _FORMAT, "schema": str(SCHEMA_VERSION),
-              "meta": json.dumps(meta or {}, sort_keys=True)}
-    return safetensors.torch.save(tensors, metadata=header)
+    info = {"format": _FORMAT, "schema": str(SCHEMA_VERSION), "meta": meta or {}}
+    # a single metadata key: safetensors does not keep the order of several
+    return safetensors.torch.save(tensors, metadata={"streamnorm": json.dumps(info,
+                                                                              sort_keys=True)})
 
 
 def read_meta(data: bytes) -> dict[str, Any]:
@@ -38,14 +39,14 @@ def read_meta(data: bytes) -> dict[str, Any]:
         if header_len <= 0 or header_len > len(data) - 8:
             raise ValueError("header length out of range")
         header = json.loads(data[8:8 + header_len])
-        info = header.get("__metadata__", {})
+        info = json.loads((header.get("__metadata__") or {}).get("streamnorm", "{}"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise StateError(f"not a safetensors state: {exc}") from exc
     if info.get("format") != _FORMAT:
         raise StateError("not a streamnorm module state (format tag missing)")
     if info.get("schema") != str(SCHEMA_VERSION):
         raise StateError(f"unsupported state schema {info.get('schema')!r}")
-    return json.loads(info.get("meta", "{}"))
+    return info.get("meta", {})
 
 
 def module_from_bytes(module: nn.Module, data: bytes) -> dict[str, Any]:

@@ -55,5 +55,6 @@ def test_streaming_presets_resolve_as_documented() -> None:
     assert (online["axes"], online["stats"], online["kappa"][0]) == ("unit", "moments", 0.99)
     assert (sample["axes"], sample["kappa"][2]) == ("sample", 0.99)
     assert paper["alpha"] == (0.7, 0.3) and paper["beta"] == (0.7, 0.0, 0.3)
+    assert online["beta"] == sample["beta"] == (0.0, 0.0, 0.3)
     custom = StreamingNormParams(alpha=(0.5, 0.5), kappa=(0.9, 0.1, 0.8, 0.2)).resolved()
     assert custom["alpha"] == (0.5, 0.5) and custom["kappa"] == (0.9, 0.1, 0.8, 0.2)

@@ -19,7 +19,13 @@ def bn_step(a: Tensor, mean: Tensor, var: Tensor, weight: Tensor, bias: Tensor |
     (``δ = a − μ; μ += m·δ; σ² = (1 − m)(σ² + m·δ²)``). Eval: running statistics, no update.
     """
     if training and a.shape[0] > 1:
-        return F.batch_norm(a, mean, var, weight, bias, True, momentum, eps)
+        # batch statistics; the running ones are updated apart so that no graph holds them
+        out = F.batch_norm(a, None, None, weight, bias, True, 0.0, eps)
+        with torch.no_grad():
+            flat = a.detach()
+            mean.mul_(1.0 - momentum).add_(flat.mean(0), alpha=momentum)
+            var.mul_(1.0 - momentum).add_(flat.var(0, unbiased=True), alpha=momentum)
+        return out
     if not training:
         return F.batch_norm(a, mean, var, weight, bias, False, 0.0, eps)
     # backward reads the statistics it normalized with, so give it copies before the update
