@@ -1,19 +1,31 @@
-"""streamnorm's models: normalization methods and recurrent cells in pure PyTorch.
+"""streamnorm's models: normalization methods, recurrent cells and the online learner.
 
-No HTTP and no Redis here: a user can build, train and load models offline.
+Pure PyTorch: no HTTP and no Redis here, so a user can build, train and load models offline.
 """
 
 from . import norms
 from .cells import CELLS, GRUCell, LSTMCell, RecurrentStack, RNNCell
+from .inputs import InvalidInput
+from .learner import LearnResult, OnlineLearner, StreamContext, UpdateRejected
 from .norms import NORMS, notify_optimizer_step
+from .spec import ModelSpec, OptimizerSpec
+from .state import StateError
 
 __all__ = [
     "CELLS",
     "NORMS",
     "GRUCell",
+    "InvalidInput",
     "LSTMCell",
+    "LearnResult",
+    "ModelSpec",
+    "OnlineLearner",
+    "OptimizerSpec",
     "RNNCell",
     "RecurrentStack",
+    "StateError",
+    "StreamContext",
+    "UpdateRejected",
     "norms",
     "notify_optimizer_step",
 ]

@@ -1,0 +1,266 @@
+"""``OnlineLearner``: test-then-train on one sample at a time, over named streams.
+
+``learn_one`` runs **one** training forward over the stream's window (its stored start state and
+last inputs, then ``x``); that forward's output is both the returned (prequential) prediction and
+the loss input. Then backward through the window, one optimizer step, the normalization
+statistics' step notification, and ``x`` joins the context. ``predict_one`` runs exactly that
+forward on a copy of the statistics, so it returns the same prediction and changes nothing.
+Inputs are validated before anything changes; a step that would leave any weight, optimizer
+moment or statistic non-finite is rolled back and reported (``UpdateRejected``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .inputs import InvalidInput, to_features, to_sequence, to_target
+from .metrics import Metrics
+from .network import Network
+from .norms import notify_optimizer_step
+from .spec import ModelSpec
+
+__all__ = ["LearnResult", "OnlineLearner", "StreamContext", "UpdateRejected"]
+
+DEFAULT_STREAM = "default"
+
+
+class UpdateRejected(RuntimeError):
+    """The update would have made the model non-finite; it was rolled back."""
+
+
+@dataclass
+class StreamContext:
+    """A stream's recurrent context: the state at the start of its window (``None``: zero) and
+    the inputs since then (at most ``window − 1``; the next ``x`` completes the window)."""
+
+    state: tuple[Tensor, ...] | None
+    inputs: Tensor  # [k, I]
+
+
+@dataclass(frozen=True)
+class LearnResult:
+    """What one ``learn_one`` / ``learn_many`` sample returns: the prediction made before the
+    update, the loss it scored, and class probabilities for classifiers."""
+
+    prediction: float | int
+    loss: float
+    proba: dict[int, float] | None = None
+
+
+class OnlineLearner:
+    """A model learning from a stream of samples (see the module docstring)."""
+
+    def __init__(self, spec: ModelSpec | dict[str, Any], *, metrics_window: int = 100) -> None:
+        self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.spec.seed)
+            self.net = Network(self.spec)
+        self.net.train()
+        self.optimizer = _make_optimizer(self.net, self.spec)
+        self.metrics = Metrics(self.spec.task, metrics_window)
+        self.contexts: dict[str, StreamContext] = {}
+        self.updates = 0  # optimizer steps taken
+        self.samples = 0  # samples learned (learn_many counts each)
+        self._shadow: list[Tensor] = []
+
+    # -- public API ----------------------------------------------------------------------------
+    def predict_one(self, x: Any = None, *, stream: str = DEFAULT_STREAM,
+                    sequence: Any = None) -> float | int:
+        """The prediction ``learn_one`` would return for ``x`` now; changes nothing."""
+        logits = self._predict_logits(*self._window(x, stream, sequence))
+        return self.net.decode(logits)[0][0]
+
+    def predict_proba_one(self, x: Any = None, *, stream: str = DEFAULT_STREAM,
+                          sequence: Any = None) -> dict[int, float]:
+        """Class probabilities (label → probability) for classifiers; changes nothing."""
+        if self.spec.task == "regression":
+            raise TypeError("predict_proba_one is for classifiers; this model does regression")
+        logits = self._predict_logits(*self._window(x, stream, sequence))
+        proba = self.net.decode(logits)[1]
+        assert proba is not None
+        return dict(enumerate(proba[0]))
+
+    def learn_one(self, x: Any = None, y: Any = None, *, stream: str = DEFAULT_STREAM,
+                  sequence: Any = None) -> LearnResult:
+        """Test-then-train on one sample (stream mode with ``x``, or sequence mode)."""
+        window, state, ctx_key = self._window(x, stream, sequence)
+        target = to_target(y, self.spec)
+        full = ctx_key is not None and window.shape[0] == self.spec.window
+        mark = self._save_point()
+        out = self.net(window, state, capture=0 if full else None)
+        loss = self.net.loss(out.logits, self._target_tensor([target]))
+        self._step(loss, mark)
+        result = self._score(out.logits, [target], loss)[0]
+        if ctx_key is not None:
+            keep = self.spec.window - 1
+            new_state = out.captured if full else state
+            self.contexts[ctx_key] = StreamContext(
+                None if new_state is None else tuple(s.detach() for s in new_state),
+                window[max(0, window.shape[0] - keep):, 0].detach().clone())
+        return result
+
+    def learn_many(self, sequences: Sequence[Any], ys: Sequence[Any]) -> list[LearnResult]:
+        """Several sequence-mode samples, one optimizer step (River's ``learn_many``).
+
+        Sequences of equal length run as one batch (batch statistics for the batch-norm
+        baselines); the loss is the mean over all samples.
+        """
+        if isinstance(sequences, str | bytes) or not isinstance(sequences, Sequence):
+            raise InvalidInput("sequences", "must be a list of sequences")
+        if not isinstance(ys, Sequence) or len(ys) != len(sequences) or not sequences:
+            raise InvalidInput("y", "must be a list with one target per sequence")
+        seqs = [to_sequence(s, self.spec, f"sequences[{i}]") for i, s in enumerate(sequences)]
+        targets = [to_target(y, self.spec, f"y[{i}]") for i, y in enumerate(ys)]
+        groups: dict[int, list[int]] = {}
+        for i, s in enumerate(seqs):
+            groups.setdefault(s.shape[0], []).append(i)
+        mark = self._save_point()
+        total: Tensor | None = None
+        logits_by_index: dict[int, Tensor] = {}
+        for idx in groups.values():
+            batch = torch.stack([seqs[i] for i in idx], 1)
+            out = self.net(batch, None)
+            part = self.net.loss(out.logits, self._target_tensor([targets[i] for i in idx]))
+            part = part * (len(idx) / len(seqs))
+            total = part if total is None else total + part
+            for row, i in enumerate(idx):
+                logits_by_index[i] = out.logits[row:row + 1]
+        assert total is not None
+        self._step(total, mark, samples=len(seqs))
+        logits = torch.cat([logits_by_index[i] for i in range(len(seqs))])
+        return self._score(logits, targets, None)
+
+    @property
+    def streams(self) -> list[str]:
+        """Names of the streams with a stored context."""
+        return sorted(self.contexts)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _window(self, x: Any, stream: str, sequence: Any
+                ) -> tuple[Tensor, tuple[Tensor, ...] | None, str | None]:
+        """The window ``[T, 1, I]``, its start state, and the context key (``None``: sequence)."""
+        if sequence is not None:
+            if x is not None:
+                raise InvalidInput("sequence", "give either x (stream mode) or sequence")
+            return to_sequence(sequence, self.spec).unsqueeze(1), None, None
+        if x is None:
+            raise InvalidInput("x", "is required (or give sequence)")
+        if not isinstance(stream, str) or not stream:
+            raise InvalidInput("stream", "must be a non-empty string")
+        row = torch.tensor([to_features(x, self.spec)], dtype=torch.float32)
+        ctx = self.contexts.get(stream)
+        if ctx is None:
+            return row.unsqueeze(1), None, stream
+        return torch.cat([ctx.inputs, row]).unsqueeze(1), ctx.state, stream
+
+    def _target_tensor(self, targets: list[float | int]) -> Tensor:
+        if self.spec.task == "multiclass":
+            return torch.tensor(targets, dtype=torch.int64)
+        return torch.tensor(targets, dtype=torch.float32)
+
+    def _predict_logits(self, window: Tensor, state: tuple[Tensor, ...] | None,
+                        key: str | None) -> Tensor:
+        """The training forward, run on a copy of every buffer (restored afterwards).
+
+        It captures where ``learn_one`` would, so both run the very same kernels.
+        """
+        full = key is not None and window.shape[0] == self.spec.window
+        buffers = [b for b in self.net.buffers()]
+        saved = [b.clone() for b in buffers]
+        try:
+            logits = self.net(window, state, capture=0 if full else None).logits.detach()
+        finally:
+            with torch.no_grad():
+                for b, s in zip(buffers, saved, strict=True):
+                    b.copy_(s)
+        return logits
+
+    def _state_tensors(self) -> list[Tensor]:
+        ts = [p.data for p in self.net.parameters()] + list(self.net.buffers())
+        for st in self.optimizer.state.values():
+            ts.extend(v for v in st.values() if isinstance(v, Tensor))
+        return ts
+
+    def _save_point(self) -> tuple[int, int]:
+        """Copy every mutable tensor into the shadow list (one copy op when shapes repeat)."""
+        ts = self._state_tensors()
+        if len(ts) == len(self._shadow) and all(
+                a.shape == b.shape and a.dtype == b.dtype for a, b in zip(ts, self._shadow,
+                                                                           strict=True)):
+            torch._foreach_copy_(self._shadow, ts)
+        else:
+            self._shadow = [t.detach().clone() for t in ts]
+        return len(ts), len(self.optimizer.state)
+
+    def _rollback(self, mark: tuple[int, int]) -> None:
+        n_tensors, n_opt = mark
+        if n_opt == 0:
+            self.optimizer.state.clear()
+        with torch.no_grad():
+            torch._foreach_copy_(self._state_tensors()[:n_tensors], self._shadow[:n_tensors])
+
+    def _step(self, loss: Tensor, mark: tuple[int, int], samples: int = 1) -> None:
+        """Backward, clip, step, notify; roll everything back if anything became non-finite."""
+        params = [p for p in self.net.parameters()]
+        try:
+            loss.backward()
+            checks = [loss.detach().reshape(1)]
+            if self.spec.optimizer.clip is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, self.spec.optimizer.clip)
+                checks.append(norm.reshape(1))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            floats = [t for t in self._state_tensors() if t.is_floating_point()]
+            checks.extend(n.reshape(1) for n in torch._foreach_norm(floats))
+            finite = bool(torch.isfinite(torch.cat(checks)).all())
+        except Exception:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._rollback(mark)
+            raise
+        if not finite:
+            self._rollback(mark)
+            raise UpdateRejected("the update would make the model non-finite; rolled back")
+        notify_optimizer_step(self.net)
+        self.updates += 1
+        self.samples += samples
+
+    def _score(self, logits: Tensor, targets: list[float | int], loss: Tensor | None
+               ) -> list[LearnResult]:
+        preds, probas = self.net.decode(logits.detach())
+        results = []
+        for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
+            proba = dict(enumerate(probas[i])) if probas is not None else None
+            p_true = proba[int(target)] if proba is not None else None
+            self.metrics.update(target, pred, p_true)
+            sample_loss = float(loss.detach()) if loss is not None else float(self.net.loss(
+                logits[i:i + 1].detach(), self._target_tensor([target])))
+            results.append(LearnResult(pred, sample_loss, proba))
+        return results
+
+    # serialization lives in models/persist.py to keep this file about learning
+    def to_bytes(self) -> bytes:
+        """Everything this learner holds, as safetensors + JSON (see ``models.persist``)."""
+        from .persist import learner_to_bytes
+
+        return learner_to_bytes(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, max_bytes: int | None = None) -> OnlineLearner:
+        """A learner equal to the one that wrote ``data``; never executes code."""
+        from .persist import learner_from_bytes
+
+        return learner_from_bytes(data, max_bytes=max_bytes)
+
+
+def _make_optimizer(net: torch.nn.Module, spec: ModelSpec) -> torch.optim.Optimizer:
+    opt = spec.optimizer
+    if opt.name == "adam":
+        return torch.optim.Adam(net.parameters(), lr=opt.lr, fused=True)
+    if opt.name == "rmsprop":
+        return torch.optim.RMSprop(net.parameters(), lr=opt.lr)
+    return torch.optim.SGD(net.parameters(), lr=opt.lr, fused=True)

@@ -1,0 +1,98 @@
+"""Prequential (test-then-train) metrics, named as River names them: cumulative and rolling.
+
+Each metric is updated with the prediction made *before* learning from the sample. State is
+plain numbers and lists, so it goes into the learner's JSON metadata.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+__all__ = ["Metrics"]
+
+_EPS = 1e-15
+
+
+class _Running:
+    """Cumulative and rolling mean of one per-sample score."""
+
+    def __init__(self, window: int) -> None:
+        self.total, self.count = 0.0, 0
+        self.recent: deque[float] = deque(maxlen=window)
+        self.recent_sum = 0.0
+
+    def update(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+        if len(self.recent) == self.recent.maxlen:
+            self.recent_sum -= self.recent[0]
+        self.recent.append(value)
+        # re-sum now and then so float drift cannot accumulate over millions of updates
+        if self.count % 4096 == 0:
+            self.recent_sum = math.fsum(self.recent)
+        else:
+            self.recent_sum += value
+
+    def mean(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+    def rolling(self) -> float | None:
+        return self.recent_sum / len(self.recent) if self.recent else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "count": self.count, "recent": list(self.recent),
+                "recent_sum": self.recent_sum}
+
+    def load(self, data: dict[str, Any]) -> None:
+        self.total, self.count = float(data["total"]), int(data["count"])
+        self.recent.clear()
+        self.recent.extend(float(v) for v in data["recent"])
+        self.recent_sum = float(data["recent_sum"])
+
+
+class Metrics:
+    """``MAE`` and ``RMSE`` for regression; ``Accuracy`` and ``LogLoss`` for classification."""
+
+    def __init__(self, task: str, window: int = 100) -> None:
+        self.task, self.window = task, window
+        names = ("MAE", "RMSE") if task == "regression" else ("Accuracy", "LogLoss")
+        self._scores = {name: _Running(window) for name in names}
+
+    def update(self, y_true: float | int, y_pred: float | int,
+               proba_true: float | None = None) -> None:
+        """Score one prediction; ``proba_true`` is the probability given to the true label."""
+        if self.task == "regression":
+            err = float(y_true) - float(y_pred)
+            self._scores["MAE"].update(abs(err))
+            self._scores["RMSE"].update(err * err)
+        else:
+            self._scores["Accuracy"].update(1.0 if int(y_true) == int(y_pred) else 0.0)
+            p = min(max(float(proba_true if proba_true is not None else 0.0), _EPS), 1.0)
+            self._scores["LogLoss"].update(-math.log(p))
+
+    def report(self) -> dict[str, dict[str, float | int | None]]:
+        """``{"MAE": {"value", "rolling"}, ..., "n": count}`` as River would print them."""
+        out: dict[str, Any] = {}
+        for name, run in self._scores.items():
+            value, rolling = run.mean(), run.rolling()
+            if name == "RMSE":
+                value = math.sqrt(value) if value is not None else None
+                rolling = math.sqrt(max(rolling, 0.0)) if rolling is not None else None
+            out[name] = {"value": value, "rolling": rolling}
+        out["n"] = next(iter(self._scores.values())).count
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        return {"task": self.task, "window": self.window,
+                "scores": {k: v.to_dict() for k, v in self._scores.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Metrics:
+        """Inverse of ``to_dict``."""
+        metrics = cls(str(data["task"]), int(data["window"]))
+        for name, run in metrics._scores.items():
+            run.load(data["scores"][name])
+        return metrics
