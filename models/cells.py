@@ -17,6 +17,8 @@ the window through ``torch.lstm`` / ``torch.gru`` / ``torch.rnn_tanh``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -26,7 +28,20 @@ from torch.nn.utils import parametrize
 from . import fastlstm, norms
 from .norms import NormMethod, NormParams
 
-__all__ = ["CELLS", "GRUCell", "LSTMCell", "RNNCell", "RecurrentCell", "RecurrentStack"]
+__all__ = ["CELLS", "GRUCell", "LSTMCell", "RNNCell", "RecurrentCell", "RecurrentStack",
+           "skip_init"]
+
+_INIT = [True]
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Build cells without their (costly, orthogonal) initialisation: for loading saved state."""
+    old, _INIT[0] = _INIT[0], False
+    try:
+        yield
+    finally:
+        _INIT[0] = old
 
 State = tuple[Tensor, ...]
 NormLike = str | dict[str, Any] | NormParams | NormMethod
@@ -56,7 +71,8 @@ class RecurrentCell(nn.Module):
         self.bias = nn.Parameter(torch.zeros(width))
         self.register_buffer("_zeros", torch.zeros(width), persistent=False)
         self._build_sites()
-        self.reset_parameters()
+        if _INIT[0]:
+            self.reset_parameters()
 
     # -- construction --------------------------------------------------------------------------
     def _build_sites(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .cells import skip_init
 from .inputs import InvalidInput, to_features, to_sequence, to_target
 from .metrics import Metrics
 from .network import Network
@@ -55,11 +56,16 @@ class LearnResult:
 class OnlineLearner:
     """A model learning from a stream of samples (see the module docstring)."""
 
-    def __init__(self, spec: ModelSpec | dict[str, Any], *, metrics_window: int = 100) -> None:
+    def __init__(self, spec: ModelSpec | dict[str, Any], *, metrics_window: int = 100,
+                 _blank: bool = False) -> None:
         self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.spec.seed)
-            self.net = Network(self.spec)
+        if _blank:  # weights are about to be loaded: skip the seeded initialisation
+            with skip_init():
+                self.net = Network(self.spec)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.spec.seed)
+                self.net = Network(self.spec)
         self.net.train()
         self.optimizer = _make_optimizer(self.net, self.spec)
         self.metrics = Metrics(self.spec.task, metrics_window)
@@ -255,6 +261,12 @@ class OnlineLearner:
         from .persist import learner_from_bytes
 
         return learner_from_bytes(data, max_bytes=max_bytes)
+
+    def load_bytes(self, data: bytes, *, max_bytes: int | None = None) -> None:
+        """Replace this learner's state with ``data`` (same spec); unchanged if invalid."""
+        from .persist import load_into
+
+        load_into(self, data, max_bytes=max_bytes)
 
 
 def _make_optimizer(net: torch.nn.Module, spec: ModelSpec) -> torch.optim.Optimizer:

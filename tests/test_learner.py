@@ -218,3 +218,19 @@ def test_from_bytes_rejects_oversized_bytes_before_parsing() -> None:
     blob = OnlineLearner(spec()).to_bytes()
     with pytest.raises(StateError, match="over the limit"):
         OnlineLearner.from_bytes(blob, max_bytes=len(blob) - 1)
+
+
+def test_load_bytes_in_place_restores_an_equal_learner_and_rejects_other_specs() -> None:
+    a = OnlineLearner(spec("layer"))
+    for ev in events(6):
+        a.learn_one(ev["x"], ev["y"], stream=ev["stream"])
+    blob = a.to_bytes()
+    b = OnlineLearner(spec("layer"))
+    b.learn_one([1.0, 2.0, 3.0], 0.0, stream="other")
+    b.load_bytes(blob)
+    assert b.to_bytes() == blob and b.streams == ["a", "b"]
+    c = OnlineLearner(spec("layer", hidden_size=9))
+    before = c.to_bytes()
+    with pytest.raises(StateError, match="different spec"):
+        c.load_bytes(blob)
+    assert c.to_bytes() == before
