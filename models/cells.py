@@ -148,13 +148,18 @@ class RecurrentCell(nn.Module):
 
     def _fused_window(self, x: Tensor, state: State | None, capture: int | None
                       ) -> tuple[Tensor, State, State | None]:
-        """The fused kernel, split after ``capture`` to read the state there."""
-        if capture is None or capture >= x.shape[0] - 1:
-            out, final = self._fused(x, state)
-            return out, final, (final if capture is not None else None)
-        first, mid = self._fused(x[:capture + 1], state)
-        rest, final = self._fused(x[capture + 1:], mid)
-        return torch.cat([first, rest]), final, mid
+        """The fused kernel over the window, and the state after step ``capture``."""
+        out, final = self._fused(x, state)
+        if capture is None:
+            return out, final, None
+        if capture >= x.shape[0] - 1:
+            return out, final, final
+        return out, final, self._fused_capture(x, state, capture, out)
+
+    def _fused_capture(self, x: Tensor, state: State | None, capture: int, out: Tensor
+                       ) -> State:
+        """Single-state cells: the kernel's output at ``capture`` is the state."""
+        return (out[capture].detach(),)
 
     def forward(self, x: Tensor, state: State | Tensor | None = None) -> Any:
         """One step ``[B, I]`` like ``torch.nn.LSTMCell``: LSTM returns ``(h, c)``, others ``h``."""
@@ -205,6 +210,16 @@ class LSTMCell(RecurrentCell):
             c = c + torch.sigmoid(f) * state[1]
         cn = self.nc(c, t) if self.nc is not None else c
         return torch.sigmoid(o) * torch.tanh(cn), c
+
+    def _fused_capture(self, x: Tensor, state: State | None, capture: int, out: Tensor
+                       ) -> State:
+        """The kernel does not return inner cell states: replay the first steps, no grad."""
+        h, c = state if state is not None else self.zero_state(x)
+        with torch.no_grad():
+            for i in range(capture + 1):
+                h, c = torch._VF.lstm_cell(x[i], (h, c), self.lx.weight, self.lh.weight,
+                                           self.bias, self._zeros)
+        return h, c
 
     def _fused(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
         if state is None:

@@ -22,7 +22,6 @@ from .cells import skip_init
 from .inputs import InvalidInput, to_features, to_sequence, to_target
 from .metrics import Metrics
 from .network import Network
-from .norms import notify_optimizer_step
 from .spec import ModelSpec
 
 __all__ = ["LearnResult", "OnlineLearner", "StreamContext", "UpdateRejected"]
@@ -68,6 +67,10 @@ class OnlineLearner:
                 self.net = Network(self.spec)
         self.net.train()
         self.optimizer = _make_optimizer(self.net, self.spec)
+        self._params = list(self.net.parameters())
+        self._buffers = list(self.net.buffers())
+        self._notify = [m for m in self.net.modules() if callable(getattr(m, "on_optimizer_step",
+                                                                           None))]
         self.metrics = Metrics(self.spec.task, metrics_window)
         self.contexts: dict[str, StreamContext] = {}
         self.updates = 0  # optimizer steps taken
@@ -176,7 +179,7 @@ class OnlineLearner:
         It captures where ``learn_one`` would, so both run the very same kernels.
         """
         full = key is not None and window.shape[0] == self.spec.window
-        buffers = [b for b in self.net.buffers()]
+        buffers = self._buffers
         saved = [b.clone() for b in buffers]
         try:
             logits = self.net(window, state, capture=0 if full else None).logits.detach()
@@ -187,7 +190,7 @@ class OnlineLearner:
         return logits
 
     def _state_tensors(self) -> list[Tensor]:
-        ts = [p.data for p in self.net.parameters()] + list(self.net.buffers())
+        ts = [p.data for p in self._params] + self._buffers
         for st in self.optimizer.state.values():
             ts.extend(v for v in st.values() if isinstance(v, Tensor))
         return ts
@@ -212,7 +215,7 @@ class OnlineLearner:
 
     def _step(self, loss: Tensor, mark: tuple[int, int], samples: int = 1) -> None:
         """Backward, clip, step, notify; roll everything back if anything became non-finite."""
-        params = [p for p in self.net.parameters()]
+        params = self._params
         try:
             loss.backward()
             checks = [loss.detach().reshape(1)]
@@ -221,7 +224,9 @@ class OnlineLearner:
                 checks.append(norm.reshape(1))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            floats = [t for t in self._state_tensors() if t.is_floating_point()]
+            # weights and statistics; optimizer moments follow from the (checked) gradients
+            floats = [p.data for p in params] + [b for b in self._buffers
+                                                 if b.is_floating_point()]
             checks.extend(n.reshape(1) for n in torch._foreach_norm(floats))
             finite = bool(torch.isfinite(torch.cat(checks)).all())
         except Exception:
@@ -231,7 +236,8 @@ class OnlineLearner:
         if not finite:
             self._rollback(mark)
             raise UpdateRejected("the update would make the model non-finite; rolled back")
-        notify_optimizer_step(self.net)
+        for site in self._notify:
+            site.on_optimizer_step()
         self.updates += 1
         self.samples += samples
 
