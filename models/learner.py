@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .cells import skip_init
+from .flat import FlatState, init_optimizer_state
 from .inputs import InvalidInput, to_features, to_sequence, to_target
 from .metrics import Metrics
 from .network import Network
@@ -67,6 +68,8 @@ class OnlineLearner:
                 self.net = Network(self.spec)
         self.net.train()
         self.optimizer = _make_optimizer(self.net, self.spec)
+        init_optimizer_state(self.optimizer)
+        self.flat = FlatState(self.net, self.optimizer)
         self._params = list(self.net.parameters())
         self._buffers = list(self.net.buffers())
         self._notify = [m for m in self.net.modules() if callable(getattr(m, "on_optimizer_step",
@@ -75,7 +78,6 @@ class OnlineLearner:
         self.contexts: dict[str, StreamContext] = {}
         self.updates = 0  # optimizer steps taken
         self.samples = 0  # samples learned (learn_many counts each)
-        self._shadow: list[Tensor] = []
 
     # -- public API ----------------------------------------------------------------------------
     def predict_one(self, x: Any = None, *, stream: str = DEFAULT_STREAM,
@@ -100,10 +102,10 @@ class OnlineLearner:
         window, state, ctx_key = self._window(x, stream, sequence)
         target = to_target(y, self.spec)
         full = ctx_key is not None and window.shape[0] == self.spec.window
-        mark = self._save_point()
+        self.flat.save_point()
         out = self.net(window, state, capture=0 if full else None)
         loss = self.net.loss(out.logits, self._target_tensor([target]))
-        self._step(loss, mark)
+        self._step(loss)
         result = self._score(out.logits, [target], loss)[0]
         if ctx_key is not None:
             keep = self.spec.window - 1
@@ -128,7 +130,7 @@ class OnlineLearner:
         groups: dict[int, list[int]] = {}
         for i, s in enumerate(seqs):
             groups.setdefault(s.shape[0], []).append(i)
-        mark = self._save_point()
+        self.flat.save_point()
         total: Tensor | None = None
         logits_by_index: dict[int, Tensor] = {}
         for idx in groups.values():
@@ -140,7 +142,7 @@ class OnlineLearner:
             for row, i in enumerate(idx):
                 logits_by_index[i] = out.logits[row:row + 1]
         assert total is not None
-        self._step(total, mark, samples=len(seqs))
+        self._step(total, samples=len(seqs))
         logits = torch.cat([logits_by_index[i] for i in range(len(seqs))])
         return self._score(logits, targets, None)
 
@@ -189,52 +191,26 @@ class OnlineLearner:
                     b.copy_(s)
         return logits
 
-    def _state_tensors(self) -> list[Tensor]:
-        ts = [p.data for p in self._params] + self._buffers
-        for st in self.optimizer.state.values():
-            ts.extend(v for v in st.values() if isinstance(v, Tensor))
-        return ts
+    def _rollback(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.flat.rollback()
 
-    def _save_point(self) -> tuple[int, int]:
-        """Copy every mutable tensor into the shadow list (one copy op when shapes repeat)."""
-        ts = self._state_tensors()
-        if len(ts) == len(self._shadow) and all(
-                a.shape == b.shape and a.dtype == b.dtype for a, b in zip(ts, self._shadow,
-                                                                           strict=True)):
-            torch._foreach_copy_(self._shadow, ts)
-        else:
-            self._shadow = [t.detach().clone() for t in ts]
-        return len(ts), len(self.optimizer.state)
-
-    def _rollback(self, mark: tuple[int, int]) -> None:
-        n_tensors, n_opt = mark
-        if n_opt == 0:
-            self.optimizer.state.clear()
-        with torch.no_grad():
-            torch._foreach_copy_(self._state_tensors()[:n_tensors], self._shadow[:n_tensors])
-
-    def _step(self, loss: Tensor, mark: tuple[int, int], samples: int = 1) -> None:
+    def _step(self, loss: Tensor, samples: int = 1) -> None:
         """Backward, clip, step, notify; roll everything back if anything became non-finite."""
         params = self._params
         try:
             loss.backward()
-            checks = [loss.detach().reshape(1)]
             if self.spec.optimizer.clip is not None:
-                norm = torch.nn.utils.clip_grad_norm_(params, self.spec.optimizer.clip)
-                checks.append(norm.reshape(1))
+                torch.nn.utils.clip_grad_norm_(params, self.spec.optimizer.clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            # weights and statistics; optimizer moments follow from the (checked) gradients
-            floats = [p.data for p in params] + [b for b in self._buffers
-                                                 if b.is_floating_point()]
-            checks.extend(n.reshape(1) for n in torch._foreach_norm(floats))
-            finite = bool(torch.isfinite(torch.cat(checks)).all())
+            # weights, statistics and optimizer moments: one check over the flat buffer
+            finite = bool(torch.isfinite(loss.detach())) and self.flat.finite()
         except Exception:
-            self.optimizer.zero_grad(set_to_none=True)
-            self._rollback(mark)
+            self._rollback()
             raise
         if not finite:
-            self._rollback(mark)
+            self._rollback()
             raise UpdateRejected("the update would make the model non-finite; rolled back")
         for site in self._notify:
             site.on_optimizer_step()

@@ -1,13 +1,13 @@
 """A learner's whole state as bytes: safetensors holding packed tensors, JSON metadata.
 
-Every tensor — ``model.*`` (parameters and normalization buffers), ``optim.{i}.{key}``
-(optimizer state of parameter ``i``), ``ctx.{j}.inputs`` / ``ctx.{j}.state.{k}`` (stream
-contexts) — is packed into one flat safetensors tensor per dtype, with a JSON index
-``[name, dtype, shape, offset]`` beside the spec, counters, metrics and stream names in the
-safetensors header. Packing makes a save one concatenation and a load one copy (per-tensor
-overhead, not bytes, dominated the cost at this size). Loading checks size, format tag, schema,
-spec and every indexed tensor's name, shape, dtype and bounds before anything is built, and
-never unpickles: malformed bytes raise ``StateError``.
+The learner's parameters, normalization buffers and optimizer moments already live in one flat
+buffer per dtype (``models.flat``): those buffers are stored as they are (``F32``, ``I64``) with
+their layout (``[name, dtype, shape, offset]`` for ``model.*`` and ``optim.{i}.{key}``), and the
+stream contexts (``ctx.{j}.inputs`` / ``ctx.{j}.state.{k}``) are packed into ``C32`` with an index.
+Spec, counters, metrics and stream names go in the safetensors header. Per-tensor overhead, not
+bytes, dominated the cost at this size, hence the packing. Loading checks size, format tag,
+schema, spec, layout and every indexed tensor's name, shape, dtype and bounds before anything
+changes, and never unpickles: malformed bytes raise ``StateError``.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ __all__ = ["MAX_STATE_BYTES", "context_from_bytes", "context_to_bytes", "learner
 SCHEMA = 2
 MAX_STATE_BYTES = 512 * 1024 * 1024
 _LEARNER, _CONTEXT = "streamnorm.learner", "streamnorm.context"
-_DTYPES = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64}
+_DTYPES = {"F32": torch.float32, "I64": torch.int64, "C32": torch.float32}
 _NAMES = {v: k for k, v in _DTYPES.items()}
-_OPTIM_KEYS = {"step", "exp_avg", "exp_avg_sq", "square_avg", "momentum_buffer"}
 
 
 # -- packing -------------------------------------------------------------------------------------
@@ -81,8 +80,8 @@ def _header(data: bytes, kind: str, max_bytes: int) -> dict[str, Any]:
         raise StateError(f"not a {kind} state: {exc}") from exc
 
 
-def _unpack(data: bytes, info: dict[str, Any]) -> dict[str, Tensor]:
-    """Views of the named tensors in fresh (writable) memory, every entry bounds-checked."""
+def _load_flat(data: bytes) -> dict[str, Tensor]:
+    """The packed tensors, in fresh (writable) memory."""
     try:
         flat = safetensors.torch.load(bytes(data))
     except SafetensorError as exc:
@@ -90,6 +89,11 @@ def _unpack(data: bytes, info: dict[str, Any]) -> dict[str, Tensor]:
     if not set(flat) <= set(_DTYPES) or any(
             t.dim() != 1 or t.dtype != _DTYPES[c] for c, t in flat.items()):
         raise StateError("unexpected packed tensors")
+    return flat
+
+
+def _unpack(flat: dict[str, Tensor], info: dict[str, Any]) -> dict[str, Tensor]:
+    """Views of the indexed tensors, every entry bounds-checked."""
     out: dict[str, Tensor] = {}
     for entry in info["index"]:
         if not (isinstance(entry, list) and len(entry) == 4):
@@ -138,20 +142,28 @@ def _context_from(tensors: dict[str, Tensor], prefix: str, learner: OnlineLearne
 
 
 def learner_to_bytes(learner: OnlineLearner) -> bytes:
-    """Serialize a learner (see the module docstring)."""
-    tensors = {f"model.{k}": v for k, v in learner.net.state_dict().items()}
-    for i, p in enumerate(learner.net.parameters()):
-        for key, value in learner.optimizer.state.get(p, {}).items():
-            if not isinstance(value, Tensor):
-                raise StateError(f"optimizer state {key!r} is not a tensor")
-            tensors[f"optim.{i}.{key}"] = value
+    """Serialize a learner: its flat buffers as they are, contexts packed beside them."""
+    ctx: dict[str, Tensor] = {}
     streams = learner.streams
     for j, name in enumerate(streams):
-        tensors.update(_context_tensors(learner.contexts[name], f"ctx.{j}."))
+        ctx.update(_context_tensors(learner.contexts[name], f"ctx.{j}."))
+    index: list[list[Any]] = []
+    offset = 0
+    for name, t in ctx.items():
+        index.append([name, "C32", list(t.shape), offset])
+        offset += t.numel()
+    tensors = dict(learner.flat.flats)
+    if ctx:
+        tensors["C32"] = torch.cat([t.reshape(-1) for t in ctx.values()])
     meta = {"spec": learner.spec.model_dump(mode="json"), "updates": learner.updates,
             "samples": learner.samples, "metrics": learner.metrics.to_dict(),
             "streams": streams}
-    return _pack(tensors, _LEARNER, meta)
+    info = {"format": _LEARNER, "schema": str(SCHEMA), "meta": meta, "index": index,
+            "layout": learner.flat.layout}
+    # one metadata key: safetensors does not keep the order of several, and equal learners must
+    # give equal bytes
+    return safetensors.torch.save(tensors, metadata={"streamnorm": json.dumps(info,
+                                                                              sort_keys=True)})
 
 
 def load_into(learner: OnlineLearner, data: bytes, *, max_bytes: int | None = None) -> None:
@@ -161,28 +173,22 @@ def load_into(learner: OnlineLearner, data: bytes, *, max_bytes: int | None = No
     try:
         if ModelSpec.model_validate(meta["spec"]) != learner.spec:
             raise StateError("the state belongs to a different spec")
-        tensors = _unpack(data, info)
-        own = learner.net.state_dict()
-        model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        if model.keys() != own.keys() or any(
-                v.shape != own[k].shape or v.dtype != own[k].dtype for k, v in model.items()):
-            raise StateError("model tensors do not fit the spec")
-        params = list(learner.net.parameters())
-        opt_state: dict[int, dict[str, Tensor]] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, idx, key = k.split(".", 2)
-                if not idx.isdigit() or int(idx) >= len(params) or key not in _OPTIM_KEYS:
-                    raise StateError(f"optimizer tensor {k!r} fits no parameter")
-                want = () if key == "step" else params[int(idx)].shape
-                if v.shape != want or v.dtype != torch.float32:
-                    raise StateError(f"optimizer tensor {k!r} has the wrong shape or dtype")
-                opt_state.setdefault(int(idx), {})[key] = v
+        if info.get("layout") != learner.flat.layout:
+            raise StateError("the stored tensors do not fit this learner's layout")
+        flats = _load_flat(data)
+        for code, own in learner.flat.flats.items():
+            got = flats.get(code)
+            if got is None or got.dtype != own.dtype or got.shape != own.shape:
+                raise StateError(f"packed {code} tensor does not fit the layout")
+        tensors = _unpack(flats, info) if info["index"] else {}
         streams = meta["streams"]
         if not isinstance(streams, list) or not all(isinstance(s, str) and s for s in streams):
             raise StateError("streams must be a list of names")
         contexts = {name: _context_from(tensors, f"ctx.{j}.", learner)
                     for j, name in enumerate(streams)}
+        if len(tensors) != sum(1 + (len(c.state) if c.state is not None else 0)
+                               for c in contexts.values()):
+            raise StateError("stored tensors name no stream")
         metrics = Metrics.from_dict(meta["metrics"])
         updates, samples = int(meta["updates"]), int(meta["samples"])
     except StateError:
@@ -191,11 +197,8 @@ def load_into(learner: OnlineLearner, data: bytes, *, max_bytes: int | None = No
         raise StateError(f"invalid learner state: {exc}") from exc
     # everything is validated: now change the learner
     with torch.no_grad():
-        keys = list(own)
-        torch._foreach_copy_([own[k] for k in keys], [model[k] for k in keys])
-    learner.optimizer.state.clear()
-    for i, st in opt_state.items():
-        learner.optimizer.state[params[i]] = st
+        for code, own in learner.flat.flats.items():
+            own.copy_(flats[code])
     learner.contexts = contexts
     learner.metrics, learner.updates, learner.samples = metrics, updates, samples
 
@@ -219,6 +222,7 @@ def context_to_bytes(learner: OnlineLearner, stream: str) -> bytes:
     return _pack(_context_tensors(learner.contexts[stream], ""), _CONTEXT, {"stream": stream})
 
 
+
 def context_from_bytes(learner: OnlineLearner, data: bytes, *,
                        max_bytes: int | None = None) -> tuple[str, StreamContext]:
     """Parse and validate a stream context for ``learner``; returns ``(stream, context)``."""
@@ -226,4 +230,4 @@ def context_from_bytes(learner: OnlineLearner, data: bytes, *,
     stream = info["meta"].get("stream")
     if not isinstance(stream, str) or not stream:
         raise StateError("context has no stream name")
-    return stream, _context_from(_unpack(data, info), "", learner)
+    return stream, _context_from(_unpack(_load_flat(data), info), "", learner)
