@@ -75,6 +75,7 @@ class FlatState:
                 rebind(view)
         self.layout = json.dumps(layout, separators=(",", ":"))
         self._saved: dict[str, Tensor] = {}
+        self._zeros: Tensor | None = None
 
     def save_point(self) -> None:
         """Remember every value (one copy per dtype)."""
@@ -91,6 +92,14 @@ class FlatState:
                 f.copy_(self._saved[c])
 
     def finite(self) -> bool:
-        """Whether every float (weights, statistics, optimizer moments) is finite."""
+        """Whether every float (weights, statistics, optimizer moments) is finite.
+
+        A dot product with zeros is NaN exactly when some entry is NaN or ±Inf, and is one
+        reduction instead of an elementwise test plus a reduction (~15 µs vs ~115 µs).
+        """
         f = self.flats.get("F32")
-        return f is None or bool(torch.isfinite(f).all())
+        if f is None:
+            return True
+        if self._zeros is None or self._zeros.shape != f.shape:
+            self._zeros = torch.zeros_like(f)
+        return bool(torch.isfinite(torch.dot(f, self._zeros)))

@@ -166,9 +166,10 @@ def learner_to_bytes(learner: OnlineLearner) -> bytes:
                                                                               sort_keys=True)})
 
 
-def load_into(learner: OnlineLearner, data: bytes, *, max_bytes: int | None = None) -> None:
+def load_into(learner: OnlineLearner, data: bytes, *, max_bytes: int | None = None,
+              _info: dict[str, Any] | None = None) -> None:
     """Load ``data`` into ``learner`` (same spec), validating everything before any change."""
-    info = _header(data, _LEARNER, max_bytes or MAX_STATE_BYTES)
+    info = _info or _header(data, _LEARNER, max_bytes or MAX_STATE_BYTES)
     meta = info["meta"]
     try:
         if ModelSpec.model_validate(meta["spec"]) != learner.spec:
@@ -213,7 +214,7 @@ def learner_from_bytes(data: bytes, *, max_bytes: int | None = None) -> OnlineLe
     except (ValidationError, KeyError, TypeError) as exc:
         raise StateError(f"invalid spec in state: {exc}") from exc
     learner = OnlineLearner(spec, _blank=True)
-    load_into(learner, data, max_bytes=max_bytes)
+    load_into(learner, data, max_bytes=max_bytes, _info=info)
     return learner
 
 
