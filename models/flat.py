@@ -74,6 +74,14 @@ class FlatState:
                 view.copy_(t)
                 rebind(view)
         self.layout = json.dumps(layout, separators=(",", ":"))
+        # gradients as views of one buffer too (as DDP's gradient_as_bucket_view): autograd
+        # accumulates into them in place, so zeroing and clipping are one op each
+        params = list(net.parameters())
+        self.grad = torch.zeros(sum(p.numel() for p in params))
+        offset = 0
+        for p in params:
+            p.grad = self.grad[offset:offset + p.numel()].view(p.shape)
+            offset += p.numel()
         self._saved: dict[str, Tensor] = {}
         self._zeros: Tensor | None = None
 

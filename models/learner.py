@@ -192,18 +192,20 @@ class OnlineLearner:
         return logits
 
     def _rollback(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        self.flat.grad.zero_()
         self.flat.rollback()
 
     def _step(self, loss: Tensor, samples: int = 1) -> None:
         """Backward, clip, step, notify; roll everything back if anything became non-finite."""
-        params = self._params
         try:
             loss.backward()
-            if self.spec.optimizer.clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, self.spec.optimizer.clip)
+            clip = self.spec.optimizer.clip
+            if clip is not None:  # as clip_grad_norm_, on the flat gradient buffer
+                coef = clip / (float(torch.linalg.vector_norm(self.flat.grad)) + 1e-6)
+                if coef < 1.0:
+                    self.flat.grad.mul_(coef)
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.flat.grad.zero_()
             # weights, statistics and optimizer moments: one check over the flat buffer
             finite = bool(torch.isfinite(loss.detach())) and self.flat.finite()
         except Exception:
