@@ -51,6 +51,15 @@ def test_none_lstm_cell_equals_torch_lstm_cell(generic: bool) -> None:
     torch.testing.assert_close(cell.lx.weight.grad, ref.weight_ih.grad)
 
 
+def _assert_single_state_cells_agree(cell: nn.Module, ref: nn.Module, generic: bool) -> None:
+    """Run a GRU/RNN cell and its torch twin over the same steps; every state must match."""
+    xs, h0 = torch.randn(5, 2, 4), torch.randn(2, 6)
+    ours = _run_steps(cell, xs, (h0,) if generic else h0, generic)
+    theirs = _run_steps(ref, xs, h0, False)
+    for h, rh in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(h[0] if generic else h, rh)
+
+
 @pytest.mark.parametrize("generic", [False, True])
 def test_none_gru_cell_equals_torch_gru_cell(generic: bool) -> None:
     ref, cell = nn.GRUCell(4, 6), GRUCell(4, 6, "none")
@@ -59,11 +68,7 @@ def test_none_gru_cell_equals_torch_gru_cell(generic: bool) -> None:
         cell.lh.weight.copy_(ref.weight_hh)
         cell.bias.copy_(ref.bias_ih + torch.cat([ref.bias_hh[:12], torch.zeros(6)]))
         cell.bias_hn.copy_(ref.bias_hh[12:])
-    xs, h0 = torch.randn(5, 2, 4), torch.randn(2, 6)
-    ours = _run_steps(cell, xs, (h0,) if generic else h0, generic)
-    theirs = _run_steps(ref, xs, h0, False)
-    for h, rh in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(h[0] if generic else h, rh)
+    _assert_single_state_cells_agree(cell, ref, generic)
 
 
 @pytest.mark.parametrize("generic", [False, True])
@@ -73,11 +78,7 @@ def test_none_rnn_cell_equals_torch_rnn_cell(generic: bool) -> None:
         cell.lx.weight.copy_(ref.weight_ih)
         cell.lh.weight.copy_(ref.weight_hh)
         cell.bias.copy_(ref.bias_ih + ref.bias_hh)
-    xs, h0 = torch.randn(5, 2, 4), torch.randn(2, 6)
-    ours = _run_steps(cell, xs, (h0,) if generic else h0, generic)
-    theirs = _run_steps(ref, xs, h0, False)
-    for h, rh in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(h[0] if generic else h, rh)
+    _assert_single_state_cells_agree(cell, ref, generic)
 
 
 def test_zero_state_none_equals_explicit_zeros_without_normalization() -> None:
