@@ -70,8 +70,6 @@ class OnlineLearner:
         self.optimizer = _make_optimizer(self.net, self.spec)
         init_optimizer_state(self.optimizer)
         self.flat = FlatState(self.net, self.optimizer)
-        self._params = list(self.net.parameters())
-        self._buffers = list(self.net.buffers())
         self._notify = [m for m in self.net.modules() if callable(getattr(m, "on_optimizer_step",
                                                                            None))]
         self.metrics = Metrics(self.spec.task, metrics_window)
@@ -83,33 +81,32 @@ class OnlineLearner:
     def predict_one(self, x: Any = None, *, stream: str = DEFAULT_STREAM,
                     sequence: Any = None) -> float | int:
         """The prediction ``learn_one`` would return for ``x`` now; changes nothing."""
-        logits = self._predict_logits(*self._window(x, stream, sequence))
-        return self.net.decode(logits)[0][0]
+        window, state, _, capture = self._window(x, stream, sequence)
+        return self.net.decode(self._predict_logits(window, state, capture))[0][0]
 
     def predict_proba_one(self, x: Any = None, *, stream: str = DEFAULT_STREAM,
                           sequence: Any = None) -> dict[int, float]:
         """Class probabilities (label → probability) for classifiers; changes nothing."""
         if self.spec.task == "regression":
             raise TypeError("predict_proba_one is for classifiers; this model does regression")
-        logits = self._predict_logits(*self._window(x, stream, sequence))
-        proba = self.net.decode(logits)[1]
+        window, state, _, capture = self._window(x, stream, sequence)
+        proba = self.net.decode(self._predict_logits(window, state, capture))[1]
         assert proba is not None
         return dict(enumerate(proba[0]))
 
     def learn_one(self, x: Any = None, y: Any = None, *, stream: str = DEFAULT_STREAM,
                   sequence: Any = None) -> LearnResult:
         """Test-then-train on one sample (stream mode with ``x``, or sequence mode)."""
-        window, state, ctx_key = self._window(x, stream, sequence)
+        window, state, ctx_key, capture = self._window(x, stream, sequence)
         target = to_target(y, self.spec)
-        full = ctx_key is not None and window.shape[0] == self.spec.window
         self.flat.save_point()
-        out = self.net(window, state, capture=0 if full else None)
+        out = self.net(window, state, capture=capture)
         loss = self.net.loss(out.logits, self._target_tensor([target]))
         self._step(loss)
         result = self._score(out.logits, [target], loss)[0]
         if ctx_key is not None:
             keep = self.spec.window - 1
-            new_state = out.captured if full else state
+            new_state = out.captured if capture is not None else state
             self.contexts[ctx_key] = StreamContext(
                 None if new_state is None else tuple(s.detach() for s in new_state),
                 window[max(0, window.shape[0] - keep):, 0].detach().clone())
@@ -153,21 +150,23 @@ class OnlineLearner:
 
     # -- internals -----------------------------------------------------------------------------
     def _window(self, x: Any, stream: str, sequence: Any
-                ) -> tuple[Tensor, tuple[Tensor, ...] | None, str | None]:
-        """The window ``[T, 1, I]``, its start state, and the context key (``None``: sequence)."""
+                ) -> tuple[Tensor, tuple[Tensor, ...] | None, str | None, int | None]:
+        """The window ``[T, 1, I]``, its start state, the context key (``None``: sequence), and
+        the step whose state starts the next window (0 once the window is full, else ``None``).
+        """
         if sequence is not None:
             if x is not None:
                 raise InvalidInput("sequence", "give either x (stream mode) or sequence")
-            return to_sequence(sequence, self.spec).unsqueeze(1), None, None
+            return to_sequence(sequence, self.spec).unsqueeze(1), None, None, None
         if x is None:
             raise InvalidInput("x", "is required (or give sequence)")
         if not isinstance(stream, str) or not stream:
             raise InvalidInput("stream", "must be a non-empty string")
         row = torch.tensor([to_features(x, self.spec)], dtype=torch.float32)
         ctx = self.contexts.get(stream)
-        if ctx is None:
-            return row.unsqueeze(1), None, stream
-        return torch.cat([ctx.inputs, row]).unsqueeze(1), ctx.state, stream
+        window = row if ctx is None else torch.cat([ctx.inputs, row])
+        capture = 0 if window.shape[0] == self.spec.window else None
+        return window.unsqueeze(1), None if ctx is None else ctx.state, stream, capture
 
     def _target_tensor(self, targets: list[float | int]) -> Tensor:
         if self.spec.task == "multiclass":
@@ -175,21 +174,14 @@ class OnlineLearner:
         return torch.tensor(targets, dtype=torch.float32)
 
     def _predict_logits(self, window: Tensor, state: tuple[Tensor, ...] | None,
-                        key: str | None) -> Tensor:
-        """The training forward, run on a copy of every buffer (restored afterwards).
-
-        It captures where ``learn_one`` would, so both run the very same kernels.
-        """
-        full = key is not None and window.shape[0] == self.spec.window
-        buffers = self._buffers
-        saved = [b.clone() for b in buffers]
+                        capture: int | None) -> Tensor:
+        """The training forward ``learn_one`` would run (same capture, so the very same
+        kernels), then every statistic put back from the flat save point."""
+        self.flat.save_point()
         try:
-            logits = self.net(window, state, capture=0 if full else None).logits.detach()
+            return self.net(window, state, capture=capture).logits.detach()
         finally:
-            with torch.no_grad():
-                for b, s in zip(buffers, saved, strict=True):
-                    b.copy_(s)
-        return logits
+            self.flat.rollback()
 
     def _rollback(self) -> None:
         self.flat.grad.zero_()
