@@ -68,15 +68,22 @@ class FlatState:
             sizes[code] = sizes.get(code, 0) + t.numel()
         self.flats = {code: torch.empty(n, dtype=dtype) for dtype, code in _CODES.items()
                       if (n := sizes.get(code, 0))}
+        views = []
         with torch.no_grad():
             for (_, t, rebind), (_, code, shape, off) in zip(entries, layout, strict=True):
                 view = self.flats[code][off:off + t.numel()].view(shape)
                 view.copy_(t)
                 rebind(view)
+                views.append(view)
         self.layout = json.dumps(layout, separators=(",", ":"))
+        self.entries = layout
+        self.layout_json = json.dumps(self.layout)  # as it sits in a state's header
+        params = list(net.parameters())
+        # what owns each entry's values (the Parameter itself for parameters): ``models.clone``
+        # maps these objects onto a copy's new buffers
+        self.owners: list[Tensor] = params + views[len(params):]
         # gradients as views of one buffer too (as DDP's gradient_as_bucket_view): autograd
         # accumulates into them in place, so zeroing and clipping are one op each
-        params = list(net.parameters())
         self.grad = torch.zeros(sum(p.numel() for p in params))
         offset = 0
         for p in params:

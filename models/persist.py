@@ -12,12 +12,13 @@ changes, and never unpickles: malformed bytes raise ``StateError``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from pydantic import ValidationError
 from torch import Tensor
 
+from .clone import copy_structure, template_for
 from .metrics import Metrics
 from .spec import ModelSpec
 from .state import StateError, load_packed, pack, read_header, unpack
@@ -65,24 +66,34 @@ def _context_from(tensors: dict[str, Tensor], prefix: str, learner: OnlineLearne
 
 def learner_to_bytes(learner: OnlineLearner) -> bytes:
     """Serialize a learner: its flat buffers as they are, contexts packed beside them."""
-    ctx: dict[str, Tensor] = {}
+    tensors: dict[str, Tensor] = {}
     streams = learner.streams
     for j, name in enumerate(streams):
-        ctx.update(_context_tensors(learner.contexts[name], f"ctx.{j}."))
+        tensors.update(_context_tensors(learner.contexts[name], f"ctx.{j}."))
+    for name, values in learner.metrics.recent().items():
+        tensors[f"metrics.{name}.recent"] = torch.tensor(values, dtype=torch.float64)
     meta = {"spec": learner.spec.model_dump(mode="json"), "updates": learner.updates,
-            "samples": learner.samples, "metrics": learner.metrics.to_dict(),
+            "samples": learner.samples, "metrics": learner.metrics.to_dict(recent=False),
             "streams": streams}
-    return pack(ctx, _LEARNER, SCHEMA, meta, group="C", fixed=learner.flat.flats,
-                layout=learner.flat.layout)
+    return pack(tensors, _LEARNER, SCHEMA, meta, group="C", fixed=learner.flat.flats,
+                encoded={"layout": learner.flat.layout_json})
 
 
-def load_into(learner: OnlineLearner, data: bytes, *, max_bytes: int | None = None,
-              _info: dict[str, Any] | None = None) -> None:
-    """Load ``data`` into ``learner`` (same spec), validating everything before any change."""
-    info = _info or read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
+class _Parsed(NamedTuple):
+    flats: dict[str, Tensor]
+    contexts: dict[str, StreamContext]
+    metrics: Metrics
+    updates: int
+    samples: int
+
+
+def _parse(learner: OnlineLearner, data: bytes, info: dict[str, Any],
+           spec: ModelSpec | None = None) -> _Parsed:
+    """Validate ``data`` against ``learner`` (its spec and layout) without changing it;
+    ``spec``: the stored spec, when the caller has validated it already."""
     meta = info["meta"]
     try:
-        if ModelSpec.model_validate(meta["spec"]) != learner.spec:
+        if (spec or ModelSpec.model_validate(meta["spec"])) != learner.spec:
             raise StateError("the state belongs to a different spec")
         if info.get("layout") != learner.flat.layout:
             raise StateError("the stored tensors do not fit this learner's layout")
@@ -97,34 +108,52 @@ def load_into(learner: OnlineLearner, data: bytes, *, max_bytes: int | None = No
             raise StateError("streams must be a list of names")
         contexts = {name: _context_from(tensors, f"ctx.{j}.", learner)
                     for j, name in enumerate(streams)}
+        scores = meta["metrics"]["scores"]
+        for name, score in scores.items():
+            recent = tensors.pop(f"metrics.{name}.recent")
+            if recent.dtype != torch.float64 or recent.dim() != 1:
+                raise StateError(f"metric {name!r}: recent values must be a float64 vector")
+            score["recent"] = recent.tolist()
         if len(tensors) != sum(1 + (len(c.state) if c.state is not None else 0)
                                for c in contexts.values()):
-            raise StateError("stored tensors name no stream")
+            raise StateError("stored tensors name no stream or metric")
         metrics = Metrics.from_dict(meta["metrics"])
-        updates, samples = int(meta["updates"]), int(meta["samples"])
+        return _Parsed(flats, contexts, metrics, int(meta["updates"]), int(meta["samples"]))
     except StateError:
         raise
-    except (ValidationError, ValueError, KeyError, TypeError, IndexError) as exc:
+    except (ValidationError, ValueError, KeyError, TypeError, IndexError, AttributeError
+            ) as exc:
         raise StateError(f"invalid learner state: {exc}") from exc
-    # everything is validated: now change the learner
-    with torch.no_grad():
-        for code, own in learner.flat.flats.items():
-            own.copy_(flats[code])
-    learner.contexts = contexts
-    learner.metrics, learner.updates, learner.samples = metrics, updates, samples
+
+
+def _apply(learner: OnlineLearner, parsed: _Parsed, *, copy: bool = True) -> None:
+    if copy:
+        with torch.no_grad():
+            for code, own in learner.flat.flats.items():
+                own.copy_(parsed.flats[code])
+    learner.contexts = parsed.contexts
+    learner.metrics, learner.updates, learner.samples = (parsed.metrics, parsed.updates,
+                                                         parsed.samples)
+
+
+def load_into(learner: OnlineLearner, data: bytes, *, max_bytes: int | None = None) -> None:
+    """Load ``data`` into ``learner`` (same spec), validating everything before any change."""
+    info = read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
+    _apply(learner, _parse(learner, data, info))
 
 
 def learner_from_bytes(data: bytes, *, max_bytes: int | None = None) -> OnlineLearner:
-    """A new learner from ``learner_to_bytes`` output (built without random initialisation)."""
-    from .learner import OnlineLearner
-
+    """A new learner from ``learner_to_bytes`` output: a structural copy of a per-spec template
+    whose flat buffers are the ones just read (``models.clone``)."""
     info = read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
     try:
         spec = ModelSpec.model_validate(info["meta"]["spec"])
     except (ValidationError, KeyError, TypeError) as exc:
         raise StateError(f"invalid spec in state: {exc}") from exc
-    learner = OnlineLearner(spec, _blank=True)
-    load_into(learner, data, max_bytes=max_bytes, _info=info)
+    template = template_for(spec)
+    parsed = _parse(template, data, info, spec)
+    learner = copy_structure(template, flats={c: parsed.flats[c] for c in template.flat.flats})
+    _apply(learner, parsed, copy=False)
     return learner
 
 

@@ -26,7 +26,7 @@ __all__ = ["SCHEMA_VERSION", "StateError", "load_packed", "module_from_bytes", "
 SCHEMA_VERSION = 2
 MAX_MODULE_BYTES = 512 * 1024 * 1024
 _FORMAT = "streamnorm.module"
-_DTYPES = {"F32": torch.float32, "I64": torch.int64}
+_DTYPES = {"F32": torch.float32, "I64": torch.int64, "F64": torch.float64}
 _CODES = {v: k for k, v in _DTYPES.items()}
 
 
@@ -35,9 +35,11 @@ class StateError(ValueError):
 
 
 def pack(tensors: dict[str, Tensor], kind: str, schema: int, meta: dict[str, Any], *,
-         group: str = "", fixed: dict[str, Tensor] | None = None, **extra: Any) -> bytes:
+         group: str = "", fixed: dict[str, Tensor] | None = None,
+         encoded: dict[str, str] | None = None) -> bytes:
     """Pack ``tensors`` (codes ``{group}F32``/``{group}I64``) beside ``fixed`` flat tensors
-    stored as they are; ``extra`` goes into the header next to format, schema, meta, index."""
+    stored as they are; ``encoded`` (key → JSON text, encoded once by the caller) joins the
+    header next to format, schema, meta and index."""
     groups: dict[str, list[Tensor]] = {}
     index: list[list[Any]] = []
     sizes: dict[str, int] = {}
@@ -52,8 +54,11 @@ def pack(tensors: dict[str, Tensor], kind: str, schema: int, meta: dict[str, Any
     if flat.keys() & groups.keys():
         raise StateError("packed tensors collide with fixed ones")
     flat.update({code: torch.cat(parts) for code, parts in groups.items()})
-    info = {"format": kind, "schema": str(schema), "meta": meta, "index": index, **extra}
-    return safetensors.torch.save(flat, metadata={"streamnorm": json.dumps(info, sort_keys=True)})
+    info = {"format": kind, "schema": str(schema), "meta": meta, "index": index}
+    header = json.dumps(info, sort_keys=True)
+    if encoded:
+        header = header[:-1] + "".join(f", {json.dumps(k)}: {v}" for k, v in encoded.items()) + "}"
+    return safetensors.torch.save(flat, metadata={"streamnorm": header})
 
 
 def read_header(data: bytes, kind: str, schema: int, max_bytes: int) -> dict[str, Any]:

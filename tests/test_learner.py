@@ -234,3 +234,46 @@ def test_load_bytes_in_place_restores_an_equal_learner_and_rejects_other_specs()
     with pytest.raises(StateError, match="different spec"):
         c.load_bytes(blob)
     assert c.to_bytes() == before
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("method", METHODS)
+def test_from_bytes_copies_share_nothing_mutable(method: str, cell: str) -> None:
+    """``from_bytes`` copies a cached per-spec template: copies must not share memory or module
+    objects with it or with each other, and must learn exactly like a constructed learner."""
+    evs = events(8)
+    source = OnlineLearner(spec(method, cell))
+    for ev in evs[:3]:
+        source.learn_one(ev["x"], ev["y"], stream=ev["stream"])
+    data = source.to_bytes()
+    a, b = OnlineLearner.from_bytes(data), OnlineLearner.from_bytes(data)
+    built = OnlineLearner(spec(method, cell))
+    built.load_bytes(data)
+
+    def storages(learner: OnlineLearner) -> set[int]:
+        tensors = [*learner.net.parameters(), *learner.net.buffers(), learner.flat.grad,
+                   *learner.flat.flats.values()]
+        return {t.untyped_storage().data_ptr() for t in tensors}
+
+    assert not storages(a) & storages(b)
+    assert not {id(m) for m in a.net.modules()} & {id(m) for m in b.net.modules()}
+    for ev in evs[3:]:
+        got = a.learn_one(ev["x"], ev["y"], stream=ev["stream"])
+        want = built.learn_one(ev["x"], ev["y"], stream=ev["stream"])
+        assert got == want
+    assert a.to_bytes() == built.to_bytes() != data
+    assert b.to_bytes() == data  # untouched by a's learning
+    assert OnlineLearner.from_bytes(data).to_bytes() == data  # and so is the template
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop"])
+def test_optimizer_step_equals_torch_optimizer_step(optimizer: str) -> None:
+    """The learner calls fused Adam's kernel directly; that must equal ``Adam.step()``."""
+    fast = OnlineLearner(spec("layer", optimizer={"name": optimizer, "lr": 0.01}))
+    slow = OnlineLearner(spec("layer", optimizer={"name": optimizer, "lr": 0.01}))
+    slow._adam = False  # always through torch.optim
+    for ev in events(12):
+        assert fast.learn_one(ev["x"], ev["y"], stream=ev["stream"]) == slow.learn_one(
+            ev["x"], ev["y"], stream=ev["stream"])
+    assert fast.to_bytes() == slow.to_bytes()
+    assert (fast._adam is not False) == (optimizer == "adam")
