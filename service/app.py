@@ -1,29 +1,125 @@
-"""The FastAPI application (placeholder until the HTTP service issue: health and norms only)."""
+"""The FastAPI application: factory, lifespan (one Redis pool), limits, metrics, routers."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from typing import Any
 
+import torch
 from fastapi import FastAPI
+from redis.asyncio import Redis
+from starlette.exceptions import HTTPException
 
-from models import norms
+from . import metrics
+from .engine import Engine
+from .errors import install_handlers
+from .routers import learning, models, system
+from .settings import Settings
+from .store import Store
 
 __all__ = ["create_app"]
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-def create_app() -> FastAPI:
-    """Build the app; the Redis-backed endpoints arrive with the service issue."""
-    app = FastAPI(title="streamnorm", version="0.1.0",
-                  description="Online learning for recurrent models with batch-free normalization")
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        """The process is alive."""
-        return {"status": "ok"}
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Redis comes from ``settings.redis_url`` (``streamnorm serve`` fills it
+    in with an embedded server when the environment names none)."""
+    settings = settings or Settings()
+    torch.set_num_threads(1)  # deterministic training (replay relies on it); scale by process
 
-    @app.get("/norms")
-    def list_norms() -> list[dict[str, Any]]:
-        """Every normalization method with its description and parameter schema."""
-        return norms.describe()
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.redis_url:
+            raise RuntimeError("STREAMNORM_REDIS_URL is not set (`streamnorm serve` starts an "
+                               "embedded Redis when it is not)")
+        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s,
+                               socket_connect_timeout=settings.redis_timeout_s)
+        app.state.redis = redis
+        app.state.engine = Engine(Store(redis, seen_limit=settings.seen_limit), settings)
+        try:
+            yield
+        finally:
+            await redis.aclose()
 
+    app = FastAPI(
+        title="streamnorm", version="0.1.0", lifespan=lifespan,
+        description="Online learning for recurrent models (LSTM, GRU, RNN) with batch-free "
+                    "normalization, one sample at a time, state in Redis.")
+    app.state.settings = settings
+    install_handlers(app)
+    for router in (system.router, models.router, learning.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)
     return app
+
+
+class BodyLimit:
+    """413 for bodies over ``limit`` bytes, by Content-Length or while streaming, before the
+    application reads any of it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _reject(send, self.limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # an HTTPException, so FastAPI's body parsing re-raises it
+                    raise HTTPException(413, f"request body is larger than {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _reject(send: Send, limit: int) -> None:
+    body = (b'{"detail":"request body is larger than %d bytes","field":"body"}' % limit)
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestMetrics:
+    """Counts and times every request by route template (``/models/{name}/learn``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            metrics.REQUESTS.labels(path, scope["method"], str(status)).inc()
+            metrics.LATENCY.labels(path).observe(time.perf_counter() - start)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(help="streamnorm: online learning for recurrent models", no_args_is_help=True)
@@ -10,13 +15,30 @@ app = typer.Typer(help="streamnorm: online learning for recurrent models", no_ar
 @app.command()
 def serve(host: str = typer.Option("127.0.0.1", help="interface to bind"),
           port: int = typer.Option(8000, help="TCP port"),
-          workers: int = typer.Option(1, min=1, help="uvicorn worker processes")) -> None:
-    """Run the HTTP API (one torch thread per process)."""
-    import torch
+          workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
+          log_level: str = typer.Option("info", help="uvicorn log level")) -> None:
+    """Run the HTTP API (uvloop + httptools, one torch thread per process). Without
+    STREAMNORM_REDIS_URL an embedded Redis is started (AOF in STREAMNORM_DATA_DIR)."""
     import uvicorn
 
-    torch.set_num_threads(1)
-    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers)
+    from .embedded import EmbeddedRedis
+    from .settings import Settings
+
+    settings = Settings()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # one thread per process: deterministic replay
+    with ExitStack() as stack:
+        if not settings.redis_url:
+            embedded = stack.enter_context(EmbeddedRedis(
+                Path(settings.data_dir) / "redis", binary=settings.redis_server))
+            os.environ["STREAMNORM_REDIS_URL"] = embedded.url
+            typer.echo(f"embedded Redis on {embedded.url} (data in "
+                       f"{embedded.data_dir.resolve()})", err=True)
+        if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="streamnorm-prom-"))
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        uvicorn.run("service.app:create_app", factory=True, host=host, port=port,
+                    workers=workers, loop="uvloop", http="httptools", log_level=log_level)
 
 
 @app.command()

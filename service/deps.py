@@ -1,0 +1,48 @@
+"""FastAPI dependencies: the engine, the model name in the path, and write authorization."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from models.spec import NAME_PATTERN
+
+from .engine import Engine
+from .errors import ApiError
+from .settings import Settings
+
+__all__ = ["EngineDep", "ModelName", "SettingsDep", "require_writer"]
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="model name",
+                                examples=["demo"])]
+
+
+def require_writer(request: Request, settings: SettingsDep) -> None:
+    """With ``STREAMNORM_API_KEYS`` set, writes need ``Authorization: Bearer <key>``:
+    401 without one, 403 with a wrong one. Keys are compared in constant time."""
+    if not settings.api_keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise ApiError(401, "this endpoint needs 'Authorization: Bearer <api key>'",
+                       "authorization", headers={"WWW-Authenticate": "Bearer"})
+    given_b = given.strip().encode()
+    ok = False
+    for key in settings.api_keys:  # no early exit: every key is compared
+        ok |= hmac.compare_digest(given_b, key.encode())
+    if not ok:
+        raise ApiError(403, "the API key is not valid", "authorization")

@@ -1,0 +1,328 @@
+"""The one place that applies an event to a model: validate → lease → catch up → learn → commit.
+
+HTTP ``learn`` calls ``Engine.learn`` (the stream worker will too). Each process keeps hot
+learners in memory with the version they are at; a request first reads the model's version in
+Redis (one round trip) and, only when it moved, catches the cached learner up by replaying the
+logged events (or loads the snapshot and replays the tail when the log no longer reaches back):
+a hot model is never deserialized per request (``streamnorm_state_loads_total`` counts loads).
+Training is deterministic on one CPU thread, so a replayed learner equals the writer's bit for bit.
+Torch work runs on the event loop thread between awaits: requests of one process never touch a
+learner concurrently, and one ``asyncio.Lock`` per model orders them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from models import InvalidInput, ModelSpec, OnlineLearner, UpdateRejected
+from models.inputs import to_features, to_sequence, to_target
+from models.persist import context_to_bytes
+
+from . import metrics as m
+from .errors import ApiError
+from .settings import Settings
+from .store import ModelHead, Store
+
+__all__ = ["Engine", "Event", "LearnOutcome"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A validated learn event in its canonical JSON form (what the log stores and replays)."""
+
+    body: dict[str, Any]
+    event_id: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.body, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class LearnOutcome:
+    prediction: float | int | None
+    loss: float | None
+    version: int
+    applied: bool
+    proba: dict[int, float] | None = None
+
+
+@dataclass
+class _Hot:
+    """A learner cached by this process, the version it is at, and who may touch it."""
+
+    learner: OnlineLearner
+    uid: str
+    version: int
+    snapshot_version: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: int = 0
+    token: str | None = None  # the lease, while this process holds it
+    dead: bool = False  # dropped from the cache (holds an uncommitted update): never use
+
+
+def canonical_event(spec: ModelSpec, payload: dict[str, Any]) -> Event:
+    """Validate a learn payload against ``spec`` (InvalidInput names the field)."""
+    stream, x, seq, batch = (payload.get(k) for k in ("stream", "x", "sequence", "batch"))
+    given = [k for k, v in (("x", x), ("sequence", seq), ("batch", batch)) if v is not None]
+    if len(given) != 1:
+        raise InvalidInput("x", "give exactly one of x (with stream), sequence, or batch")
+    event_id = payload.get("event_id")
+    if batch is not None:
+        if not isinstance(batch, list) or not batch or len(batch) > 1024:
+            raise InvalidInput("batch", "must be a list of 1 to 1024 {sequence, y} samples")
+        samples = []
+        for i, item in enumerate(batch):
+            if not isinstance(item, dict):
+                raise InvalidInput(f"batch[{i}]", "must be an object with sequence and y")
+            rows = to_sequence(item.get("sequence"), spec, f"batch[{i}].sequence").tolist()
+            samples.append({"sequence": rows, "y": to_target(item.get("y"), spec,
+                                                             f"batch[{i}].y")})
+        return Event({"batch": samples}, event_id)
+    y = to_target(payload.get("y"), spec)
+    if seq is not None:
+        if stream is not None:
+            raise InvalidInput("stream", "sequence mode keeps no stream context; drop stream")
+        return Event({"sequence": to_sequence(seq, spec).tolist(), "y": y}, event_id)
+    return Event({"x": to_features(x, spec), "y": y, "stream": stream or "default"}, event_id)
+
+
+def apply_event(learner: OnlineLearner, body: dict[str, Any]) -> LearnOutcome | None:
+    """Run one canonical event on ``learner`` (the same call for a request and a replay)."""
+    if "batch" in body:
+        items = body["batch"]
+        learner.learn_many([s["sequence"] for s in items], [s["y"] for s in items])
+        return None
+    if "sequence" in body:
+        r = learner.learn_one(sequence=body["sequence"], y=body["y"])
+    else:
+        r = learner.learn_one(body["x"], body["y"], stream=body["stream"])
+    return LearnOutcome(r.prediction, r.loss, 0, True, r.proba)
+
+
+class Engine:
+    """Per-process learner cache plus the read and write paths over the store."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store, self.settings = store, settings
+        self._hot: OrderedDict[str, _Hot] = OrderedDict()
+        self._specs: dict[tuple[str, str], ModelSpec] = {}
+
+    # -- models --------------------------------------------------------------------------------
+    async def create(self, spec: ModelSpec) -> None:
+        learner = OnlineLearner(spec)
+        metrics = json.dumps(learner.metrics.report())
+        ok = await self.store.create(spec.name, spec.model_dump_json(), learner.to_bytes(),
+                                     uuid.uuid4().hex, metrics)
+        if not ok:
+            raise ApiError(409, f"a model named {spec.name!r} exists", "name")
+
+    async def delete(self, name: str) -> None:
+        if not await self.store.delete(name):
+            raise ApiError(404, f"no model named {name!r}", "name")
+        hot = self._hot.get(name)
+        if hot is not None and not hot.lock.locked():
+            self._drop(name, hot)  # a busy one finds the model gone at its commit
+
+    async def spec(self, name: str, head: ModelHead | None = None) -> tuple[ModelSpec, ModelHead]:
+        """The model's spec (cached per incarnation) and head; 404 if unknown."""
+        head = head or await self.store.head(name)
+        if head is None:
+            raise ApiError(404, f"no model named {name!r}", "name")
+        spec = self._specs.get((name, head.uid))
+        if spec is None:
+            raw = await self.store.spec(name)
+            if raw is None:
+                raise ApiError(404, f"no model named {name!r}", "name")
+            spec = self._specs[(name, head.uid)] = ModelSpec.model_validate_json(raw)
+        return spec, head
+
+    # -- reading -------------------------------------------------------------------------------
+    async def predict(self, name: str, payload: dict[str, Any]
+                      ) -> tuple[float | int, dict[int, float] | None, int]:
+        """The prediction ``learn`` would make now, the class probabilities, the version."""
+        spec, head = await self.spec(name)
+        stream, x, seq = payload.get("stream"), payload.get("x"), payload.get("sequence")
+        if (x is None) == (seq is None):
+            raise InvalidInput("x", "give exactly one of x (with stream) or sequence")
+        if seq is not None and stream is not None:
+            raise InvalidInput("stream", "sequence mode keeps no stream context; drop stream")
+        kwargs = {"sequence": seq} if seq is not None else {"x": x, "stream": stream or "default"}
+        hot = await self._enter(name)
+        try:
+            await self._catch_up(name, hot, head)
+            if spec.task == "regression":
+                return hot.learner.predict_one(**kwargs), None, hot.version
+            proba = hot.learner.predict_proba_one(**kwargs)
+            return max(proba, key=proba.__getitem__), proba, hot.version  # first on ties
+        finally:
+            self._leave(hot)
+
+    async def current_state(self, name: str) -> tuple[bytes, int]:
+        """The learner's bytes at the latest version (for export)."""
+        _, head = await self.spec(name)
+        hot = await self._enter(name)
+        try:
+            await self._catch_up(name, hot, head)
+            return hot.learner.to_bytes(), hot.version
+        finally:
+            self._leave(hot)
+
+    # -- writing -------------------------------------------------------------------------------
+    async def learn(self, name: str, payload: dict[str, Any]) -> LearnOutcome:
+        """Apply one event exactly once (``event_id``) and commit it before replying."""
+        cached = self._hot.get(name)
+        spec = cached.learner.spec if cached is not None else (await self.spec(name))[0]
+        event = canonical_event(spec, payload)  # before any lock: bad input costs nothing
+        hot = await self._enter(name)
+        try:
+            head = await self._lease(name, hot)
+            await self._catch_up(name, hot, head)
+            if hot.learner.spec != spec:  # the name was deleted and re-created meanwhile
+                event = canonical_event(hot.learner.spec, payload)
+            if event.event_id is not None:
+                done = await self.store.seen(name, event.event_id)
+                if done is not None:
+                    return LearnOutcome(None, None, done, False)
+            return await self._apply(name, hot, event)
+        finally:
+            self._leave(hot)
+            if hot.waiting == 0 and hot.token is not None:
+                token, hot.token = hot.token, None
+                await self.store.release(name, token)
+
+    async def _apply(self, name: str, hot: _Hot, event: Event) -> LearnOutcome:
+        learner, body = hot.learner, event.body
+        try:
+            outcome = apply_event(learner, body)
+        except UpdateRejected as exc:  # the learner rolled itself back
+            raise ApiError(422, f"update rejected: {exc}", "y") from exc
+        stream = body.get("stream")
+        assert hot.token is not None
+        try:
+            version = await self.store.commit(
+                name, hot.token, hot.version, event.to_json(), event_id=event.event_id,
+                updates=learner.updates, samples=learner.samples,
+                metrics_json=json.dumps(learner.metrics.report()), stream=stream,
+                context=context_to_bytes(learner, stream) if stream is not None else None,
+                lease_ms=self.settings.lease_ms)
+        except BaseException:
+            # the learner holds an update Redis does not: it must never serve again
+            self._drop(name, hot)
+            raise
+        hot.version = version
+        m.UPDATES.labels(name).inc()
+        if version - hot.snapshot_version >= self.settings.snapshot_every:
+            await self._snapshot(name, hot)
+        if outcome is None:
+            return LearnOutcome(None, None, version, True)
+        return LearnOutcome(outcome.prediction, outcome.loss, version, True, outcome.proba)
+
+    async def _snapshot(self, name: str, hot: _Hot) -> None:
+        state = hot.learner.to_bytes()
+        assert hot.token is not None
+        if await self.store.write_snapshot(name, hot.token, hot.version, state):
+            hot.snapshot_version = hot.version
+            m.STATE_BYTES.labels(name).set(len(state))
+            m.SNAPSHOTS.labels(name).inc()
+
+    async def _lease(self, name: str, hot: _Hot) -> ModelHead:
+        """Hold the model's lease (kept while this process has writers queued on it)."""
+        if hot.token is not None:  # nobody else can have written: the commit's check proves it
+            return ModelHead(hot.version, hot.uid, hot.snapshot_version, hot.learner.updates)
+        token = secrets.token_hex(16)
+        start = time.perf_counter()
+        deadline = start + self.settings.lock_wait_s
+        pause = 0.0005
+        while True:
+            head, wait_ms = await self.store.acquire(name, token, self.settings.lease_ms)
+            if head is not None:
+                hot.token = token
+                m.LOCK_WAIT.observe(time.perf_counter() - start)
+                return head
+            if wait_ms < 0:
+                raise ApiError(404, f"no model named {name!r}", "name")
+            if time.perf_counter() >= deadline:
+                raise ApiError(503, f"model {name!r} is busy: its write lease was not free "
+                                    f"within {self.settings.lock_wait_s} s")
+            await asyncio.sleep(min(pause, max(wait_ms, 1) / 1000))
+            pause = min(pause * 2, 0.02)
+
+    # -- the cache -----------------------------------------------------------------------------
+    async def _enter(self, name: str) -> _Hot:
+        """The cached entry for ``name`` with its lock held (loaded if needed)."""
+        while True:
+            hot = self._hot.get(name)
+            if hot is None:
+                spec, _ = await self.spec(name)
+                hot = self._hot.get(name)  # another request may have loaded it meanwhile
+                if hot is None:
+                    hot = await self._load(name, spec)
+                    self._hot[name] = hot
+                    self._evict()
+            self._hot.move_to_end(name)
+            hot.waiting += 1
+            try:
+                await hot.lock.acquire()
+            except BaseException:
+                hot.waiting -= 1
+                raise
+            if not hot.dead:
+                return hot
+            self._leave(hot)
+
+    def _leave(self, hot: _Hot) -> None:
+        hot.waiting -= 1
+        hot.lock.release()
+
+    def _drop(self, name: str, hot: _Hot) -> None:
+        hot.dead, hot.token = True, None
+        if self._hot.get(name) is hot:
+            del self._hot[name]
+
+    def _evict(self) -> None:
+        """Forget the least recently used idle learners beyond ``cache_models``."""
+        for old_name in list(self._hot)[:max(0, len(self._hot) - self.settings.cache_models)]:
+            old = self._hot[old_name]
+            if not old.waiting and not old.lock.locked() and old.token is None:
+                self._drop(old_name, old)
+
+    async def _load(self, name: str, spec: ModelSpec) -> _Hot:
+        snap = await self.store.snapshot(name)
+        if snap is None:
+            raise ApiError(404, f"no model named {name!r}", "name")
+        state, version, head = snap
+        learner = OnlineLearner.from_bytes(state)
+        if learner.spec != spec:
+            raise ApiError(409, f"model {name!r} was replaced while loading; retry")
+        m.STATE_LOADS.labels(name).inc()
+        return _Hot(learner, head.uid, version, version)
+
+    async def _catch_up(self, name: str, hot: _Hot, head: ModelHead) -> None:
+        """Bring the cached learner to ``head.version`` (replay, or snapshot + replay)."""
+        if head.uid != hot.uid or head.version < hot.version:
+            fresh = await self._load(name, (await self.spec(name, head))[0])
+            hot.learner, hot.uid, hot.version = fresh.learner, fresh.uid, fresh.version
+            hot.snapshot_version = fresh.snapshot_version
+        for _ in range(3):
+            if hot.version >= head.version:
+                return
+            entries = await self.store.log_after(name, hot.version, head.version)
+            if entries and entries[0][0] == hot.version + 1 and all(
+                    v == hot.version + 1 + i for i, (v, _) in enumerate(entries)):
+                for v, raw in entries:
+                    apply_event(hot.learner, json.loads(raw))
+                    hot.version = v
+                m.REPLAYED.labels(name).inc(len(entries))
+                continue
+            fresh = await self._load(name, hot.learner.spec)  # the log no longer reaches back
+            hot.learner, hot.version = fresh.learner, fresh.version
+            hot.snapshot_version = fresh.snapshot_version
+        if hot.version < head.version:
+            raise ApiError(503, f"model {name!r} could not be brought up to date; retry")

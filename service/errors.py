@@ -1,0 +1,86 @@
+"""Errors a client can act on: one JSON shape, ``{"detail": message, "field": name}``."""
+
+from __future__ import annotations
+
+import logging
+
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models import InvalidInput
+from models.state import StateError
+
+__all__ = ["ApiError", "install_handlers"]
+
+log = logging.getLogger("streamnorm")
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, a message, and the request field it is about."""
+
+    def __init__(self, status: int, detail: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.field, self.headers = status, detail, field, headers
+
+
+def _body(detail: str, field: str | None) -> dict[str, str | None]:
+    return {"detail": detail, "field": field}
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    parts = [p for p in loc if p not in ("body", "path", "query", "header")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or ".".join(str(p) for p in loc)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map every failure to a 4xx/503 with a message; nothing leaks a traceback."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(_body(exc.detail, exc.field), exc.status, headers=exc.headers)
+
+    @app.exception_handler(InvalidInput)
+    async def invalid_input(_: Request, exc: InvalidInput) -> JSONResponse:
+        return JSONResponse(_body(str(exc), exc.field), 422)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        field = _loc(tuple(first.get("loc", ())))
+        msg = str(first.get("msg", "invalid"))
+        if first.get("type") == "json_invalid":
+            field, msg = "body", f"invalid JSON: {first.get('ctx', {}).get('error', msg)}"
+        return JSONResponse({**_body(f"{field}: {msg}", field),
+                             "errors": [{"field": _loc(tuple(e.get("loc", ()))),
+                                         "message": str(e.get("msg"))} for e in errors[:20]]},
+                            422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        field = "body" if exc.status_code == 413 else None
+        return JSONResponse(_body(str(exc.detail), field), exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(redis.exceptions.RedisError)
+    async def redis_down(_: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+        log.warning("redis error: %r", exc)
+        return JSONResponse(_body(f"Redis is unavailable ({type(exc).__name__}); retry later",
+                                  None), 503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(StateError)
+    async def bad_state(_: Request, exc: StateError) -> JSONResponse:
+        log.error("stored state unreadable: %s", exc)
+        return JSONResponse(_body(f"the stored model state is unreadable: {exc}", None), 500)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse(_body(f"internal error ({type(exc).__name__})", None), 500)

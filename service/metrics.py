@@ -1,0 +1,45 @@
+"""Prometheus metrics of the service (``GET /metrics``).
+
+With several uvicorn workers, ``streamnorm serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` and the
+endpoint aggregates every worker's values (prometheus-client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = ["CONTENT_TYPE_LATEST", "render"]
+
+REQUESTS = Counter("streamnorm_requests_total", "HTTP requests", ["route", "method", "status"])
+LATENCY = Histogram("streamnorm_request_seconds", "HTTP request latency", ["route"],
+                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5))
+UPDATES = Counter("streamnorm_updates_applied_total", "updates committed by this process",
+                  ["model"])
+LOCK_WAIT = Histogram("streamnorm_lock_wait_seconds", "time to obtain a model's write lease",
+                      buckets=(0.0002, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+STATE_BYTES = Gauge("streamnorm_state_bytes", "size of the last snapshot written", ["model"],
+                    multiprocess_mode="max")
+STATE_LOADS = Counter("streamnorm_state_loads_total",
+                      "model states deserialized from Redis (a hot model loads once)", ["model"])
+REPLAYED = Counter("streamnorm_replayed_updates_total",
+                   "logged updates replayed to catch a cached learner up", ["model"])
+SNAPSHOTS = Counter("streamnorm_snapshots_total", "snapshots written", ["model"])
+
+
+def render() -> bytes:
+    """The exposition text (every worker's, in multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()

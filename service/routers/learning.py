@@ -1,0 +1,34 @@
+"""Predict and learn: the two calls on a model's data path."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from ..deps import EngineDep, ModelName, require_writer
+from ..schemas import LearnRequest, LearnResponse, PredictRequest, PredictResponse
+
+router = APIRouter(prefix="/models/{name}", tags=["learning"])
+
+_ERRORS = {404: {"description": "unknown model"},
+           422: {"description": "the input does not fit the model (the field is named)"},
+           503: {"description": "Redis unavailable or the model's lease is busy"}}
+
+
+@router.post("/predict", response_model=PredictResponse, responses=_ERRORS)
+async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> PredictResponse:
+    """Exactly the prediction ``learn`` would return for this input now; changes nothing."""
+    pred, proba, version = await engine.predict(name, body.model_dump(exclude_unset=True, warnings=False))
+    return PredictResponse(prediction=pred, version=version,
+                           proba=None if proba is None else {str(k): v for k, v in proba.items()})
+
+
+@router.post("/learn", response_model=LearnResponse, dependencies=[Depends(require_writer)],
+             responses=_ERRORS)
+async def learn(name: ModelName, body: LearnRequest, engine: EngineDep) -> LearnResponse:
+    """Test-then-train: the prediction before the update, then one optimizer step, committed
+    to Redis before the reply. A repeated ``event_id`` returns ``applied: false``."""
+    out = await engine.learn(name, body.model_dump(exclude_unset=True, warnings=False))
+    return LearnResponse(prediction=out.prediction, loss=out.loss, version=out.version,
+                         applied=out.applied,
+                         proba=None if out.proba is None else {str(k): v
+                                                               for k, v in out.proba.items()})

@@ -1,0 +1,91 @@
+"""Models: create, list, describe, delete, their prequential metrics and their state bytes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response
+
+from models import ModelSpec
+
+from ..deps import EngineDep, ModelName, require_writer
+from ..errors import ApiError
+from ..schemas import ModelInfo
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+_SPEC_EXAMPLE = {"name": "demo", "task": "regression", "n_features": 3, "cell": "lstm",
+                 "hidden_size": 32, "norm": {"method": "streaming", "preset": "online"},
+                 "optimizer": {"name": "adam", "lr": 0.005}, "window": 16, "seed": 0}
+
+
+def _info(spec_json: str, meta: dict[str, str]) -> dict[str, Any]:
+    return {**json.loads(spec_json), "version": int(meta["version"]),
+            "updates": int(meta.get("updates", 0)), "samples": int(meta.get("samples", 0)),
+            "metrics": json.loads(meta.get("metrics") or "null")}
+
+
+@router.post("", status_code=201, response_model=ModelInfo,
+             dependencies=[Depends(require_writer)],
+             responses={409: {"description": "the name is taken"},
+                        422: {"description": "invalid spec (the field is named)"}},
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "example": _SPEC_EXAMPLE}}}})
+async def create_model(spec: ModelSpec, engine: EngineDep) -> dict[str, Any]:
+    """Create a model from its spec; it starts at version 0."""
+    await engine.create(spec)
+    return {**spec.model_dump(mode="json"), "version": 0, "updates": 0, "samples": 0}
+
+
+@router.get("", response_model=list[ModelInfo])
+async def list_models(engine: EngineDep) -> list[dict[str, Any]]:
+    """Every model with its spec and progress."""
+    out = []
+    for name in await engine.store.names():
+        found = await engine.store.describe(name)
+        if found is not None:
+            out.append(_info(*found))
+    return out
+
+
+@router.get("/{name}", response_model=ModelInfo, responses={404: {"description": "unknown"}})
+async def get_model(name: ModelName, engine: EngineDep) -> dict[str, Any]:
+    """The spec, version, number of updates and prequential metrics."""
+    found = await engine.store.describe(name)
+    if found is None:
+        raise ApiError(404, f"no model named {name!r}", "name")
+    return _info(*found)
+
+
+@router.delete("/{name}", status_code=204, dependencies=[Depends(require_writer)],
+               responses={404: {"description": "unknown"}})
+async def delete_model(name: ModelName, engine: EngineDep) -> Response:
+    """Remove the model and every key it has in Redis."""
+    await engine.delete(name)
+    return Response(status_code=204)
+
+
+@router.get("/{name}/metrics", responses={404: {"description": "unknown"}, 200: {
+    "content": {"application/json": {"example": {
+        "version": 42, "updates": 42, "MAE": {"value": 0.31, "rolling": 0.27},
+        "RMSE": {"value": 0.4, "rolling": 0.35}, "n": 42}}}}})
+async def model_metrics(name: ModelName, engine: EngineDep) -> dict[str, Any]:
+    """Prequential metrics (cumulative and over the last 100 samples), as River names them."""
+    found = await engine.store.describe(name)
+    if found is None:
+        raise ApiError(404, f"no model named {name!r}", "name")
+    info = _info(*found)
+    return {"version": info["version"], "updates": info["updates"], **(info["metrics"] or {})}
+
+
+@router.get("/{name}/state", response_class=Response, responses={
+    200: {"content": {"application/octet-stream": {}},
+          "description": "OnlineLearner.to_bytes() at the version in X-Model-Version"},
+    404: {"description": "unknown"}})
+async def model_state(name: ModelName, engine: EngineDep) -> Response:
+    """The model's whole state (safetensors + JSON), loadable offline with
+    ``models.OnlineLearner.from_bytes``."""
+    data, version = await engine.current_state(name)
+    return Response(data, media_type="application/octet-stream",
+                    headers={"X-Model-Version": str(version)})

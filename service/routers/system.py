@@ -1,0 +1,44 @@
+"""Process health, readiness, Prometheus metrics and the catalogue of normalization methods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from models import norms
+
+from .. import metrics
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz", responses={200: {"content": {"application/json": {
+    "example": {"status": "ok"}}}}})
+async def healthz() -> dict[str, str]:
+    """The process is alive (does not touch Redis)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "Redis is unreachable"}})
+async def readyz(request: Request) -> Response:
+    """Ready when Redis answers PING."""
+    try:
+        await request.app.state.redis.ping()
+    except Exception as exc:  # any failure to reach Redis means not ready
+        return JSONResponse({"status": "unavailable", "detail": type(exc).__name__}, 503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {
+    "text/plain": {"example": "streamnorm_updates_applied_total{model=\"demo\"} 42.0\n"}}}})
+async def prometheus() -> Response:
+    """Prometheus text: requests and latency per route, updates, lease waits, state loads."""
+    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
+
+
+@router.get("/norms")
+async def list_norms() -> list[dict[str, Any]]:
+    """Every normalization method with its description and parameter JSON schema."""
+    return norms.describe()

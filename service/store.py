@@ -1,0 +1,233 @@
+"""The only code that knows Redis keys. Every key of a model carries the hash tag ``{name}``.
+
+Layout (``design.md``): ``sn:{name}:spec`` JSON · ``sn:{name}:state`` the latest snapshot
+(``OnlineLearner.to_bytes``: safetensors + JSON header) · ``sn:{name}:meta`` hash (version,
+updates, samples, metrics, snapshot_version, uid, state_bytes) · ``sn:{name}:ctx:{stream}`` a
+stream's context · ``sn:{name}:seen`` applied event ids (sorted set scored by the version that
+applied them, trimmed to the newest ``seen_limit``) · ``sn:{name}:log`` the events applied since
+the snapshot (a Redis Stream whose entry ids are ``{version}-0``) · ``sn:{name}:lock`` the lease.
+
+Concurrency: **a lease lock with a fencing check**. A writer takes ``lock`` with
+``SET NX PX`` and a random token, applies the event to its in-memory learner, and commits with one
+Lua script that first checks that the lock still holds its token and that ``meta.version`` is the
+version it started from, then appends the log entry, bumps version/updates/metrics, records the
+event id and the stream context, and renews the lease — all or nothing. Redis runs a script as
+one atomic unit, like MULTI/EXEC; a script is used instead of WATCH + MULTI/EXEC because the
+fencing check must happen inside the transaction and WATCH would add two round trips per update.
+Why a lease and not a bare version CAS: computing an update costs ~1 ms of CPU, so under
+contention a CAS loop would throw most of that work away; a lease makes writers wait (cheaply)
+instead, and the fencing check still refuses a commit from a writer whose lease expired
+(a paused or partitioned process), so an update is never applied twice or on a stale learner.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from redis.asyncio import Redis
+
+__all__ = ["Committed", "LeaseLost", "ModelHead", "Store", "model_key"]
+
+
+def model_key(name: str, part: str) -> str:
+    """``sn:{name}:part`` (the braces are the Redis Cluster hash tag)."""
+    return f"sn:{{{name}}}:{part}"
+
+
+class LeaseLost(RuntimeError):
+    """The commit was refused: the lease expired or the model changed underneath."""
+
+
+class ModelHead(NamedTuple):
+    """The small part of a model's meta every request reads."""
+
+    version: int
+    uid: str
+    snapshot_version: int
+    updates: int
+
+
+class Committed(NamedTuple):
+    version: int
+
+
+_ACQUIRE = """
+local ok = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+if not ok then return {0, redis.call('PTTL', KEYS[2])} end
+local m = redis.call('HMGET', KEYS[1], 'version', 'uid', 'snapshot_version', 'updates')
+if not m[1] then redis.call('DEL', KEYS[2]) return {-1} end
+return {1, m[1], m[2], m[3], m[4]}
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: meta lock log seen ctx; ARGV: token version event event_id updates samples metrics
+#       ctx_bytes(or '') seen_limit lease_ms
+_COMMIT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+local v = tonumber(redis.call('HGET', KEYS[1], 'version'))
+if v == nil or v ~= tonumber(ARGV[2]) then return -2 end
+local nv = v + 1
+redis.call('XADD', KEYS[3], nv .. '-0', 'event', ARGV[3])
+redis.call('HSET', KEYS[1], 'version', nv, 'updates', ARGV[5], 'samples', ARGV[6],
+           'metrics', ARGV[7])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[4], nv, ARGV[4])
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[9])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
+end
+if ARGV[8] ~= '' then redis.call('SET', KEYS[5], ARGV[8]) end
+redis.call('PEXPIRE', KEYS[2], ARGV[10])
+return nv
+"""
+
+# KEYS: meta lock state log; ARGV: token version state
+_SNAPSHOT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+if tonumber(redis.call('HGET', KEYS[1], 'version')) ~= tonumber(ARGV[2]) then return -2 end
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[1], 'snapshot_version', ARGV[2], 'state_bytes', string.len(ARGV[3]))
+redis.call('XTRIM', KEYS[4], 'MINID', (tonumber(ARGV[2]) + 1) .. '-0')
+return 1
+"""
+
+# KEYS: spec state meta; ARGV: spec state uid metrics
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], 'version', 0, 'updates', 0, 'samples', 0, 'snapshot_version', 0,
+           'uid', ARGV[3], 'metrics', ARGV[4], 'state_bytes', string.len(ARGV[2]))
+return 1
+"""
+
+
+def _int(value: Any) -> int:
+    return int(value.decode() if isinstance(value, bytes) else value)
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Store:
+    """Async access to models in Redis (one client with a connection pool per process)."""
+
+    def __init__(self, redis: Redis, *, seen_limit: int = 100_000) -> None:
+        self.redis = redis
+        self.seen_limit = seen_limit
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._release = redis.register_script(_RELEASE)
+        self._commit = redis.register_script(_COMMIT)
+        self._snapshot = redis.register_script(_SNAPSHOT)
+        self._create = redis.register_script(_CREATE)
+
+    # -- models --------------------------------------------------------------------------------
+    async def create(self, name: str, spec_json: str, state: bytes, uid: str,
+                     metrics_json: str) -> bool:
+        """Store a new model at version 0; ``False`` if the name is taken."""
+        keys = [model_key(name, p) for p in ("spec", "state", "meta")]
+        return bool(await self._create(keys=keys, args=[spec_json, state, uid, metrics_json]))
+
+    async def spec(self, name: str) -> str | None:
+        raw = await self.redis.get(model_key(name, "spec"))
+        return None if raw is None else _str(raw)
+
+    async def head(self, name: str) -> ModelHead | None:
+        """Version, uid, snapshot version and updates (one round trip)."""
+        raw = await self.redis.hmget(model_key(name, "meta"), "version", "uid",
+                                     "snapshot_version", "updates")
+        if raw[0] is None:
+            return None
+        return ModelHead(_int(raw[0]), _str(raw[1]), _int(raw[2]), _int(raw[3]))
+
+    async def describe(self, name: str) -> tuple[str, dict[str, str]] | None:
+        """The spec JSON and the whole meta hash."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(model_key(name, "spec"))
+            pipe.hgetall(model_key(name, "meta"))
+            spec, meta = await pipe.execute()
+        if spec is None or not meta:
+            return None
+        return _str(spec), {_str(k): _str(v) for k, v in meta.items()}
+
+    async def names(self) -> list[str]:
+        """Every model name (a SCAN over ``sn:{*}:spec``; listing is rare)."""
+        out = set()
+        async for key in self.redis.scan_iter(match="sn:{*}:spec", count=1000):
+            key = _str(key)
+            out.add(key[len("sn:{"):-len("}:spec")])
+        return sorted(out)
+
+    async def delete(self, name: str) -> bool:
+        """Remove every key of the model (meta first, so readers see it gone at once)."""
+        fixed = [model_key(name, p) for p in ("meta", "spec", "state", "seen", "log", "lock")]
+        removed = await self.redis.delete(*fixed)
+        ctx = [k async for k in self.redis.scan_iter(match=model_key(name, "ctx:*"),
+                                                     count=1000)]
+        if ctx:
+            await self.redis.delete(*ctx)
+        return bool(removed)
+
+    # -- snapshot and log ----------------------------------------------------------------------
+    async def snapshot(self, name: str) -> tuple[bytes, int, ModelHead] | None:
+        """The snapshot bytes, their version and the head, read in one transaction."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(model_key(name, "state"))
+            pipe.hmget(model_key(name, "meta"), "version", "uid", "snapshot_version", "updates")
+            state, raw = await pipe.execute()
+        if state is None or raw[0] is None:
+            return None
+        head = ModelHead(_int(raw[0]), _str(raw[1]), _int(raw[2]), _int(raw[3]))
+        return bytes(state), head.snapshot_version, head
+
+    async def log_after(self, name: str, version: int, upto: int) -> list[tuple[int, str]]:
+        """Logged events with versions ``version+1 … upto`` (fewer if trimmed: caller checks)."""
+        if upto <= version:
+            return []
+        entries = await self.redis.xrange(model_key(name, "log"), min=f"{version + 1}-0",
+                                          max=f"{upto}-0")
+        return [(int(_str(eid).split("-")[0]), _str(fields[b"event"]))
+                for eid, fields in entries]
+
+    # -- the write path ------------------------------------------------------------------------
+    async def acquire(self, name: str, token: str, lease_ms: int
+                      ) -> tuple[ModelHead | None, int]:
+        """Try to take the lease: ``(head, 0)`` when taken, ``(None, pttl)`` when held by
+        another writer, ``(None, -1)`` when the model does not exist."""
+        res = await self._acquire(keys=[model_key(name, "meta"), model_key(name, "lock")],
+                                  args=[token, lease_ms])
+        if _int(res[0]) == 1:
+            return ModelHead(_int(res[1]), _str(res[2]), _int(res[3]), _int(res[4])), 0
+        if _int(res[0]) == -1:
+            return None, -1
+        return None, max(_int(res[1]), 0)
+
+    async def release(self, name: str, token: str) -> None:
+        await self._release(keys=[model_key(name, "lock")], args=[token])
+
+    async def seen(self, name: str, event_id: str) -> int | None:
+        """The version that applied ``event_id``, if it was applied."""
+        score = await self.redis.zscore(model_key(name, "seen"), event_id)
+        return None if score is None else int(score)
+
+    async def commit(self, name: str, token: str, version: int, event_json: str, *,
+                     event_id: str | None, updates: int, samples: int, metrics_json: str,
+                     stream: str | None, context: bytes | None, lease_ms: int) -> int:
+        """Append one applied event atomically (see the module docstring); the new version."""
+        keys = [model_key(name, p) for p in ("meta", "lock", "log", "seen")]
+        keys.append(model_key(name, f"ctx:{stream}") if stream is not None else keys[0])
+        res = _int(await self._commit(keys=keys, args=[
+            token, version, event_json, event_id or "", updates, samples, metrics_json,
+            context if context is not None else b"", self.seen_limit, lease_ms]))
+        if res < 0:
+            raise LeaseLost("the lease expired" if res == -1 else "the model's version moved")
+        return res
+
+    async def write_snapshot(self, name: str, token: str, version: int, state: bytes) -> bool:
+        """Store the learner at ``version`` and trim the log below it (lease holders only)."""
+        keys = [model_key(name, p) for p in ("meta", "lock", "state", "log")]
+        return _int(await self._snapshot(keys=keys, args=[token, version, state])) == 1

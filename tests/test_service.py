@@ -1,0 +1,105 @@
+"""The HTTP service over a real Redis: models, predict, learn, idempotency, state, metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from fastapi.testclient import TestClient
+
+from models import ModelSpec, OnlineLearner
+from service.settings import Settings
+from service.store import model_key
+
+
+def make(client: TestClient, name: str, **kw: Any) -> dict[str, Any]:
+    body = {"name": name, "task": "regression", "n_features": 3, "cell": "lstm",
+            "hidden_size": 8, "norm": {"method": "layer"}, "window": 4, "seed": 1, **kw}
+    r = client.post("/models", json=body)
+    assert r.status_code == 201, r.text
+    return body
+
+
+def xs(n: int) -> list[list[float]]:
+    return [[0.1 * i, (-1) ** i * 0.2, 0.05 * (i % 5)] for i in range(n)]
+
+
+def test_create_get_list_delete(client: TestClient, model_name: str) -> None:
+    make(client, model_name)
+    got = client.get(f"/models/{model_name}").json()
+    assert got["version"] == 0 and got["updates"] == 0 and got["norm"]["method"] == "layer"
+    assert model_name in [m["name"] for m in client.get("/models").json()]
+    assert client.post("/models", json={"name": model_name, "task": "regression",
+                                        "n_features": 3}).status_code == 409
+    assert client.delete(f"/models/{model_name}").status_code == 204
+    assert client.get(f"/models/{model_name}").status_code == 404
+    assert client.delete(f"/models/{model_name}").status_code == 404
+
+
+def test_learn_matches_an_in_process_learner_bit_for_bit(client: TestClient,
+                                                         model_name: str) -> None:
+    spec = make(client, model_name)
+    local = OnlineLearner(ModelSpec.model_validate(spec))
+    for i, x in enumerate(xs(12)):
+        stream = "a" if i % 3 else "b"
+        p = client.post(f"/models/{model_name}/predict", json={"stream": stream, "x": x}).json()
+        r = client.post(f"/models/{model_name}/learn",
+                        json={"stream": stream, "x": x, "y": sum(x)}).json()
+        want = local.learn_one(x, sum(x), stream=stream)
+        assert p["prediction"] == r["prediction"] == want.prediction
+        assert r["loss"] == want.loss and r["version"] == i + 1 and r["applied"]
+    state = client.get(f"/models/{model_name}/state")
+    assert state.headers["x-model-version"] == "12"
+    assert state.content == local.to_bytes()
+    info = client.get(f"/models/{model_name}/metrics").json()
+    assert info["version"] == 12 and info["n"] == 12
+    assert info["MAE"] == local.metrics.report()["MAE"]
+
+
+def test_a_repeated_event_id_is_not_applied_twice(client: TestClient, model_name: str) -> None:
+    make(client, model_name)
+    body = {"stream": "s", "x": [1.0, 2.0, 3.0], "y": 0.5, "event_id": "e-1"}
+    first = client.post(f"/models/{model_name}/learn", json=body).json()
+    again = client.post(f"/models/{model_name}/learn", json=body).json()
+    assert first["applied"] and first["version"] == 1
+    assert again == {"prediction": None, "loss": None, "version": 1, "applied": False,
+                     "proba": None}
+    assert client.get(f"/models/{model_name}").json()["updates"] == 1
+
+
+def test_classifier_sequence_and_batch_modes(client: TestClient, model_name: str) -> None:
+    make(client, model_name, task="multiclass", n_classes=3, norm="streaming")
+    seq = xs(5)
+    p = client.post(f"/models/{model_name}/predict", json={"sequence": seq}).json()
+    assert set(p["proba"]) == {"0", "1", "2"} and abs(sum(p["proba"].values()) - 1) < 1e-9
+    assert p["prediction"] == max(range(3), key=lambda k: p["proba"][str(k)])
+    r = client.post(f"/models/{model_name}/learn", json={"sequence": seq, "y": 2}).json()
+    assert r["prediction"] == p["prediction"] and r["version"] == 1
+    b = client.post(f"/models/{model_name}/learn", json={
+        "batch": [{"sequence": seq, "y": 1}, {"sequence": seq[:3], "y": 0}]}).json()
+    assert b["applied"] and b["version"] == 2
+    got = client.get(f"/models/{model_name}").json()
+    assert got["updates"] == 2 and got["samples"] == 3
+
+
+def test_snapshots_trim_the_log_and_a_new_process_replays_to_the_same_state(
+        redis_url: str, model_name: str, client: TestClient) -> None:
+    settings = Settings(redis_url=redis_url, snapshot_every=5)
+    from service.app import create_app
+
+    with TestClient(create_app(settings)) as writer:
+        make(writer, model_name)
+        for i, x in enumerate(xs(13)):
+            writer.post(f"/models/{model_name}/learn", json={"stream": "s", "x": x, "y": i})
+        want = writer.get(f"/models/{model_name}/state").content
+    r = redis.Redis.from_url(redis_url)
+    meta = r.hgetall(model_key(model_name, "meta"))
+    assert int(meta[b"snapshot_version"]) == 10 and int(meta[b"version"]) == 13
+    assert [e[0] for e in r.xrange(model_key(model_name, "log"))] == [b"11-0", b"12-0", b"13-0"]
+    # a fresh app (empty cache): loads the snapshot at 10 and replays 11..13
+    with TestClient(create_app(settings)) as reader:
+        assert reader.get(f"/models/{model_name}/state").content == want
+        text = reader.get("/metrics").text
+    assert f'streamnorm_replayed_updates_total{{model="{model_name}"}} 3.0' in text
+    assert json.loads(r.get(model_key(model_name, "spec")))["name"] == model_name
