@@ -17,7 +17,8 @@ _ERRORS = {404: {"description": "unknown model"},
 @router.post("/predict", response_model=PredictResponse, responses=_ERRORS)
 async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> PredictResponse:
     """Exactly the prediction ``learn`` would return for this input now; changes nothing."""
-    pred, proba, version = await engine.predict(name, body.model_dump(exclude_unset=True, warnings=False))
+    payload = body.model_dump(exclude_unset=True, warnings=False)
+    pred, proba, version = await engine.predict(name, payload)
     return PredictResponse(prediction=pred, version=version,
                            proba=None if proba is None else {str(k): v for k, v in proba.items()})
 
