@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.exceptions import HTTPException
 
 from . import metrics
@@ -39,14 +39,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not settings.redis_url:
             raise RuntimeError("STREAMNORM_REDIS_URL is not set (`streamnorm serve` starts an "
                                "embedded Redis when it is not)")
-        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s,
-                               socket_connect_timeout=settings.redis_timeout_s)
+        # a bounded pool that makes callers wait for a connection (not fail) under bursts
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_connections,
+            timeout=settings.redis_timeout_s, socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s)
+        redis = Redis(connection_pool=pool)
         app.state.redis = redis
         app.state.engine = Engine(Store(redis, seen_limit=settings.seen_limit), settings)
         try:
             yield
         finally:
             await redis.aclose()
+            await pool.disconnect()
 
     app = FastAPI(
         title="streamnorm", version="0.1.0", lifespan=lifespan,

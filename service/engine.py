@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from models import InvalidInput, ModelSpec, OnlineLearner, UpdateRejected
 from models.inputs import to_features, to_sequence, to_target
@@ -31,6 +34,8 @@ from .settings import Settings
 from .store import ModelHead, Store
 
 __all__ = ["Engine", "Event", "LearnOutcome"]
+
+log = logging.getLogger("streamnorm")
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ class Engine:
         self.store, self.settings = store, settings
         self._hot: OrderedDict[str, _Hot] = OrderedDict()
         self._specs: dict[tuple[str, str], ModelSpec] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
 
     # -- models --------------------------------------------------------------------------------
     async def create(self, spec: ModelSpec) -> None:
@@ -219,7 +225,10 @@ class Engine:
         hot.version = version
         m.UPDATES.labels(name).inc()
         if version - hot.snapshot_version >= self.settings.snapshot_every:
-            await self._snapshot(name, hot)
+            try:
+                await self._snapshot(name, hot)
+            except RedisError as exc:  # the update is committed; the next one snapshots
+                log.warning("snapshot of %s at %d failed: %r", name, version, exc)
         if outcome is None:
             return LearnOutcome(None, None, version, True)
         return LearnOutcome(outcome.prediction, outcome.loss, version, True, outcome.proba)
@@ -260,12 +269,16 @@ class Engine:
         while True:
             hot = self._hot.get(name)
             if hot is None:
-                spec, _ = await self.spec(name)
-                hot = self._hot.get(name)  # another request may have loaded it meanwhile
-                if hot is None:
-                    hot = await self._load(name, spec)
-                    self._hot[name] = hot
-                    self._evict()
+                loading = self._loading.setdefault(name, asyncio.Lock())
+                async with loading:  # one load per model, however many requests wait for it
+                    hot = self._hot.get(name)
+                    if hot is None:
+                        spec, _ = await self.spec(name)
+                        hot = await self._load(name, spec)
+                        self._hot[name] = hot
+                        self._evict()
+                if not loading.locked():
+                    self._loading.pop(name, None)
             self._hot.move_to_end(name)
             hot.waiting += 1
             try:

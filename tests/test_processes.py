@@ -1,0 +1,235 @@
+"""Real processes: two uvicorn servers on one Redis, kill -9, restarts, and ``streamnorm serve``
+with its embedded Redis. Exactly-once is checked against an independent replay."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from models import ModelSpec, OnlineLearner
+from service.store import model_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not become healthy")
+
+
+class Server:
+    """One ``uvicorn service.app:create_app`` process (uvloop + httptools)."""
+
+    def __init__(self, redis_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
+             "--host", "127.0.0.1", "--port", str(self.port), "--loop", "uvloop",
+             "--http", "httptools", "--log-level", "warning"],
+            cwd=ROOT, env={**os.environ, "STREAMNORM_REDIS_URL": redis_url,
+                           "OMP_NUM_THREADS": "1", **env})
+        wait_healthy(self.url, self.proc)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(20)
+
+
+@pytest.fixture
+def servers(redis_url: str) -> Iterator[list[Server]]:
+    started = [Server(redis_url, STREAMNORM_LEASE_MS="1500"),
+               Server(redis_url, STREAMNORM_LEASE_MS="1500")]
+    yield started
+    for s in started:
+        s.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def name(redis_url: str) -> Iterator[str]:
+    model = f"p-{uuid.uuid4().hex[:12]}"
+    yield model
+    r = redis.Redis.from_url(redis_url)
+    r.delete(*[model_key(model, p) for p in ("spec", "state", "meta", "seen", "log", "lock")],
+             *r.keys(model_key(model, "ctx:*")))
+
+
+SPEC = {"task": "regression", "n_features": 3, "cell": "lstm", "hidden_size": 8,
+        "norm": {"method": "streaming"}, "window": 4, "seed": 2}
+
+
+def event(i: int) -> dict[str, Any]:
+    x = [((i * 7) % 11) / 11, ((i * 3) % 5) / 5 - 0.5, (i % 2) * 0.3]
+    return {"stream": f"s{i % 3}", "x": x, "y": x[0] - x[1], "event_id": f"e-{i}"}
+
+
+async def fire(requests: list[tuple[str, dict[str, Any]]]) -> list[httpx.Response | None]:
+    """Send every (url, body) at once; a dropped connection gives None."""
+    limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
+    async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
+        async def one(url: str, body: dict[str, Any]) -> httpx.Response | None:
+            try:
+                return await client.post(url, json=body)
+            except httpx.HTTPError:
+                return None
+        return list(await asyncio.gather(*(one(u, b) for u, b in requests)))
+
+
+def replay_in_version_order(r: redis.Redis, name: str, spec: dict[str, Any]) -> bytes:
+    """An independent learner fed the applied events in the order their versions record."""
+    order = r.zrange(model_key(name, "seen"), 0, -1, withscores=True)
+    learner = OnlineLearner(ModelSpec.model_validate({"name": name, **spec}))
+    for eid, _version in order:
+        ev = event(int(eid.decode().split("-")[1]))
+        learner.learn_one(ev["x"], ev["y"], stream=ev["stream"])
+    return learner.to_bytes()
+
+
+def test_two_processes_apply_400_concurrent_learns_exactly_once(
+        servers: list[Server], name: str, redis_url: str) -> None:
+    a, b = servers
+    assert httpx.post(f"{a.url}/models", json={"name": name, **SPEC}).status_code == 201
+    n = 400
+    reqs = [(f"{(a, b)[i % 2].url}/models/{name}/learn", event(i)) for i in range(n)]
+    responses = asyncio.run(fire(reqs))
+    assert all(r is not None and r.status_code == 200 for r in responses), \
+        [r.text if r is not None else None for r in responses if r is None or r.is_error][:3]
+    versions = sorted(r.json()["version"] for r in responses if r is not None)
+    assert versions == list(range(1, n + 1))  # every update applied once, in one order
+    info = httpx.get(f"{b.url}/models/{name}").json()
+    assert info["updates"] == n and info["version"] == n
+    rd = redis.Redis.from_url(redis_url)
+    assert rd.zcard(model_key(name, "seen")) == n
+    want = replay_in_version_order(rd, name, SPEC)
+    for server in servers:
+        assert httpx.get(f"{server.url}/models/{name}/state").content == want
+    # repeats are answered, not applied
+    again = asyncio.run(fire(reqs[:20]))
+    assert all(r is not None and r.json()["applied"] is False for r in again)
+    assert httpx.get(f"{a.url}/models/{name}").json()["updates"] == n
+
+
+def test_kill_9_during_a_burst_loses_no_acknowledged_update(
+        servers: list[Server], name: str, redis_url: str) -> None:
+    a, b = servers
+    assert httpx.post(f"{a.url}/models", json={"name": name, **SPEC}).status_code == 201
+    acked: list[str] = []
+
+    async def burst() -> None:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
+            async def one(i: int) -> None:
+                server = a if i % 4 else b
+                try:
+                    r = await client.post(f"{server.url}/models/{name}/learn", json=event(i))
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    acked.append(f"e-{i}")
+
+            tasks = [asyncio.create_task(one(i)) for i in range(600)]
+            while len(acked) < 60:
+                await asyncio.sleep(0.002)
+            a.kill()  # SIGKILL while requests are in flight on it
+            await asyncio.gather(*tasks)
+
+    asyncio.run(burst())
+    assert a.proc.returncode == -signal.SIGKILL
+    rd = redis.Redis.from_url(redis_url)
+    seen = {eid.decode() for eid in rd.zrange(model_key(name, "seen"), 0, -1)}
+    assert set(acked) <= seen  # every 200 is in Redis
+    meta = {k.decode(): v.decode() for k, v in rd.hgetall(model_key(name, "meta")).items()}
+    version = int(meta["version"])
+    assert version == int(meta["updates"]) == len(seen)  # nothing half-written
+    log = rd.xrange(model_key(name, "log"))
+    assert int(meta["snapshot_version"]) + len(log) == version
+    # the survivor takes over once the dead lease expires, and the model still loads and learns
+    r = httpx.post(f"{b.url}/models/{name}/learn", json=event(10_000), timeout=30.0)
+    assert r.status_code == 200 and r.json()["version"] == version + 1
+    state = httpx.get(f"{b.url}/models/{name}/state").content
+    learner = OnlineLearner.from_bytes(state)
+    assert learner.updates == version + 1
+    rd.zrem(model_key(name, "seen"), "e-10000")
+    replayed = OnlineLearner.from_bytes(replay_in_version_order(rd, name, SPEC))
+    ev = event(10_000)
+    replayed.learn_one(ev["x"], ev["y"], stream=ev["stream"])
+    assert replayed.to_bytes() == state
+
+
+def test_restart_gives_bit_identical_predictions(redis_url: str, name: str) -> None:
+    first = Server(redis_url)
+    try:
+        assert httpx.post(f"{first.url}/models", json={"name": name, **SPEC}).status_code == 201
+        for i in range(30):
+            assert httpx.post(f"{first.url}/models/{name}/learn",
+                              json=event(i)).status_code == 200
+        probes = [event(100 + i) for i in range(6)]
+        before = [httpx.post(f"{first.url}/models/{name}/predict",
+                             json={"stream": p["stream"], "x": p["x"]}).json() for p in probes]
+    finally:
+        first.kill(signal.SIGTERM)
+    second = Server(redis_url)
+    try:
+        after = [httpx.post(f"{second.url}/models/{name}/predict",
+                            json={"stream": p["stream"], "x": p["x"]}).json() for p in probes]
+    finally:
+        second.kill(signal.SIGTERM)
+    assert after == before and before[0]["version"] == 30
+
+
+def test_streamnorm_serve_starts_and_stops_an_embedded_redis_that_persists(
+        tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMNORM_")}
+    env["STREAMNORM_DATA_DIR"] = str(tmp_path)
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+           "--log-level", "warning"]
+    url = f"http://127.0.0.1:{port}"
+    for round_ in range(2):
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+        try:
+            wait_healthy(url, proc)
+            if round_ == 0:
+                assert httpx.post(f"{url}/models", json={"name": "embedded", **SPEC}
+                                  ).status_code == 201
+                assert httpx.post(f"{url}/models/embedded/learn", json=event(1)).json()[
+                    "version"] == 1
+            else:  # the model survived the restart through the AOF
+                assert httpx.get(f"{url}/models/embedded").json()["version"] == 1
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+        assert proc.returncode == 0
+        assert not any(p.name.endswith(".pid") for p in tmp_path.iterdir())
+        ps = subprocess.run(["pgrep", "-f", f"redis-server.*{tmp_path}"], capture_output=True)
+        assert ps.stdout == b""  # the embedded server stopped with the service
+    assert any((tmp_path / "redis").rglob("appendonly*"))  # AOF on disk
