@@ -28,7 +28,10 @@ class InvalidInput(ValueError):
 def _number(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(field, f"must be a number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float64
+        raise InvalidInput(field, "does not fit in float32") from None
     if not math.isfinite(v):
         raise InvalidInput(field, f"must be finite, got {v}")
     if abs(v) > _F32_MAX:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from . import norms
 
@@ -36,10 +36,12 @@ class ModelSpec(BaseModel):
 
     name: Name = Field(description="model name, [A-Za-z0-9_.-]{1,64}")
     task: Literal["regression", "binary", "multiclass"]
-    n_classes: int | None = Field(None, ge=2, le=10_000, description="multiclass only")
+    n_classes: int | None = Field(None, ge=2, le=10_000, validate_default=True,
+                                  description="multiclass only")
     features: tuple[Name, ...] | None = Field(None, min_length=1, max_length=10_000,
                                               description="input feature names, in order")
-    n_features: int | None = Field(None, ge=1, le=10_000, description="input width")
+    n_features: int | None = Field(None, ge=1, le=10_000, validate_default=True,
+                                   description="input width")
     cell: Literal["lstm", "gru", "rnn"] = "lstm"
     hidden_size: int = Field(32, ge=1, le=1024)
     num_layers: int = Field(1, ge=1, le=8)
@@ -53,21 +55,36 @@ class ModelSpec(BaseModel):
     def _bare_norm_name(cls, value: Any) -> Any:
         return {"method": value} if isinstance(value, str) else value
 
-    @model_validator(mode="after")
-    def _check(self) -> ModelSpec:
-        if self.task == "multiclass" and self.n_classes is None:
+    # cross-field checks are field validators (reading earlier fields), so errors name the field
+    @field_validator("n_classes", mode="after")
+    @classmethod
+    def _n_classes(cls, value: int | None, info: ValidationInfo) -> int | None:
+        task = info.data.get("task")
+        if task == "multiclass" and value is None:
             raise ValueError("n_classes is required when task is 'multiclass'")
-        if self.task != "multiclass" and self.n_classes is not None:
-            raise ValueError(f"n_classes is only for task 'multiclass', not {self.task!r}")
-        if self.features is None and self.n_features is None:
+        if task is not None and task != "multiclass" and value is not None:
+            raise ValueError(f"n_classes is only for task 'multiclass', not {task!r}")
+        return value
+
+    @field_validator("features", mode="after")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("names must be unique")
+        return value
+
+    @field_validator("n_features", mode="after")
+    @classmethod
+    def _n_features(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if "features" not in info.data:  # features itself was invalid (already reported)
+            return value
+        features = info.data["features"]
+        if features is None and value is None:
             raise ValueError("give features (a list of names) or n_features")
-        if self.features is not None:
-            if len(set(self.features)) != len(self.features):
-                raise ValueError("features: names must be unique")
-            if self.n_features is not None and self.n_features != len(self.features):
-                raise ValueError(f"n_features ({self.n_features}) differs from the number of "
-                                 f"features ({len(self.features)})")
-        return self
+        if features is not None and value is not None and value != len(features):
+            raise ValueError(f"n_features ({value}) differs from the number of features "
+                             f"({len(features)})")
+        return value
 
     @property
     def input_size(self) -> int:

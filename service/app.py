@@ -78,8 +78,12 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await _reject(send, self.limit)
+        if length is not None and not length.isdigit():
+            await _reject(send, 400, b"Content-Length is not a number", b"content-length")
+            return
+        if length is not None and int(length) > self.limit:
+            await _reject(send, 413, b"request body is larger than %d bytes" % self.limit,
+                          b"body")
             return
         seen = 0
 
@@ -95,9 +99,9 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-async def _reject(send: Send, limit: int) -> None:
-    body = (b'{"detail":"request body is larger than %d bytes","field":"body"}' % limit)
-    await send({"type": "http.response.start", "status": 413,
+async def _reject(send: Send, status: int, detail: bytes, field: bytes) -> None:
+    body = b'{"detail":"%s","field":"%s"}' % (detail, field)
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

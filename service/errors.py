@@ -67,6 +67,12 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        cause = exc.__cause__
+        if exc.status_code == 400 and isinstance(cause, ValueError | RecursionError):
+            # FastAPI turns a body json.loads rejects oddly (too many digits, bad UTF-8, deep
+            # nesting) into a bare 400; it is invalid JSON like any other
+            msg = "nested too deeply" if isinstance(cause, RecursionError) else str(cause)[:200]
+            return JSONResponse(_body(f"body: invalid JSON: {msg}", "body"), 422)
         field = "body" if exc.status_code == 413 else None
         return JSONResponse(_body(str(exc.detail), field), exc.status_code,
                             headers=getattr(exc, "headers", None))
