@@ -9,9 +9,13 @@ regression, Adam) and warms each up with 100 learns. Then, in every round and fo
 - in-process (this process, one torch thread): a fresh ``OnlineLearner(spec)`` learns 100 events
   untimed, then ``learn_one(x, y, stream=...)`` is timed on the configuration's count of events,
   then ``predict_one(x, stream=...)`` on as many;
-- HTTP: ``learn`` and ``predict`` at concurrency 1, 8 and 32: that many asyncio workers share one
-  ``httpx.AsyncClient`` (keep-alive, one connection per worker) and send requests back to back
-  until the configuration's count is reached, after 2 untimed requests per worker.
+- HTTP: ``learn`` and ``predict`` at concurrency 1, 8 and 32: that many asyncio workers send
+  requests back to back over keep-alive connections until the configuration's count is reached,
+  after 2 untimed requests per worker. Each worker has an ``httpx.AsyncClient`` of its own with
+  one connection: httpcore's pool costs CPU per request that grows with its size (a shared
+  32-connection client spends ~2× the CPU per request of 32 one-connection clients, and that CPU
+  is taken from the server on 2 cores); ``--shared-client`` uses one client with a pool of
+  ``concurrency`` connections instead.
 
 Bodies are ``{"stream": "s{k % 4}", "x": [6 floats], "y": float}`` (predict: no ``y``), encoded
 before the clock starts; the events are an AR(1) stream. Rates are medians over rounds; p50/p99
@@ -48,7 +52,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version as pkg_version
 from pathlib import Path
@@ -186,12 +190,14 @@ def uvicorn_server(redis_url: str, log_path: Path, timeout: float = 90.0
 # -- measurements -----------------------------------------------------------------------------
 @dataclass
 class LoadResult:
-    """One timed configuration: rate, latencies, failures and CPU per request."""
+    """One configuration: rate and latencies of the timed requests; statuses, transport errors
+    and a few failure messages of all its requests (warm-up included); CPU ms per request."""
 
     rate: float
     latencies_ms: list[float]
     statuses: Counter[int]
     errors: Counter[str]
+    samples: set[str] = field(default_factory=set)
     cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -199,52 +205,56 @@ class LoadResult:
         return sum(n for s, n in self.statuses.items() if s != 200)
 
 
-async def run_load(client: httpx.AsyncClient, path: str, bodies: list[bytes], offset: int,
-                   total: int, concurrency: int, pids: dict[str, int | None]) -> LoadResult:
-    """``concurrency`` workers send ``total`` POSTs to ``path`` back to back (bodies taken in
-    order from ``offset``, cycling), after ``WARMUP_PER_WORKER`` untimed requests each."""
+async def run_load(clients: list[httpx.AsyncClient], path: str, bodies: list[bytes],
+                   offset: int, total: int, pids: dict[str, int | None]) -> LoadResult:
+    """One worker per entry of ``clients`` (the same client may repeat); together they send
+    ``total`` POSTs to ``path`` back to back (bodies taken in order from ``offset``, cycling),
+    after ``WARMUP_PER_WORKER`` untimed requests each."""
     headers = {"content-type": "application/json"}
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
+    samples: set[str] = set()
     latencies: list[float] = []
     counter = {"next": offset}
     clock = time.perf_counter
 
-    async def one(timed: bool) -> None:
+    async def one(client: httpx.AsyncClient, timed: bool) -> None:
         k = counter["next"]
         counter["next"] = k + 1
         t0 = clock()
         try:
             response = await client.post(path, content=bodies[k % len(bodies)], headers=headers)
         except httpx.HTTPError as exc:
-            errors[f"{type(exc).__name__}: {exc}"[:160]] += 1
+            errors[type(exc).__name__] += 1
+            if len(samples) < 5:
+                samples.add(f"{type(exc).__name__}: {exc}"[:160])
             return
         elapsed = clock() - t0
         statuses[response.status_code] += 1  # warm-up requests count too
-        if response.status_code != 200:
-            errors[f"{response.status_code}: {response.text}"[:160]] += 0  # kept as a sample
+        if response.status_code != 200 and len(samples) < 5:
+            samples.add(f"{response.status_code}: {response.text}"[:160])
         if timed:
             latencies.append(1e3 * elapsed)
 
-    async def warm() -> None:
+    async def warm(client: httpx.AsyncClient) -> None:
         for _ in range(WARMUP_PER_WORKER):
-            await one(False)
+            await one(client, False)
 
-    await asyncio.gather(*(warm() for _ in range(concurrency)))
+    await asyncio.gather(*(warm(client) for client in clients))
     left = {"n": total}
 
-    async def worker() -> None:
+    async def worker(client: httpx.AsyncClient) -> None:
         while left["n"] > 0:
             left["n"] -= 1
-            await one(True)
+            await one(client, True)
 
     before = {who: cpu_seconds(pid) for who, pid in pids.items()}
     start = clock()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(client) for client in clients))
     seconds = clock() - start
     after = {who: cpu_seconds(pid) for who, pid in pids.items()}
     cpu = {who: 1e3 * (after[who] - before[who]) / total for who in pids}
-    return LoadResult(total / seconds, latencies, statuses, errors, cpu)
+    return LoadResult(total / seconds, latencies, statuses, errors, samples, cpu)
 
 
 def run_in_process(norm: str, events: list[Event], n: int) -> tuple[float, float]:
@@ -291,6 +301,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="concurrent workers (default 1 8 32)")
     p.add_argument("--norms", nargs="+", default=list(NORMS), help="norms (default layer "
                    "streaming)")
+    p.add_argument("--shared-client", action="store_true",
+                   help="one httpx.AsyncClient with a pool of `concurrency` connections "
+                        "(default: one single-connection client per worker)")
     p.add_argument("--quick", action="store_true",
                    help="300 requests per configuration, 2 rounds, unless given")
     args = p.parse_args(argv)
@@ -335,6 +348,7 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
              f"{pkg_version('httpx')}, redis-server {redis_version} (embedded, AOF everysec); "
              f"LSTM hidden {HIDDEN}, window {WINDOW}, {N_FEATURES} features, regression, Adam; "
              f"{args.learn} learn / {args.predict} predict requests per configuration, "
+             f"{'one shared pooled client' if args.shared_client else 'one client per worker'}, "
              f"{STREAMS} streams, {args.repeats} rounds")
         emit("\n" + CAVEAT.format(cpus=cpus))
         pids = {"client": os.getpid(), "server": server.pid,
@@ -357,10 +371,14 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
                     offsets[norm] = WARMUP_LEARNS
 
         async def measure(norm: str, op: str, c: int) -> LoadResult:
-            limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
-            async with httpx.AsyncClient(base_url=base, timeout=30.0, limits=limits) as client:
-                res = await run_load(client, f"/models/bench-{norm}/{op}", bodies[op],
-                                     offsets[norm], counts[op], c, pids)
+            shared, size = args.shared_client, c if args.shared_client else 1
+            limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+            async with AsyncExitStack() as clients:
+                made = [await clients.enter_async_context(
+                    httpx.AsyncClient(base_url=base, timeout=30.0, limits=limits))
+                    for _ in range(1 if shared else c)]
+                res = await run_load(made * c if shared else made, f"/models/bench-{norm}/{op}",
+                                     bodies[op], offsets[norm], counts[op], pids)
             if op == "learn":  # keep feeding the model new events, in order
                 offsets[norm] += counts[op] + WARMUP_PER_WORKER * c
             return res
@@ -425,9 +443,7 @@ def report(args: argparse.Namespace, http: dict[tuple[str, str, int], list[LoadR
              f"{worst:.1f} | {ratio:.2f} | {non_200 + failed} | {fmt_ms(cpu['client'])} | "
              f"{fmt_ms(cpu['server'])} | {fmt_ms(cpu['redis'])} |")
         if non_200 or failed:
-            seen = Counter[str]()
-            for r in results:
-                seen.update(r.errors.keys())
+            seen = set().union(*(r.samples for r in results))
             problems.append(f"- {norm} {op} c={c}: {non_200} non-200, {failed} transport "
                             f"errors; {', '.join(sorted(seen))[:300]}")
         if c == TARGET_CONCURRENCY and op == "learn":

@@ -54,6 +54,9 @@ def test_learn_matches_an_in_process_learner_bit_for_bit(client: TestClient,
     assert state.content == local.to_bytes()
     info = client.get(f"/models/{model_name}/metrics").json()
     assert info["version"] == 12 and info["n"] == 12
+    text = client.get("/metrics").text  # 12 learns, 12 predicts, 1 export: loaded once
+    assert f'streamnorm_state_loads_total{{model="{model_name}"}} 1.0' in text
+    assert f'streamnorm_updates_applied_total{{model="{model_name}"}} 12.0' in text
     assert info["MAE"] == local.metrics.report()["MAE"]
 
 
