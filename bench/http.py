@@ -13,9 +13,11 @@ regression, Adam) and warms each up with 100 learns. Then, in every round and fo
   requests back to back over keep-alive connections until the configuration's count is reached,
   after 2 untimed requests per worker. Each worker has an ``httpx.AsyncClient`` of its own with
   one connection: httpcore's pool costs CPU per request that grows with its size (a shared
-  32-connection client spends ~2× the CPU per request of 32 one-connection clients, and that CPU
-  is taken from the server on 2 cores); ``--shared-client`` uses one client with a pool of
-  ``concurrency`` connections instead.
+  32-connection client spends ~2× the CPU per request of 32 one-connection clients, CPU taken
+  from the server on 2 cores); ``--shared-client`` uses one client with a pool of
+  ``concurrency`` connections instead. This process's garbage collector is frozen before each
+  configuration: a full collection of its torch-sized heap stalls every worker for ~80 ms, which
+  would read as server latency.
 
 Bodies are ``{"stream": "s{k % 4}", "x": [6 floats], "y": float}`` (predict: no ``y``), encoded
 before the clock starts; the events are an AR(1) stream. Rates are medians over rounds; p50/p99
@@ -30,14 +32,16 @@ after the run (a hot model is not deserialized per request); no non-200 response
 
 Run from the repository root::
 
-    .venv/bin/python bench/http.py            # ~2.5 min
-    .venv/bin/python bench/http.py --quick    # ~30 s
+    .venv/bin/python bench/http.py                            # ~2.5 min on 2 cores
+    .venv/bin/python bench/http.py --quick                    # ~30 s
+    .venv/bin/python bench/http.py --learn 2000 --predict 3000 --norms streaming
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import os
@@ -67,6 +71,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
+import models  # noqa: E402
 from models import ModelSpec, OnlineLearner  # noqa: E402
 from service.embedded import EmbeddedRedis  # noqa: E402
 
@@ -210,6 +215,8 @@ async def run_load(clients: list[httpx.AsyncClient], path: str, bodies: list[byt
     """One worker per entry of ``clients`` (the same client may repeat); together they send
     ``total`` POSTs to ``path`` back to back (bodies taken in order from ``offset``, cycling),
     after ``WARMUP_PER_WORKER`` untimed requests each."""
+    gc.collect()
+    gc.freeze()  # keep the load generator's own full collections out of the latencies
     headers = {"content-type": "application/json"}
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
@@ -293,14 +300,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--learn", type=int, default=None,
-                   help="timed learn requests per configuration (default 2000)")
+                   help="timed learn requests per configuration (default 1500)")
     p.add_argument("--predict", type=int, default=None,
-                   help="timed predict requests per configuration (default 3000)")
+                   help="timed predict requests per configuration (default 2000)")
     p.add_argument("--repeats", type=int, default=None, help="rounds (default 3)")
     p.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY),
                    help="concurrent workers (default 1 8 32)")
-    p.add_argument("--norms", nargs="+", default=list(NORMS), help="norms (default layer "
-                   "streaming)")
+    p.add_argument("--norms", nargs="+", default=list(NORMS), choices=list(models.NORMS),
+                   help="norms (default layer streaming)")
     p.add_argument("--shared-client", action="store_true",
                    help="one httpx.AsyncClient with a pool of `concurrency` connections "
                         "(default: one single-connection client per worker)")
@@ -308,8 +315,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="300 requests per configuration, 2 rounds, unless given")
     args = p.parse_args(argv)
     q = args.quick
-    args.learn = args.learn or (300 if q else 2000)
-    args.predict = args.predict or (300 if q else 3000)
+    args.learn = args.learn or (300 if q else 1500)
+    args.predict = args.predict or (300 if q else 2000)
     args.repeats = args.repeats or (2 if q else 3)
     return args
 
@@ -339,8 +346,12 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
 
     with ExitStack() as stack, asyncio.Runner(loop_factory=loop_factory()) as runner:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="streamnorm-http-")))
+        log_path = tmp / "uvicorn.log"
+        server_log: list[str] = []
+        stack.callback(lambda: server_log.extend(  # once the server has stopped
+            log_path.read_text(errors="replace").splitlines() if log_path.exists() else []))
         redis = stack.enter_context(EmbeddedRedis(tmp / "redis"))
-        base, server = stack.enter_context(uvicorn_server(redis.url, tmp / "uvicorn.log"))
+        base, server = stack.enter_context(uvicorn_server(redis.url, log_path))
         redis_version = redis_info_version(redis.port)
         emit(f"# bench/http.py — torch {torch.__version__}, Python {platform.python_version()}, "
              f"{cpus} CPUs, 1 torch thread (server and in-process); uvicorn "
@@ -395,6 +406,8 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
         metrics_text = httpx.get(f"{base}/metrics", timeout=10.0).text
 
     report(args, http, inproc, metrics_text, emit)
+    emit(f"\nuvicorn's output (log level warning): {len(server_log)} line(s)"
+         + "".join(f"\n    {line}" for line in server_log[-20:]))
     emit(f"\n(wall time {time.perf_counter() - wall:.0f} s)")
     return 0
 
