@@ -42,6 +42,7 @@ _COUNTERS = ("n", "m", "steps", "folded_at", "l_init", "gl_init")
 _mul, _add, _sub = np.multiply, np.add, np.subtract  # positional ``out``: the cheapest calls
 _VIEWS: weakref.WeakKeyDictionary[Any, tuple[dict[str, Tensor], dict[str, Arr]]] = (
     weakref.WeakKeyDictionary())
+_TAKEN: list[list[Any]] = []  # kernels taken inside ``forward_only`` blocks
 _TRI: dict[tuple[int, str], Arr] = {}
 _CONST: dict[tuple[Any, ...], Arr] = {}
 _PLANS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], tuple[int, ...], list[Arr]]] = (
@@ -58,6 +59,21 @@ def disabled() -> Iterator[None]:
         yield
     finally:
         _ENABLED[0] = old
+
+
+@contextlib.contextmanager
+def forward_only() -> Iterator[None]:
+    """For forwards whose graph is dropped without a backward (``predict_one``): the kernels
+    they take are handed back on exit instead of staying reserved for a backward that never
+    comes (which made every later forward build a new kernel)."""
+    taken: list[_Kernel] = []
+    _TAKEN.append(taken)
+    try:
+        yield
+    finally:
+        _TAKEN.pop()
+        for k in taken:
+            k.busy = False
 
 
 def is_enabled() -> bool:
@@ -705,6 +721,8 @@ def _kernel(cell: Any, steps: int, batch: int, dt: Any) -> _Kernel:
             del kernels[next(iter(kernels))]
         k = kernels[key] = _Kernel(cell, steps, batch, dt)
     k.busy, k.gen = True, k.gen + 1
+    if _TAKEN:
+        _TAKEN[-1].append(k)
     return k
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import fastlstm
 from .cells import skip_init
 from .flat import FlatState, init_optimizer_state
 from .inputs import InvalidInput, to_features, to_sequence, to_target
@@ -180,7 +181,8 @@ class OnlineLearner:
         kernels), then every statistic put back from the flat save point."""
         self.flat.save_point()
         try:
-            return self.net(window, state, capture=capture).logits.detach()
+            with fastlstm.forward_only():
+                return self.net(window, state, capture=capture).logits.detach()
         finally:
             self.flat.rollback()
 

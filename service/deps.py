@@ -16,11 +16,11 @@ from .settings import Settings
 __all__ = ["EngineDep", "ModelName", "SettingsDep", "require_writer"]
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine  # type: ignore[no-any-return]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
@@ -30,9 +30,10 @@ ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="model name",
                                 examples=["demo"])]
 
 
-def require_writer(request: Request, settings: SettingsDep) -> None:
+async def require_writer(request: Request) -> None:
     """With ``STREAMNORM_API_KEYS`` set, writes need ``Authorization: Bearer <key>``:
     401 without one, 403 with a wrong one. Keys are compared in constant time."""
+    settings: Settings = request.app.state.settings
     if not settings.api_keys:
         return
     header = request.headers.get("authorization", "")

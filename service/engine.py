@@ -70,6 +70,7 @@ class _Hot:
     waiting: int = 0
     token: str | None = None  # the lease, while this process holds it
     dead: bool = False  # dropped from the cache (holds an uncommitted update): never use
+    moved: set[str] = field(default_factory=set)  # streams whose ctx key the next snapshot writes
 
 
 def canonical_event(spec: ModelSpec, payload: dict[str, Any]) -> Event:
@@ -215,14 +216,15 @@ class Engine:
             version = await self.store.commit(
                 name, hot.token, hot.version, event.to_json(), event_id=event.event_id,
                 updates=learner.updates, samples=learner.samples,
-                metrics_json=json.dumps(learner.metrics.report()), stream=stream,
-                context=context_to_bytes(learner, stream) if stream is not None else None,
+                metrics_json=json.dumps(learner.metrics.report()),
                 lease_ms=self.settings.lease_ms)
         except BaseException:
             # the learner holds an update Redis does not: it must never serve again
             self._drop(name, hot)
             raise
         hot.version = version
+        if stream is not None:
+            hot.moved.add(stream)
         m.UPDATES.labels(name).inc()
         if version - hot.snapshot_version >= self.settings.snapshot_every:
             try:
@@ -234,10 +236,13 @@ class Engine:
         return LearnOutcome(outcome.prediction, outcome.loss, version, True, outcome.proba)
 
     async def _snapshot(self, name: str, hot: _Hot) -> None:
-        state = hot.learner.to_bytes()
+        learner = hot.learner
+        state = learner.to_bytes()
+        contexts = {s: context_to_bytes(learner, s) for s in hot.moved if s in learner.contexts}
         assert hot.token is not None
-        if await self.store.write_snapshot(name, hot.token, hot.version, state):
+        if await self.store.write_snapshot(name, hot.token, hot.version, state, contexts):
             hot.snapshot_version = hot.version
+            hot.moved.clear()
             m.STATE_BYTES.labels(name).set(len(state))
             m.SNAPSHOTS.labels(name).inc()
 
@@ -330,8 +335,11 @@ class Engine:
             if entries and entries[0][0] == hot.version + 1 and all(
                     v == hot.version + 1 + i for i, (v, _) in enumerate(entries)):
                 for v, raw in entries:
-                    apply_event(hot.learner, json.loads(raw))
+                    body = json.loads(raw)
+                    apply_event(hot.learner, body)
                     hot.version = v
+                    if "stream" in body:
+                        hot.moved.add(body["stream"])
                 m.REPLAYED.labels(name).inc(len(entries))
                 continue
             fresh = await self._load(name, hot.learner.spec)  # the log no longer reaches back

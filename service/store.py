@@ -3,15 +3,17 @@
 Layout (``design.md``): ``sn:{name}:spec`` JSON · ``sn:{name}:state`` the latest snapshot
 (``OnlineLearner.to_bytes``: safetensors + JSON header) · ``sn:{name}:meta`` hash (version,
 updates, samples, metrics, snapshot_version, uid, state_bytes) · ``sn:{name}:ctx:{stream}`` a
-stream's context · ``sn:{name}:seen`` applied event ids (sorted set scored by the version that
-applied them, trimmed to the newest ``seen_limit``) · ``sn:{name}:log`` the events applied since
-the snapshot (a Redis Stream whose entry ids are ``{version}-0``) · ``sn:{name}:lock`` the lease.
+stream's context as of the latest snapshot (written with it for the streams that moved; the
+snapshot holds every context too, and the log replays them forward) · ``sn:{name}:seen``
+applied event ids (sorted set scored by the version that applied them, trimmed to the newest
+``seen_limit``) · ``sn:{name}:log`` the events applied since the snapshot (a Redis Stream whose
+entry ids are ``{version}-0``) · ``sn:{name}:lock`` the lease.
 
 Concurrency: **a lease lock with a fencing check**. A writer takes ``lock`` with
 ``SET NX PX`` and a random token, applies the event to its in-memory learner, and commits with one
 Lua script that first checks that the lock still holds its token and that ``meta.version`` is the
 version it started from, then appends the log entry, bumps version/updates/metrics, records the
-event id and the stream context, and renews the lease — all or nothing. Redis runs a script as
+event id, and renews the lease — all or nothing. Redis runs a script as
 one atomic unit, like MULTI/EXEC; a script is used instead of WATCH + MULTI/EXEC because the
 fencing check must happen inside the transaction and WATCH would add two round trips per update.
 Why a lease and not a bare version CAS: computing an update costs ~1 ms of CPU, so under
@@ -64,8 +66,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: meta lock log seen ctx; ARGV: token version event event_id updates samples metrics
-#       ctx_bytes(or '') seen_limit lease_ms
+# KEYS: meta lock log seen; ARGV: token version event event_id updates samples metrics
+#       seen_limit lease_ms
 _COMMIT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 local v = tonumber(redis.call('HGET', KEYS[1], 'version'))
@@ -76,19 +78,19 @@ redis.call('HSET', KEYS[1], 'version', nv, 'updates', ARGV[5], 'samples', ARGV[6
            'metrics', ARGV[7])
 if ARGV[4] ~= '' then
   redis.call('ZADD', KEYS[4], nv, ARGV[4])
-  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[9])
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[8])
   if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
 end
-if ARGV[8] ~= '' then redis.call('SET', KEYS[5], ARGV[8]) end
-redis.call('PEXPIRE', KEYS[2], ARGV[10])
+redis.call('PEXPIRE', KEYS[2], ARGV[9])
 return nv
 """
 
-# KEYS: meta lock state log; ARGV: token version state
+# KEYS: meta lock state log ctx...; ARGV: token version state ctx_bytes...
 _SNAPSHOT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 if tonumber(redis.call('HGET', KEYS[1], 'version')) ~= tonumber(ARGV[2]) then return -2 end
 redis.call('SET', KEYS[3], ARGV[3])
+for i = 5, #KEYS do redis.call('SET', KEYS[i], ARGV[i - 1]) end
 redis.call('HSET', KEYS[1], 'snapshot_version', ARGV[2], 'state_bytes', string.len(ARGV[3]))
 redis.call('XTRIM', KEYS[4], 'MINID', (tonumber(ARGV[2]) + 1) .. '-0')
 return 1
@@ -216,18 +218,21 @@ class Store:
 
     async def commit(self, name: str, token: str, version: int, event_json: str, *,
                      event_id: str | None, updates: int, samples: int, metrics_json: str,
-                     stream: str | None, context: bytes | None, lease_ms: int) -> int:
+                     lease_ms: int) -> int:
         """Append one applied event atomically (see the module docstring); the new version."""
         keys = [model_key(name, p) for p in ("meta", "lock", "log", "seen")]
-        keys.append(model_key(name, f"ctx:{stream}") if stream is not None else keys[0])
         res = _int(await self._commit(keys=keys, args=[
             token, version, event_json, event_id or "", updates, samples, metrics_json,
-            context if context is not None else b"", self.seen_limit, lease_ms]))
+            self.seen_limit, lease_ms]))
         if res < 0:
             raise LeaseLost("the lease expired" if res == -1 else "the model's version moved")
         return res
 
-    async def write_snapshot(self, name: str, token: str, version: int, state: bytes) -> bool:
-        """Store the learner at ``version`` and trim the log below it (lease holders only)."""
+    async def write_snapshot(self, name: str, token: str, version: int, state: bytes,
+                             contexts: dict[str, bytes]) -> bool:
+        """Store the learner at ``version`` with the given streams' contexts, and trim the log
+        below it (lease holders only)."""
         keys = [model_key(name, p) for p in ("meta", "lock", "state", "log")]
-        return _int(await self._snapshot(keys=keys, args=[token, version, state])) == 1
+        keys += [model_key(name, f"ctx:{stream}") for stream in contexts]
+        return _int(await self._snapshot(keys=keys, args=[token, version, state,
+                                                          *contexts.values()])) == 1

@@ -264,3 +264,21 @@ def test_buffers_reused_across_start_states(name: str) -> None:
         for a, b in zip(outs[0][1], outs[1][1], strict=True):
             _close(a, b, f"window {k}: grads")
         fast.load_state_dict(gen.state_dict())
+
+
+def test_predictions_hand_their_kernel_back() -> None:
+    """A predict's graph is dropped without a backward: its kernel must be reusable, not left
+    reserved (which made every later window build a new kernel)."""
+    from models import OnlineLearner
+    from models.fastlstm import _KERNELS
+
+    learner = OnlineLearner({"name": "k", "task": "regression", "n_features": 2,
+                             "hidden_size": 4, "window": 3, "norm": "layer"})
+    for i in range(4):
+        learner.learn_one([0.1 * i, 0.2], 0.3, stream="s")
+    cell = learner.net.stack.layers[0]
+    before = dict(_KERNELS[cell])
+    learner.predict_one([0.3, 0.1], stream="s")
+    learner.predict_one([0.2, 0.1], stream="s")
+    assert _KERNELS[cell] == before  # the same kernel objects
+    assert not any(k.busy for k in _KERNELS[cell].values())

@@ -9,6 +9,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from models import ModelSpec, OnlineLearner
+from models.persist import context_to_bytes
 from service.settings import Settings
 from service.store import model_key
 
@@ -100,6 +101,10 @@ def test_snapshots_trim_the_log_and_a_new_process_replays_to_the_same_state(
     meta = r.hgetall(model_key(model_name, "meta"))
     assert int(meta[b"snapshot_version"]) == 10 and int(meta[b"version"]) == 13
     assert [e[0] for e in r.xrange(model_key(model_name, "log"))] == [b"11-0", b"12-0", b"13-0"]
+    # the stream's context key holds its context as of the snapshot
+    at_snapshot = OnlineLearner.from_bytes(r.get(model_key(model_name, "state")))
+    assert at_snapshot.updates == 10
+    assert r.get(model_key(model_name, "ctx:s")) == context_to_bytes(at_snapshot, "s")
     # a fresh app (empty cache): loads the snapshot at 10 and replays 11..13
     with TestClient(create_app(settings)) as reader:
         assert reader.get(f"/models/{model_name}/state").content == want

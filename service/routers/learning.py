@@ -1,8 +1,15 @@
-"""Predict and learn: the two calls on a model's data path."""
+"""Predict and learn: the two calls on a model's data path.
+
+Replies are encoded here directly (``response_model`` documents them): re-validating a reply
+we just built would cost as much as the HTTP parsing itself on this hot path.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response
 
 from ..deps import EngineDep, ModelName, require_writer
 from ..schemas import LearnRequest, LearnResponse, PredictRequest, PredictResponse
@@ -14,22 +21,27 @@ _ERRORS = {404: {"description": "unknown model"},
            503: {"description": "Redis unavailable or the model's lease is busy"}}
 
 
+def _json(content: dict[str, Any]) -> Response:
+    return Response(json.dumps(content, separators=(",", ":")), media_type="application/json")
+
+
+def _proba(proba: dict[int, float] | None) -> dict[str, float] | None:
+    return None if proba is None else {str(k): v for k, v in proba.items()}
+
+
 @router.post("/predict", response_model=PredictResponse, responses=_ERRORS)
-async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> PredictResponse:
+async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> Response:
     """Exactly the prediction ``learn`` would return for this input now; changes nothing."""
     payload = body.model_dump(exclude_unset=True, warnings=False)
     pred, proba, version = await engine.predict(name, payload)
-    return PredictResponse(prediction=pred, version=version,
-                           proba=None if proba is None else {str(k): v for k, v in proba.items()})
+    return _json({"prediction": pred, "version": version, "proba": _proba(proba)})
 
 
 @router.post("/learn", response_model=LearnResponse, dependencies=[Depends(require_writer)],
              responses=_ERRORS)
-async def learn(name: ModelName, body: LearnRequest, engine: EngineDep) -> LearnResponse:
+async def learn(name: ModelName, body: LearnRequest, engine: EngineDep) -> Response:
     """Test-then-train: the prediction before the update, then one optimizer step, committed
     to Redis before the reply. A repeated ``event_id`` returns ``applied: false``."""
     out = await engine.learn(name, body.model_dump(exclude_unset=True, warnings=False))
-    return LearnResponse(prediction=out.prediction, loss=out.loss, version=out.version,
-                         applied=out.applied,
-                         proba=None if out.proba is None else {str(k): v
-                                                               for k, v in out.proba.items()})
+    return _json({"prediction": out.prediction, "loss": out.loss, "version": out.version,
+                  "applied": out.applied, "proba": _proba(out.proba)})
