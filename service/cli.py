@@ -16,7 +16,9 @@ app = typer.Typer(help="streamnorm: online learning for recurrent models", no_ar
 def serve(host: str = typer.Option("127.0.0.1", help="interface to bind"),
           port: int = typer.Option(8000, help="TCP port"),
           workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
-          log_level: str = typer.Option("info", help="uvicorn log level")) -> None:
+          log_level: str = typer.Option("info", help="uvicorn log level"),
+          access_log: bool = typer.Option(False, help="log every request (costs ~5 % of "
+                                                      "throughput)")) -> None:
     """Run the HTTP API (uvloop + httptools, one torch thread per process). Without
     STREAMNORM_REDIS_URL an embedded Redis is started (AOF in STREAMNORM_DATA_DIR)."""
     import uvicorn
@@ -38,7 +40,8 @@ def serve(host: str = typer.Option("127.0.0.1", help="interface to bind"),
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="streamnorm-prom-"))
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
         uvicorn.run("service.app:create_app", factory=True, host=host, port=port,
-                    workers=workers, loop="uvloop", http="httptools", log_level=log_level)
+                    workers=workers, loop="uvloop", http="httptools", log_level=log_level,
+                    access_log=access_log)
 
 
 @app.command()
