@@ -324,6 +324,10 @@ class Engine:
 
     async def _catch_up(self, name: str, hot: _Hot, head: ModelHead) -> None:
         """Bring the cached learner to ``head.version`` (replay, or snapshot + replay)."""
+        if head.uid == hot.uid and head.version < hot.version:
+            # read before this request waited for the lock, while this process committed more
+            # learns: look again before concluding that Redis went back in time
+            head = await self.store.head(name) or head
         if head.uid != hot.uid or head.version < hot.version:
             fresh = await self._load(name, (await self.spec(name, head))[0])
             hot.learner, hot.uid, hot.version = fresh.learner, fresh.uid, fresh.version

@@ -233,3 +233,24 @@ def test_streamnorm_serve_starts_and_stops_an_embedded_redis_that_persists(
         ps = subprocess.run(["pgrep", "-f", f"redis-server.*{tmp_path}"], capture_output=True)
         assert ps.stdout == b""  # the embedded server stopped with the service
     assert any((tmp_path / "redis").rglob("appendonly*"))  # AOF on disk
+
+
+def test_mixed_concurrent_predicts_and_learns_load_the_model_once(
+        servers: list[Server], name: str) -> None:
+    """Predicts read the version before waiting for the model's lock; learns committed
+    meanwhile must not make them reload the model (it stays loaded once per process)."""
+    a, _ = servers
+    assert httpx.post(f"{a.url}/models", json={"name": name, **SPEC}).status_code == 201
+    reqs = []
+    for i in range(300):
+        ev = event(i)
+        if i % 2:
+            reqs.append((f"{a.url}/models/{name}/learn", ev))
+        else:
+            reqs.append((f"{a.url}/models/{name}/predict", {"stream": ev["stream"],
+                                                            "x": ev["x"]}))
+    responses = asyncio.run(fire(reqs))
+    assert all(r is not None and r.status_code == 200 for r in responses)
+    text = httpx.get(f"{a.url}/metrics").text
+    assert f'streamnorm_state_loads_total{{model="{name}"}} 1.0' in text
+    assert httpx.get(f"{a.url}/models/{name}").json()["version"] == 150
