@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -111,3 +113,33 @@ def test_snapshots_trim_the_log_and_a_new_process_replays_to_the_same_state(
         text = reader.get("/metrics").text
     assert f'streamnorm_replayed_updates_total{{model="{model_name}"}} 3.0' in text
     assert json.loads(r.get(model_key(model_name, "spec")))["name"] == model_name
+
+
+def test_redis_going_down_answers_503_quickly_and_recovers(tmp_path: Path) -> None:
+    """Redis stops mid-service: requests get 503 within the timeouts (no hang, no 500);
+    once it is back on the same port with its AOF, the model carries on."""
+    from service.app import create_app
+    from service.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path).start()
+    port = server.port
+    try:
+        settings = Settings(redis_url=server.url, redis_timeout_s=0.5, lock_wait_s=2.0)
+        with TestClient(create_app(settings)) as client:
+            make(client, "outage")
+            body = {"stream": "s", "x": [0.1, 0.2, 0.3], "y": 1.0}
+            assert client.post("/models/outage/learn", json=body).status_code == 200
+            server.stop()
+            for method, path, payload in [("post", "/models/outage/learn", body),
+                                          ("post", "/models/outage/predict", {"x": [0, 0, 0]}),
+                                          ("get", "/models/outage", None)]:
+                start = time.monotonic()
+                r = client.request(method.upper(), path, json=payload)
+                assert r.status_code == 503, r.text
+                assert time.monotonic() - start < 5.0
+            assert client.get("/readyz").status_code == 503
+            server = EmbeddedRedis(tmp_path, port=port).start()
+            r = client.post("/models/outage/learn", json=body)
+            assert r.status_code == 200 and r.json()["version"] == 2, r.text
+    finally:
+        server.stop()
