@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.engine.close()
             await redis.aclose()
             await pool.disconnect()
 

@@ -19,10 +19,9 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
-
-from redis.exceptions import RedisError
 
 from models import InvalidInput, ModelSpec, OnlineLearner, UpdateRejected
 from models.inputs import to_features, to_sequence, to_target
@@ -31,7 +30,7 @@ from models.persist import context_to_bytes
 from . import metrics as m
 from .errors import ApiError
 from .settings import Settings
-from .store import ModelHead, Store
+from .store import LeaseLost, ModelHead, Store
 
 __all__ = ["Engine", "Event", "LearnOutcome"]
 
@@ -70,6 +69,9 @@ class _Hot:
     waiting: int = 0
     token: str | None = None  # the lease, while this process holds it
     dead: bool = False  # dropped from the cache (holds an uncommitted update): never use
+    writers: int = 0  # learns of this process in progress on the model (they share the lease)
+    lease_until: float = 0.0  # monotonic time before which the held lease surely holds
+    lease_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     moved: set[str] = field(default_factory=set)  # streams whose ctx key the next snapshot writes
 
 
@@ -120,6 +122,8 @@ class Engine:
         self._hot: OrderedDict[str, _Hot] = OrderedDict()
         self._specs: dict[tuple[str, str], ModelSpec] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lease_s = 0.8 * settings.lease_ms / 1000  # renew well before Redis expires it
 
     # -- models --------------------------------------------------------------------------------
     async def create(self, spec: ModelSpec) -> None:
@@ -147,6 +151,8 @@ class Engine:
             raw = await self.store.spec(name)
             if raw is None:
                 raise ApiError(404, f"no model named {name!r}", "name")
+            if len(self._specs) >= 4 * self.settings.cache_models:  # re-created names pile up
+                self._specs.clear()
             spec = self._specs[(name, head.uid)] = ModelSpec.model_validate_json(raw)
         return spec, head
 
@@ -186,23 +192,44 @@ class Engine:
         """Apply one event exactly once (``event_id``) and commit it before replying."""
         cached = self._hot.get(name)
         spec = cached.learner.spec if cached is not None else (await self.spec(name))[0]
-        event = canonical_event(spec, payload)  # before any lock: bad input costs nothing
-        hot = await self._enter(name)
         try:
-            head = await self._lease(name, hot)
-            await self._catch_up(name, hot, head)
-            if hot.learner.spec != spec:  # the name was deleted and re-created meanwhile
-                event = canonical_event(hot.learner.spec, payload)
-            if event.event_id is not None:
-                done = await self.store.seen(name, event.event_id)
-                if done is not None:
-                    return LearnOutcome(None, None, done, False)
-            return await self._apply(name, hot, event)
+            event = canonical_event(spec, payload)  # before any lock: bad input costs nothing
+        except InvalidInput:
+            if cached is None:
+                raise
+            fresh, _ = await self.spec(name)  # the cached spec is stale if the model was
+            if fresh == spec:                 # deleted and re-created by another process
+                raise
+            spec, event = fresh, canonical_event(fresh, payload)
+        hot = await self._entry(name)
+        hot.writers += 1
+        try:
+            head = await self._lease(name, hot)  # polls without holding the model's lock
+            await self._lock(hot)
+            try:
+                if head is not None:
+                    await self._catch_up(name, hot, head)
+                if hot.learner.spec != spec:  # the name was deleted and re-created meanwhile
+                    event = canonical_event(hot.learner.spec, payload)
+                if event.event_id is not None:
+                    done = await self.store.seen(name, event.event_id)
+                    if done is not None:
+                        return LearnOutcome(None, None, done, False)
+                return await self._apply(name, hot, event)
+            finally:
+                self._leave(hot)
         finally:
-            self._leave(hot)
-            if hot.waiting == 0 and hot.token is not None:
+            hot.writers -= 1
+            if hot.writers == 0 and hot.token is not None:
                 token, hot.token = hot.token, None
-                await self.store.release(name, token)
+                await self._release(name, token)  # best effort: the update is committed
+
+    async def _release(self, name: str, token: str) -> None:
+        """Hand a lease back; if Redis cannot be reached it simply expires."""
+        try:
+            await self.store.release(name, token)
+        except Exception as exc:  # never turn a committed update into an error
+            log.warning("could not release the lease of %s (it will expire): %r", name, exc)
 
     async def _apply(self, name: str, hot: _Hot, event: Event) -> LearnOutcome:
         learner, body = hot.learner, event.body
@@ -219,17 +246,22 @@ class Engine:
                 metrics_json=json.dumps(learner.metrics.report()),
                 lease_ms=self.settings.lease_ms)
         except BaseException:
-            # the learner holds an update Redis does not: it must never serve again
+            # the learner holds an update Redis does not: it must never serve again; the
+            # script may still have run and renewed the lease, so hand that back too
+            token = hot.token
             self._drop(name, hot)
+            if token is not None:
+                self._background(self._release(name, token))
             raise
         hot.version = version
+        hot.lease_until = time.monotonic() + self._lease_s  # the commit renewed it
         if stream is not None:
             hot.moved.add(stream)
         m.UPDATES.labels(name).inc()
         if version - hot.snapshot_version >= self.settings.snapshot_every:
             try:
                 await self._snapshot(name, hot)
-            except RedisError as exc:  # the update is committed; the next one snapshots
+            except Exception as exc:  # committed already; a later update snapshots
                 log.warning("snapshot of %s at %d failed: %r", name, version, exc)
         if outcome is None:
             return LearnOutcome(None, None, version, True)
@@ -240,60 +272,97 @@ class Engine:
         state = learner.to_bytes()
         contexts = {s: context_to_bytes(learner, s) for s in hot.moved if s in learner.contexts}
         assert hot.token is not None
-        if await self.store.write_snapshot(name, hot.token, hot.version, state, contexts):
+        if await self.store.write_snapshot(name, hot.token, hot.version, state, contexts,
+                                           keep=self.settings.snapshot_every):
             hot.snapshot_version = hot.version
             hot.moved.clear()
             m.STATE_BYTES.labels(name).set(len(state))
             m.SNAPSHOTS.labels(name).inc()
 
-    async def _lease(self, name: str, hot: _Hot) -> ModelHead:
-        """Hold the model's lease (kept while this process has writers queued on it)."""
-        if hot.token is not None:  # nobody else can have written: the commit's check proves it
-            return ModelHead(hot.version, hot.uid, hot.snapshot_version, hot.learner.updates)
-        token = secrets.token_hex(16)
-        start = time.perf_counter()
-        deadline = start + self.settings.lock_wait_s
-        pause = 0.0005
-        while True:
-            head, wait_ms = await self.store.acquire(name, token, self.settings.lease_ms)
-            if head is not None:
-                hot.token = token
-                m.LOCK_WAIT.observe(time.perf_counter() - start)
-                return head
-            if wait_ms < 0:
-                raise ApiError(404, f"no model named {name!r}", "name")
-            if time.perf_counter() >= deadline:
-                raise ApiError(503, f"model {name!r} is busy: its write lease was not free "
-                                    f"within {self.settings.lock_wait_s} s")
-            await asyncio.sleep(min(pause, max(wait_ms, 1) / 1000))
-            pause = min(pause * 2, 0.02)
+    async def _lease(self, name: str, hot: _Hot) -> ModelHead | None:
+        """Hold the model's lease: ``None`` when this process already holds it (no other
+        writer can have moved the model), else the head read when it was taken."""
+        async with hot.lease_lock:  # one poller per process; the others then share its lease
+            if hot.token is not None and time.monotonic() < hot.lease_until:
+                return None
+            hot.token = None  # lapsed (no commit renewed it in time): take it afresh
+            token = secrets.token_hex(16)
+            start = time.perf_counter()
+            deadline = start + self.settings.lock_wait_s
+            pause = 0.0005
+            while True:
+                try:
+                    head, wait_ms = await self.store.acquire(name, token,
+                                                             self.settings.lease_ms)
+                except BaseException:
+                    # the SET may still land after a timeout: make sure it does not linger
+                    self._background(self._release(name, token))
+                    raise
+                if head is not None:
+                    hot.token = token
+                    hot.lease_until = time.monotonic() + self._lease_s
+                    m.LOCK_WAIT.observe(time.perf_counter() - start)
+                    return head
+                if wait_ms < 0:
+                    raise ApiError(404, f"no model named {name!r}", "name")
+                if time.perf_counter() >= deadline:
+                    raise ApiError(503, f"model {name!r} is busy: its write lease was not free "
+                                        f"within {self.settings.lock_wait_s} s",
+                                   headers={"Retry-After": "1"})
+                await asyncio.sleep(min(pause, max(wait_ms, 1) / 1000))
+                pause = min(pause * 2, 0.02)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Hand back every lease this process holds (a restart then waits for nobody)."""
+        for name, hot in list(self._hot.items()):
+            if hot.token is not None:
+                token, hot.token = hot.token, None
+                await self._release(name, token)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
 
     # -- the cache -----------------------------------------------------------------------------
+    async def _entry(self, name: str) -> _Hot:
+        """The cached entry for ``name`` (loaded once, however many requests wait for it)."""
+        hot = self._hot.get(name)
+        if hot is None:
+            loading = self._loading.setdefault(name, asyncio.Lock())
+            async with loading:
+                hot = self._hot.get(name)
+                if hot is None:
+                    spec, _ = await self.spec(name)
+                    hot = await self._load(name, spec)
+                    self._hot[name] = hot
+                    self._evict()
+        self._hot.move_to_end(name)
+        return hot
+
+    async def _lock(self, hot: _Hot) -> None:
+        """Take the entry's lock; a dropped entry cannot be used (retry the request)."""
+        hot.waiting += 1
+        try:
+            await hot.lock.acquire()
+        except BaseException:
+            hot.waiting -= 1
+            raise
+        if hot.dead:
+            self._leave(hot)
+            raise LeaseLost("the model's cached learner was dropped after a failed commit")
+
     async def _enter(self, name: str) -> _Hot:
         """The cached entry for ``name`` with its lock held (loaded if needed)."""
         while True:
-            hot = self._hot.get(name)
-            if hot is None:
-                loading = self._loading.setdefault(name, asyncio.Lock())
-                async with loading:  # one load per model, however many requests wait for it
-                    hot = self._hot.get(name)
-                    if hot is None:
-                        spec, _ = await self.spec(name)
-                        hot = await self._load(name, spec)
-                        self._hot[name] = hot
-                        self._evict()
-                if not loading.locked():
-                    self._loading.pop(name, None)
-            self._hot.move_to_end(name)
-            hot.waiting += 1
+            hot = await self._entry(name)
             try:
-                await hot.lock.acquire()
-            except BaseException:
-                hot.waiting -= 1
-                raise
-            if not hot.dead:
-                return hot
-            self._leave(hot)
+                await self._lock(hot)
+            except LeaseLost:
+                continue
+            return hot
 
     def _leave(self, hot: _Hot) -> None:
         hot.waiting -= 1
@@ -308,7 +377,8 @@ class Engine:
         """Forget the least recently used idle learners beyond ``cache_models``."""
         for old_name in list(self._hot)[:max(0, len(self._hot) - self.settings.cache_models)]:
             old = self._hot[old_name]
-            if not old.waiting and not old.lock.locked() and old.token is None:
+            if not old.waiting and not old.lock.locked() and old.token is None \
+                    and not old.writers:
                 self._drop(old_name, old)
 
     async def _load(self, name: str, spec: ModelSpec) -> _Hot:
@@ -332,6 +402,7 @@ class Engine:
             fresh = await self._load(name, (await self.spec(name, head))[0])
             hot.learner, hot.uid, hot.version = fresh.learner, fresh.uid, fresh.version
             hot.snapshot_version = fresh.snapshot_version
+        hot.snapshot_version = max(hot.snapshot_version, head.snapshot_version)
         for _ in range(3):
             if hot.version >= head.version:
                 return
@@ -347,7 +418,7 @@ class Engine:
                 m.REPLAYED.labels(name).inc(len(entries))
                 continue
             fresh = await self._load(name, hot.learner.spec)  # the log no longer reaches back
-            hot.learner, hot.version = fresh.learner, fresh.version
+            hot.learner, hot.uid, hot.version = fresh.learner, fresh.uid, fresh.version
             hot.snapshot_version = fresh.snapshot_version
         if hot.version < head.version:
             raise ApiError(503, f"model {name!r} could not be brought up to date; retry")

@@ -6,8 +6,8 @@ updates, samples, metrics, snapshot_version, uid, state_bytes) · ``sn:{name}:ct
 stream's context as of the latest snapshot (written with it for the streams that moved; the
 snapshot holds every context too, and the log replays them forward) · ``sn:{name}:seen``
 applied event ids (sorted set scored by the version that applied them, trimmed to the newest
-``seen_limit``) · ``sn:{name}:log`` the events applied since the snapshot (a Redis Stream whose
-entry ids are ``{version}-0``) · ``sn:{name}:lock`` the lease.
+``seen_limit``) · ``sn:{name}:log`` the events applied since (and shortly before) the snapshot
+(a Redis Stream whose entry ids are ``{version}-0``) · ``sn:{name}:lock`` the lease.
 
 Concurrency: **a lease lock with a fencing check**. A writer takes ``lock`` with
 ``SET NX PX`` and a random token, applies the event to its in-memory learner, and commits with one
@@ -85,14 +85,15 @@ redis.call('PEXPIRE', KEYS[2], ARGV[9])
 return nv
 """
 
-# KEYS: meta lock state log ctx...; ARGV: token version state ctx_bytes...
+# KEYS: meta lock state log ctx...; ARGV: token version keep state ctx_bytes...
 _SNAPSHOT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 if tonumber(redis.call('HGET', KEYS[1], 'version')) ~= tonumber(ARGV[2]) then return -2 end
-redis.call('SET', KEYS[3], ARGV[3])
-for i = 5, #KEYS do redis.call('SET', KEYS[i], ARGV[i - 1]) end
-redis.call('HSET', KEYS[1], 'snapshot_version', ARGV[2], 'state_bytes', string.len(ARGV[3]))
-redis.call('XTRIM', KEYS[4], 'MINID', (tonumber(ARGV[2]) + 1) .. '-0')
+redis.call('SET', KEYS[3], ARGV[4])
+for i = 5, #KEYS do redis.call('SET', KEYS[i], ARGV[i]) end
+redis.call('HSET', KEYS[1], 'snapshot_version', ARGV[2], 'state_bytes', string.len(ARGV[4]))
+local keep_from = math.max(1, tonumber(ARGV[2]) - tonumber(ARGV[3]) + 1)
+redis.call('XTRIM', KEYS[4], 'MINID', keep_from .. '-0')
 return 1
 """
 
@@ -229,10 +230,11 @@ class Store:
         return res
 
     async def write_snapshot(self, name: str, token: str, version: int, state: bytes,
-                             contexts: dict[str, bytes]) -> bool:
+                             contexts: dict[str, bytes], keep: int = 0) -> bool:
         """Store the learner at ``version`` with the given streams' contexts, and trim the log
-        below it (lease holders only)."""
+        to the ``keep`` entries up to it (a process that far behind replays instead of
+        loading the snapshot); lease holders only."""
         keys = [model_key(name, p) for p in ("meta", "lock", "state", "log")]
         keys += [model_key(name, f"ctx:{stream}") for stream in contexts]
-        return _int(await self._snapshot(keys=keys, args=[token, version, state,
+        return _int(await self._snapshot(keys=keys, args=[token, version, keep, state,
                                                           *contexts.values()])) == 1

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
@@ -102,7 +103,9 @@ def test_snapshots_trim_the_log_and_a_new_process_replays_to_the_same_state(
     r = redis.Redis.from_url(redis_url)
     meta = r.hgetall(model_key(model_name, "meta"))
     assert int(meta[b"snapshot_version"]) == 10 and int(meta[b"version"]) == 13
-    assert [e[0] for e in r.xrange(model_key(model_name, "log"))] == [b"11-0", b"12-0", b"13-0"]
+    # the log keeps the snapshot_every entries up to the snapshot, then what followed it
+    assert [e[0] for e in r.xrange(model_key(model_name, "log"))] == [
+        f"{v}-0".encode() for v in range(6, 14)]
     # the stream's context key holds its context as of the snapshot
     at_snapshot = OnlineLearner.from_bytes(r.get(model_key(model_name, "state")))
     assert at_snapshot.updates == 10
@@ -143,3 +146,27 @@ def test_redis_going_down_answers_503_quickly_and_recovers(tmp_path: Path) -> No
             assert r.status_code == 200 and r.json()["version"] == 2, r.text
     finally:
         server.stop()
+
+
+def test_a_model_re_created_elsewhere_is_validated_against_its_new_spec(
+        redis_url: str, model_name: str, client: TestClient) -> None:
+    from service.app import create_app
+
+    make(client, model_name)
+    with TestClient(create_app(Settings(redis_url=redis_url))) as other:
+        body = {"stream": "s", "x": [0.1, 0.2, 0.3], "y": 1.0}
+        assert other.post(f"/models/{model_name}/learn", json=body).status_code == 200
+        assert client.delete(f"/models/{model_name}").status_code == 204
+        make(client, model_name, n_features=4)  # the other app still caches 3 features
+        r = other.post(f"/models/{model_name}/learn", json={**body, "x": [0.1, 0.2, 0.3, 0.4]})
+        assert r.status_code == 200 and r.json()["version"] == 1, r.text
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
+def test_a_non_finite_prediction_is_a_422_not_invalid_json(client: TestClient,
+                                                          model_name: str) -> None:
+    """Finite float32 inputs this large overflow Streaming Norm's moments: the reply must not
+    be ``{"prediction": NaN}`` (not JSON) but a 422 naming the input."""
+    make(client, model_name, norm="streaming")
+    r = client.post(f"/models/{model_name}/predict", json={"x": [3e38, 3e38, -3e38]})
+    assert r.status_code == 422 and r.json()["field"] == "x", r.text

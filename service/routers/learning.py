@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 
 from ..deps import EngineDep, ModelName, require_writer
+from ..errors import ApiError
 from ..schemas import LearnRequest, LearnResponse, PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/models/{name}", tags=["learning"])
@@ -22,7 +23,12 @@ _ERRORS = {404: {"description": "unknown model"},
 
 
 def _json(content: dict[str, Any]) -> Response:
-    return Response(json.dumps(content, separators=(",", ":")), media_type="application/json")
+    try:
+        text = json.dumps(content, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # finite inputs far outside what the model saw can overflow it
+        raise ApiError(422, "the model's output for this input is not finite (inputs far "
+                            "outside the range it has learned from?)", "x") from None
+    return Response(text, media_type="application/json")
 
 
 def _proba(proba: dict[int, float] | None) -> dict[str, float] | None:
