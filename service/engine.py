@@ -204,8 +204,12 @@ class Engine:
         hot = await self._entry(name)
         hot.writers += 1
         try:
-            head = await self._lease(name, hot)  # polls without holding the model's lock
-            await self._lock(hot)
+            while True:
+                head = await self._lease(name, hot)  # polls without holding the model's lock
+                await self._lock(hot)
+                if hot.token is not None:
+                    break
+                self._leave(hot)  # yielded to another process meanwhile: queue up again
             try:
                 if head is not None:
                     await self._catch_up(name, hot, head)
@@ -240,7 +244,7 @@ class Engine:
         stream = body.get("stream")
         assert hot.token is not None
         try:
-            version = await self.store.commit(
+            version, wanted = await self.store.commit(
                 name, hot.token, hot.version, event.to_json(), event_id=event.event_id,
                 updates=learner.updates, samples=learner.samples,
                 metrics_json=json.dumps(learner.metrics.report()),
@@ -263,6 +267,9 @@ class Engine:
                 await self._snapshot(name, hot)
             except Exception as exc:  # committed already; a later update snapshots
                 log.warning("snapshot of %s at %d failed: %r", name, version, exc)
+        if wanted and hot.token is not None:  # another process waits: hand the lease over
+            token, hot.token = hot.token, None
+            await self._release(name, token)
         if outcome is None:
             return LearnOutcome(None, None, version, True)
         return LearnOutcome(outcome.prediction, outcome.loss, version, True, outcome.proba)
@@ -310,7 +317,7 @@ class Engine:
                                         f"within {self.settings.lock_wait_s} s",
                                    headers={"Retry-After": "1"})
                 await asyncio.sleep(min(pause, max(wait_ms, 1) / 1000))
-                pause = min(pause * 2, 0.02)
+                pause = min(pause * 2, 0.005)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

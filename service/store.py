@@ -7,7 +7,9 @@ stream's context as of the latest snapshot (written with it for the streams that
 snapshot holds every context too, and the log replays them forward) · ``sn:{name}:seen``
 applied event ids (sorted set scored by the version that applied them, trimmed to the newest
 ``seen_limit``) · ``sn:{name}:log`` the events applied since (and shortly before) the snapshot
-(a Redis Stream whose entry ids are ``{version}-0``) · ``sn:{name}:lock`` the lease.
+(a Redis Stream whose entry ids are ``{version}-0``) · ``sn:{name}:lock`` the lease ·
+``sn:{name}:wanted`` the writer queued first for a held lease (an addition to the design's
+layout: the holder yields after its next commit, so no process keeps a busy model forever).
 
 Concurrency: **a lease lock with a fencing check**. A writer takes ``lock`` with
 ``SET NX PX`` and a random token, applies the event to its in-memory learner, and commits with one
@@ -53,9 +55,18 @@ class Committed(NamedTuple):
     version: int
 
 
+# KEYS: meta lock wanted; ARGV: token lease_ms. ``wanted`` names the writer that queued first
+# for a held lease: others let it go first, and the holder yields after its next commit.
 _ACQUIRE = """
+local w = redis.call('GET', KEYS[3])
+if w and w ~= ARGV[1] and redis.call('EXISTS', KEYS[2]) == 0 then return {0, 1} end
 local ok = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
-if not ok then return {0, redis.call('PTTL', KEYS[2])} end
+if not ok then
+  if not w then redis.call('SET', KEYS[3], ARGV[1], 'PX', 250)
+  elseif w == ARGV[1] then redis.call('PEXPIRE', KEYS[3], 250) end
+  return {0, redis.call('PTTL', KEYS[2])}
+end
+if w == ARGV[1] then redis.call('DEL', KEYS[3]) end
 local m = redis.call('HMGET', KEYS[1], 'version', 'uid', 'snapshot_version', 'updates')
 if not m[1] then redis.call('DEL', KEYS[2]) return {-1} end
 return {1, m[1], m[2], m[3], m[4]}
@@ -66,8 +77,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: meta lock log seen; ARGV: token version event event_id updates samples metrics
-#       seen_limit lease_ms
+# KEYS: meta lock log seen wanted; ARGV: token version event event_id updates samples
+#       metrics seen_limit lease_ms. Returns {new version, whether another writer waits}.
 _COMMIT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 local v = tonumber(redis.call('HGET', KEYS[1], 'version'))
@@ -82,7 +93,7 @@ if ARGV[4] ~= '' then
   if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[9])
-return nv
+return {nv, redis.call('EXISTS', KEYS[5])}
 """
 
 # KEYS: meta lock state log ctx...; ARGV: token version keep state ctx_bytes...
@@ -167,7 +178,8 @@ class Store:
 
     async def delete(self, name: str) -> bool:
         """Remove every key of the model (meta first, so readers see it gone at once)."""
-        fixed = [model_key(name, p) for p in ("meta", "spec", "state", "seen", "log", "lock")]
+        fixed = [model_key(name, p) for p in ("meta", "spec", "state", "seen", "log", "lock",
+                                              "wanted")]
         removed = await self.redis.delete(*fixed)
         ctx = [k async for k in self.redis.scan_iter(match=model_key(name, "ctx:*"),
                                                      count=1000)]
@@ -201,8 +213,8 @@ class Store:
                       ) -> tuple[ModelHead | None, int]:
         """Try to take the lease: ``(head, 0)`` when taken, ``(None, pttl)`` when held by
         another writer, ``(None, -1)`` when the model does not exist."""
-        res = await self._acquire(keys=[model_key(name, "meta"), model_key(name, "lock")],
-                                  args=[token, lease_ms])
+        keys = [model_key(name, p) for p in ("meta", "lock", "wanted")]
+        res = await self._acquire(keys=keys, args=[token, lease_ms])
         if _int(res[0]) == 1:
             return ModelHead(_int(res[1]), _str(res[2]), _int(res[3]), _int(res[4])), 0
         if _int(res[0]) == -1:
@@ -219,15 +231,17 @@ class Store:
 
     async def commit(self, name: str, token: str, version: int, event_json: str, *,
                      event_id: str | None, updates: int, samples: int, metrics_json: str,
-                     lease_ms: int) -> int:
-        """Append one applied event atomically (see the module docstring); the new version."""
-        keys = [model_key(name, p) for p in ("meta", "lock", "log", "seen")]
-        res = _int(await self._commit(keys=keys, args=[
+                     lease_ms: int) -> tuple[int, bool]:
+        """Append one applied event atomically (see the module docstring): the new version,
+        and whether another writer is waiting for the lease (the holder should yield)."""
+        keys = [model_key(name, p) for p in ("meta", "lock", "log", "seen", "wanted")]
+        res = await self._commit(keys=keys, args=[
             token, version, event_json, event_id or "", updates, samples, metrics_json,
-            self.seen_limit, lease_ms]))
-        if res < 0:
-            raise LeaseLost("the lease expired" if res == -1 else "the model's version moved")
-        return res
+            self.seen_limit, lease_ms])
+        if not isinstance(res, list):
+            code = _int(res)
+            raise LeaseLost("the lease expired" if code == -1 else "the model's version moved")
+        return _int(res[0]), bool(_int(res[1]))
 
     async def write_snapshot(self, name: str, token: str, version: int, state: bytes,
                              contexts: dict[str, bytes], keep: int = 0) -> bool:

@@ -257,3 +257,39 @@ def test_mixed_concurrent_predicts_and_learns_load_the_model_once(
     assert httpx.get(f"{a.url}/models/{name}").json()["version"] == 150
     # the lease went back with the last learn, though predicts were still queued then
     assert not redis.Redis.from_url(redis_url).exists(model_key(name, "lock"))
+
+
+def test_a_busy_process_hands_the_lease_to_another_that_waits(
+        servers: list[Server], name: str) -> None:
+    """Process A has a steady queue of learns for the model; process B's learns must not wait
+    for A's queue to drain (the holder yields after its next commit)."""
+    a, b = servers
+    assert httpx.post(f"{a.url}/models", json={"name": name, **SPEC}).status_code == 201
+    waits: list[float] = []
+
+    async def run() -> None:
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
+            stop = asyncio.Event()
+
+            async def busy(k: int) -> None:  # A: 8 clients back to back
+                i = k
+                while not stop.is_set():
+                    r = await client.post(f"{a.url}/models/{name}/learn", json=event(i))
+                    assert r.status_code == 200, r.text
+                    i += 8
+
+            tasks = [asyncio.create_task(busy(k)) for k in range(8)]
+            await asyncio.sleep(0.3)
+            for i in range(10):  # B: one at a time, while A stays busy
+                start = time.monotonic()
+                r = await client.post(f"{b.url}/models/{name}/learn", json=event(50_000 + i))
+                waits.append(time.monotonic() - start)
+                assert r.status_code == 200, r.text
+            stop.set()
+            await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    assert max(waits) < 1.0, waits  # without yielding, B waited for A to go idle
+    info = httpx.get(f"{b.url}/models/{name}").json()
+    assert info["updates"] == info["version"]
