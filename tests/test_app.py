@@ -37,3 +37,11 @@ def test_openapi_documents_every_endpoint_with_an_example(client: TestClient) ->
     schema = spec["components"]["schemas"][body["schema"]["$ref"].rsplit("/", 1)[1]]
     assert schema["examples"][0]["event_id"] == "evt-0001"
     assert "example" in paths["/models"]["post"]["requestBody"]["content"]["application/json"]
+    for path, ops in paths.items():  # every JSON answer shows a worked example
+        for method, op in ops.items():
+            contents = [c for r in op["responses"].values()
+                        for t, c in r.get("content", {}).items() if t == "application/json"]
+            if method != "delete" and contents and path != "/models/{name}/state":
+                assert any("example" in c for c in contents), (method, path)
+            if method == "post":
+                assert "example" in op["requestBody"]["content"]["application/json"], path

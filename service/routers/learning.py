@@ -17,6 +17,10 @@ from ..schemas import LearnRequest, LearnResponse, PredictRequest, PredictRespon
 
 router = APIRouter(prefix="/models/{name}", tags=["learning"])
 
+_PREDICT_OK = {200: {"content": {"application/json": {"example": {
+    "prediction": 1.37, "version": 42, "proba": None}}}}}
+_LEARN_OK = {200: {"content": {"application/json": {"example": {
+    "prediction": 1.37, "loss": 0.017, "version": 43, "applied": True, "proba": None}}}}}
 _ERRORS = {404: {"description": "unknown model"},
            422: {"description": "the input does not fit the model (the field is named)"},
            503: {"description": "Redis unavailable or the model's lease is busy"}}
@@ -35,7 +39,9 @@ def _proba(proba: dict[int, float] | None) -> dict[str, float] | None:
     return None if proba is None else {str(k): v for k, v in proba.items()}
 
 
-@router.post("/predict", response_model=PredictResponse, responses=_ERRORS)
+@router.post("/predict", response_model=PredictResponse, responses={**_PREDICT_OK, **_ERRORS},
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "example": {"stream": "sensor-7", "x": [0.1, 0.2, 0.3]}}}}})
 async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> Response:
     """Exactly the prediction ``learn`` would return for this input now; changes nothing."""
     payload = body.model_dump(exclude_unset=True, warnings=False)
@@ -44,7 +50,10 @@ async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> R
 
 
 @router.post("/learn", response_model=LearnResponse, dependencies=[Depends(require_writer)],
-             responses=_ERRORS)
+             responses={**_LEARN_OK, **_ERRORS},
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "example": {"stream": "sensor-7", "x": [0.1, 0.2, 0.3], "y": 1.5,
+                             "event_id": "evt-0001"}}}}})
 async def learn(name: ModelName, body: LearnRequest, engine: EngineDep) -> Response:
     """Test-then-train: the prediction before the update, then one optimizer step, committed
     to Redis before the reply. A repeated ``event_id`` returns ``applied: false``."""

@@ -15,6 +15,12 @@ from ..schemas import ModelInfo
 
 router = APIRouter(prefix="/models", tags=["models"])
 
+_INFO_EXAMPLE = {"name": "demo", "task": "regression", "n_features": 3, "cell": "lstm",
+                 "hidden_size": 32, "norm": {"method": "streaming", "preset": "online"},
+                 "optimizer": {"name": "adam", "lr": 0.005, "clip": 1.0}, "window": 16,
+                 "seed": 0, "version": 42, "updates": 42, "samples": 42,
+                 "metrics": {"MAE": {"value": 0.31, "rolling": 0.27},
+                             "RMSE": {"value": 0.4, "rolling": 0.35}, "n": 42}}
 _SPEC_EXAMPLE = {"name": "demo", "task": "regression", "n_features": 3, "cell": "lstm",
                  "hidden_size": 32, "norm": {"method": "streaming", "preset": "online"},
                  "optimizer": {"name": "adam", "lr": 0.005}, "window": 16, "seed": 0}
@@ -28,7 +34,10 @@ def _info(spec_json: str, meta: dict[str, str]) -> dict[str, Any]:
 
 @router.post("", status_code=201, response_model=ModelInfo,
              dependencies=[Depends(require_writer)],
-             responses={409: {"description": "the name is taken"},
+             responses={201: {"content": {"application/json": {"example": {
+                 **_INFO_EXAMPLE, "version": 0, "updates": 0, "samples": 0,
+                 "metrics": None}}}},
+                        409: {"description": "the name is taken"},
                         422: {"description": "invalid spec (the field is named)"}},
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "example": _SPEC_EXAMPLE}}}})
@@ -38,7 +47,8 @@ async def create_model(spec: ModelSpec, engine: EngineDep) -> dict[str, Any]:
     return {**spec.model_dump(mode="json"), "version": 0, "updates": 0, "samples": 0}
 
 
-@router.get("", response_model=list[ModelInfo])
+@router.get("", response_model=list[ModelInfo], responses={200: {"content": {
+    "application/json": {"example": [_INFO_EXAMPLE]}}}})
 async def list_models(engine: EngineDep) -> list[dict[str, Any]]:
     """Every model with its spec and progress."""
     out = []
@@ -49,7 +59,9 @@ async def list_models(engine: EngineDep) -> list[dict[str, Any]]:
     return out
 
 
-@router.get("/{name}", response_model=ModelInfo, responses={404: {"description": "unknown"}})
+@router.get("/{name}", response_model=ModelInfo, responses={
+    404: {"description": "unknown"},
+    200: {"content": {"application/json": {"example": _INFO_EXAMPLE}}}})
 async def get_model(name: ModelName, engine: EngineDep) -> dict[str, Any]:
     """The spec, version, number of updates and prequential metrics."""
     found = await engine.store.describe(name)

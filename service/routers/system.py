@@ -21,7 +21,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Redis is unreachable"}})
+@router.get("/readyz", responses={
+    200: {"content": {"application/json": {"example": {"status": "ok"}}}},
+    503: {"description": "Redis is unreachable", "content": {"application/json": {
+        "example": {"status": "unavailable", "detail": "ConnectionError"}}}}})
 async def readyz(request: Request) -> Response:
     """Ready when Redis answers PING."""
     try:
@@ -38,7 +41,9 @@ async def prometheus() -> Response:
     return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
 
 
-@router.get("/norms")
+@router.get("/norms", responses={200: {"content": {"application/json": {"example": [
+    {"method": "layer", "description": "Layer Normalization (Ba et al. 2016) ...",
+     "params_schema": {"type": "object", "properties": {"eps": {"default": 1e-05}}}}]}}}})
 async def list_norms() -> list[dict[str, Any]]:
     """Every normalization method with its description and parameter JSON schema."""
     return norms.describe()
