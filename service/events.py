@@ -1,0 +1,76 @@
+"""Learn events: validated against a model's spec into a canonical JSON form, and applied.
+
+The canonical form is what the log stores: replaying it through ``apply_event`` makes the same
+``learn_one`` / ``learn_many`` calls the original request made, so a replayed learner equals the
+writer's bit for bit (JSON keeps every float exactly).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from models import InvalidInput, ModelSpec, OnlineLearner
+from models.inputs import to_features, to_sequence, to_target
+
+__all__ = ["Event", "LearnOutcome", "apply_event", "canonical_event"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A validated learn event in its canonical JSON form (what the log stores and replays)."""
+
+    body: dict[str, Any]
+    event_id: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.body, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class LearnOutcome:
+    prediction: float | int | None
+    loss: float | None
+    version: int
+    applied: bool
+    proba: dict[int, float] | None = None
+
+
+def canonical_event(spec: ModelSpec, payload: dict[str, Any]) -> Event:
+    """Validate a learn payload against ``spec`` (InvalidInput names the field)."""
+    stream, x, seq, batch = (payload.get(k) for k in ("stream", "x", "sequence", "batch"))
+    given = [k for k, v in (("x", x), ("sequence", seq), ("batch", batch)) if v is not None]
+    if len(given) != 1:
+        raise InvalidInput("x", "give exactly one of x (with stream), sequence, or batch")
+    event_id = payload.get("event_id")
+    if batch is not None:
+        if not isinstance(batch, list) or not batch or len(batch) > 1024:
+            raise InvalidInput("batch", "must be a list of 1 to 1024 {sequence, y} samples")
+        samples = []
+        for i, item in enumerate(batch):
+            if not isinstance(item, dict):
+                raise InvalidInput(f"batch[{i}]", "must be an object with sequence and y")
+            rows = to_sequence(item.get("sequence"), spec, f"batch[{i}].sequence").tolist()
+            samples.append({"sequence": rows, "y": to_target(item.get("y"), spec,
+                                                             f"batch[{i}].y")})
+        return Event({"batch": samples}, event_id)
+    y = to_target(payload.get("y"), spec)
+    if seq is not None:
+        if stream is not None:
+            raise InvalidInput("stream", "sequence mode keeps no stream context; drop stream")
+        return Event({"sequence": to_sequence(seq, spec).tolist(), "y": y}, event_id)
+    return Event({"x": to_features(x, spec), "y": y, "stream": stream or "default"}, event_id)
+
+
+def apply_event(learner: OnlineLearner, body: dict[str, Any]) -> LearnOutcome | None:
+    """Run one canonical event on ``learner`` (the same call for a request and a replay)."""
+    if "batch" in body:
+        items = body["batch"]
+        learner.learn_many([s["sequence"] for s in items], [s["y"] for s in items])
+        return None
+    if "sequence" in body:
+        r = learner.learn_one(sequence=body["sequence"], y=body["y"])
+    else:
+        r = learner.learn_one(body["x"], body["y"], stream=body["stream"])
+    return LearnOutcome(r.prediction, r.loss, 0, True, r.proba)
