@@ -13,19 +13,14 @@ from .engine import Engine
 from .errors import ApiError
 from .settings import Settings
 
-__all__ = ["EngineDep", "ModelName", "SettingsDep", "require_writer"]
+__all__ = ["EngineDep", "ModelName", "require_writer"]
 
 
 async def get_engine(request: Request) -> Engine:
     return request.app.state.engine  # type: ignore[no-any-return]
 
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
-
-
 EngineDep = Annotated[Engine, Depends(get_engine)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="model name",
                                 examples=["demo"])]
 
