@@ -24,7 +24,7 @@ from .spec import ModelSpec
 if TYPE_CHECKING:
     from .learner import OnlineLearner
 
-__all__ = ["MAX_TEMPLATE_BYTES", "blank_learner", "copy_structure", "template_for"]
+__all__ = ["MAX_TEMPLATE_BYTES", "copy_structure", "template_for"]
 
 MAX_TEMPLATE_BYTES = 256 * 1024 * 1024  # all cached templates together (each holds its buffers)
 _templates: OrderedDict[str, tuple[OnlineLearner, int]] = OrderedDict()
@@ -50,11 +50,6 @@ def template_for(spec: ModelSpec) -> OnlineLearner:
         while total > MAX_TEMPLATE_BYTES and len(_templates) > 1:
             total -= _templates.popitem(last=False)[1][1]
     return template
-
-
-def blank_learner(spec: ModelSpec) -> OnlineLearner:
-    """A learner for ``spec`` with unset values (load a state into it)."""
-    return copy_structure(template_for(spec))
 
 
 def copy_structure(src: OnlineLearner, *, flats: dict[str, Tensor] | None = None

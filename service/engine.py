@@ -28,7 +28,7 @@ from models.persist import context_to_bytes
 
 from . import metrics as m
 from .errors import ApiError
-from .events import Event, LearnOutcome, apply_event, canonical_event
+from .events import Event, LearnOutcome, apply_event, canonical_event, predict_arguments
 from .settings import Settings
 from .store import LeaseLost, ModelHead, Store
 
@@ -102,12 +102,7 @@ class Engine:
                       ) -> tuple[float | int, dict[int, float] | None, int]:
         """The prediction ``learn`` would make now, the class probabilities, the version."""
         spec, head = await self.spec(name)
-        stream, x, seq = payload.get("stream"), payload.get("x"), payload.get("sequence")
-        if (x is None) == (seq is None):
-            raise InvalidInput("x", "give exactly one of x (with stream) or sequence")
-        if seq is not None and stream is not None:
-            raise InvalidInput("stream", "sequence mode keeps no stream context; drop stream")
-        kwargs = {"sequence": seq} if seq is not None else {"x": x, "stream": stream or "default"}
+        kwargs = predict_arguments(payload)
         hot = await self._enter(name)
         try:
             await self._catch_up(name, hot, head)
@@ -165,9 +160,14 @@ class Engine:
                 self._leave(hot)
         finally:
             hot.writers -= 1
-            if hot.writers == 0 and hot.token is not None:
-                token, hot.token = hot.token, None
-                await self._release(name, token)  # best effort: the update is committed
+            if hot.writers == 0:
+                await self._hand_back(name, hot)
+
+    async def _hand_back(self, name: str, hot: _Hot) -> None:
+        """Give up the lease this process holds on ``name``, if it holds one."""
+        if hot.token is not None:
+            token, hot.token = hot.token, None
+            await self._release(name, token)
 
     async def _release(self, name: str, token: str) -> None:
         """Hand a lease back; if Redis cannot be reached it simply expires."""
@@ -208,9 +208,8 @@ class Engine:
                 await self._snapshot(name, hot)
             except Exception as exc:  # committed already; a later update snapshots
                 log.warning("snapshot of %s at %d failed: %r", name, version, exc)
-        if wanted and hot.token is not None:  # another process waits: hand the lease over
-            token, hot.token = hot.token, None
-            await self._release(name, token)
+        if wanted:  # another process waits: hand the lease over
+            await self._hand_back(name, hot)
         if outcome is None:
             return LearnOutcome(None, None, version, True)
         return LearnOutcome(outcome.prediction, outcome.loss, version, True, outcome.proba)
@@ -268,9 +267,7 @@ class Engine:
     async def close(self) -> None:
         """Hand back every lease this process holds (a restart then waits for nobody)."""
         for name, hot in list(self._hot.items()):
-            if hot.token is not None:
-                token, hot.token = hot.token, None
-                await self._release(name, token)
+            await self._hand_back(name, hot)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
 
@@ -287,6 +284,8 @@ class Engine:
                     hot = await self._load(name, spec)
                     self._hot[name] = hot
                     self._evict()
+            if not loading.locked():  # waiters find the entry cached: forget the lock
+                self._loading.pop(name, None)
         self._hot.move_to_end(name)
         return hot
 
@@ -333,12 +332,18 @@ class Engine:
         snap = await self.store.snapshot(name)
         if snap is None:
             raise ApiError(404, f"no model named {name!r}", "name")
-        state, version, head = snap
+        state, head = snap
         learner = OnlineLearner.from_bytes(state)
         if learner.spec != spec:
             raise ApiError(409, f"model {name!r} was replaced while loading; retry")
         m.STATE_LOADS.labels(name).inc()
-        return _Hot(learner, head.uid, version, version)
+        return _Hot(learner, head.uid, head.snapshot_version, head.snapshot_version)
+
+    async def _reload(self, name: str, hot: _Hot, spec: ModelSpec) -> None:
+        """Replace the entry's learner by the latest snapshot (the replay then continues)."""
+        fresh = await self._load(name, spec)
+        hot.learner, hot.uid, hot.version = fresh.learner, fresh.uid, fresh.version
+        hot.snapshot_version = fresh.snapshot_version
 
     async def _catch_up(self, name: str, hot: _Hot, head: ModelHead) -> None:
         """Bring the cached learner to ``head.version`` (replay, or snapshot + replay)."""
@@ -347,9 +352,7 @@ class Engine:
             # learns: look again before concluding that Redis went back in time
             head = await self.store.head(name) or head
         if head.uid != hot.uid or head.version < hot.version:
-            fresh = await self._load(name, (await self.spec(name, head))[0])
-            hot.learner, hot.uid, hot.version = fresh.learner, fresh.uid, fresh.version
-            hot.snapshot_version = fresh.snapshot_version
+            await self._reload(name, hot, (await self.spec(name, head))[0])
         hot.snapshot_version = max(hot.snapshot_version, head.snapshot_version)
         for _ in range(3):
             if hot.version >= head.version:
@@ -365,8 +368,6 @@ class Engine:
                         hot.moved.add(body["stream"])
                 m.REPLAYED.labels(name).inc(len(entries))
                 continue
-            fresh = await self._load(name, hot.learner.spec)  # the log no longer reaches back
-            hot.learner, hot.uid, hot.version = fresh.learner, fresh.uid, fresh.version
-            hot.snapshot_version = fresh.snapshot_version
+            await self._reload(name, hot, hot.learner.spec)  # the log no longer reaches back
         if hot.version < head.version:
             raise ApiError(503, f"model {name!r} could not be brought up to date; retry")

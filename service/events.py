@@ -14,7 +14,7 @@ from typing import Any
 from models import InvalidInput, ModelSpec, OnlineLearner
 from models.inputs import to_features, to_sequence, to_target
 
-__all__ = ["Event", "LearnOutcome", "apply_event", "canonical_event"]
+__all__ = ["Event", "LearnOutcome", "apply_event", "canonical_event", "predict_arguments"]
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,30 @@ class LearnOutcome:
     proba: dict[int, float] | None = None
 
 
+def _check_mode(payload: dict[str, Any], *, batch: bool) -> None:
+    """Exactly one of ``x`` / ``sequence`` (/ ``batch`` for learns), and no ``stream`` with a
+    sequence: the one check predict and learn share."""
+    modes = ("x", "sequence", "batch") if batch else ("x", "sequence")
+    if sum(payload.get(k) is not None for k in modes) != 1:
+        raise InvalidInput("x", "give exactly one of x (with stream), sequence, or batch" if batch
+                           else "give exactly one of x (with stream) or sequence")
+    if payload.get("sequence") is not None and payload.get("stream") is not None:
+        raise InvalidInput("stream", "sequence mode keeps no stream context; drop stream")
+
+
+def predict_arguments(payload: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``predict_one`` for a predict payload (the values themselves
+    are validated by the learner, against its spec)."""
+    _check_mode(payload, batch=False)
+    if payload.get("sequence") is not None:
+        return {"sequence": payload["sequence"]}
+    return {"x": payload["x"], "stream": payload.get("stream") or "default"}
+
+
 def canonical_event(spec: ModelSpec, payload: dict[str, Any]) -> Event:
     """Validate a learn payload against ``spec`` (InvalidInput names the field)."""
+    _check_mode(payload, batch=True)
     stream, x, seq, batch = (payload.get(k) for k in ("stream", "x", "sequence", "batch"))
-    given = [k for k, v in (("x", x), ("sequence", seq), ("batch", batch)) if v is not None]
-    if len(given) != 1:
-        raise InvalidInput("x", "give exactly one of x (with stream), sequence, or batch")
     event_id = payload.get("event_id")
     if batch is not None:
         if not isinstance(batch, list) or not batch or len(batch) > 1024:
@@ -57,8 +75,6 @@ def canonical_event(spec: ModelSpec, payload: dict[str, Any]) -> Event:
         return Event({"batch": samples}, event_id)
     y = to_target(payload.get("y"), spec)
     if seq is not None:
-        if stream is not None:
-            raise InvalidInput("stream", "sequence mode keeps no stream context; drop stream")
         return Event({"sequence": to_sequence(seq, spec).tolist(), "y": y}, event_id)
     return Event({"x": to_features(x, spec), "y": y, "stream": stream or "default"}, event_id)
 

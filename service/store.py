@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
-__all__ = ["Committed", "LeaseLost", "ModelHead", "Store", "model_key"]
+__all__ = ["LeaseLost", "ModelHead", "Store", "model_key"]
 
 
 def model_key(name: str, part: str) -> str:
@@ -48,11 +48,9 @@ class ModelHead(NamedTuple):
     version: int
     uid: str
     snapshot_version: int
-    updates: int
 
 
-class Committed(NamedTuple):
-    version: int
+_HEAD = ("version", "uid", "snapshot_version")  # the meta fields of a ModelHead, in order
 
 
 # KEYS: meta lock wanted; ARGV: token lease_ms. ``wanted`` names the writer that queued first
@@ -67,9 +65,9 @@ if not ok then
   return {0, redis.call('PTTL', KEYS[2])}
 end
 if w == ARGV[1] then redis.call('DEL', KEYS[3]) end
-local m = redis.call('HMGET', KEYS[1], 'version', 'uid', 'snapshot_version', 'updates')
+local m = redis.call('HMGET', KEYS[1], 'version', 'uid', 'snapshot_version')
 if not m[1] then redis.call('DEL', KEYS[2]) return {-1} end
-return {1, m[1], m[2], m[3], m[4]}
+return {1, m[1], m[2], m[3]}
 """
 
 _RELEASE = """
@@ -127,6 +125,13 @@ def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _head(raw: list[Any]) -> ModelHead | None:
+    """A ModelHead from the ``_HEAD`` fields as Redis returns them (``None``: no model)."""
+    if raw[0] is None:
+        return None
+    return ModelHead(_int(raw[0]), _str(raw[1]), _int(raw[2]))
+
+
 class Store:
     """Async access to models in Redis (one client with a connection pool per process)."""
 
@@ -151,12 +156,8 @@ class Store:
         return None if raw is None else _str(raw)
 
     async def head(self, name: str) -> ModelHead | None:
-        """Version, uid, snapshot version and updates (one round trip)."""
-        raw = await self.redis.hmget(model_key(name, "meta"), "version", "uid",
-                                     "snapshot_version", "updates")
-        if raw[0] is None:
-            return None
-        return ModelHead(_int(raw[0]), _str(raw[1]), _int(raw[2]), _int(raw[3]))
+        """Version, uid and snapshot version (one round trip)."""
+        return _head(await self.redis.hmget(model_key(name, "meta"), *_HEAD))
 
     async def describe(self, name: str) -> tuple[str, dict[str, str]] | None:
         """The spec JSON and the whole meta hash."""
@@ -188,16 +189,17 @@ class Store:
         return bool(removed)
 
     # -- snapshot and log ----------------------------------------------------------------------
-    async def snapshot(self, name: str) -> tuple[bytes, int, ModelHead] | None:
-        """The snapshot bytes, their version and the head, read in one transaction."""
+    async def snapshot(self, name: str) -> tuple[bytes, ModelHead] | None:
+        """The snapshot bytes (at ``head.snapshot_version``) and the head, read in one
+        transaction."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(model_key(name, "state"))
-            pipe.hmget(model_key(name, "meta"), "version", "uid", "snapshot_version", "updates")
+            pipe.hmget(model_key(name, "meta"), *_HEAD)
             state, raw = await pipe.execute()
-        if state is None or raw[0] is None:
+        head = _head(raw)
+        if state is None or head is None:
             return None
-        head = ModelHead(_int(raw[0]), _str(raw[1]), _int(raw[2]), _int(raw[3]))
-        return bytes(state), head.snapshot_version, head
+        return bytes(state), head
 
     async def log_after(self, name: str, version: int, upto: int) -> list[tuple[int, str]]:
         """Logged events with versions ``version+1 … upto`` (fewer if trimmed: caller checks)."""
@@ -216,7 +218,7 @@ class Store:
         keys = [model_key(name, p) for p in ("meta", "lock", "wanted")]
         res = await self._acquire(keys=keys, args=[token, lease_ms])
         if _int(res[0]) == 1:
-            return ModelHead(_int(res[1]), _str(res[2]), _int(res[3]), _int(res[4])), 0
+            return _head(res[1:]), 0
         if _int(res[0]) == -1:
             return None, -1
         return None, max(_int(res[1]), 0)
