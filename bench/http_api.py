@@ -32,9 +32,9 @@ after the run (a hot model is not deserialized per request); no non-200 response
 
 Run from the repository root::
 
-    .venv/bin/python bench/http.py                            # ~2.5 min on 2 cores
-    .venv/bin/python bench/http.py --quick                    # ~30 s
-    .venv/bin/python bench/http.py --learn 2000 --predict 3000 --norms streaming
+    .venv/bin/python bench/http_api.py                            # ~2.5 min on 2 cores
+    .venv/bin/python bench/http_api.py --quick                    # ~30 s
+    .venv/bin/python bench/http_api.py --learn 2000 --predict 3000 --norms streaming
 """
 
 from __future__ import annotations
@@ -62,10 +62,7 @@ from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this folder is sys.path[0] and this very file would shadow the standard
-# library's ``http`` package (httpx imports ``http.cookiejar``): drop it, add the repository root.
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
@@ -353,7 +350,7 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
         redis = stack.enter_context(EmbeddedRedis(tmp / "redis"))
         base, server = stack.enter_context(uvicorn_server(redis.url, log_path))
         redis_version = redis_info_version(redis.port)
-        emit(f"# bench/http.py — torch {torch.__version__}, Python {platform.python_version()}, "
+        emit(f"# bench/http_api.py — torch {torch.__version__}, Python {platform.python_version()}, "
              f"{cpus} CPUs, 1 torch thread (server and in-process); uvicorn "
              f"{pkg_version('uvicorn')} (uvloop, httptools, 1 process), httpx "
              f"{pkg_version('httpx')}, redis-server {redis_version} (embedded, AOF everysec); "
