@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch._utils import _unflatten_dense_tensors as unflatten_dense_tensors
 
 from .flat import FlatState
 from .metrics import Metrics
@@ -58,37 +59,49 @@ def copy_structure(src: OnlineLearner, *, flats: dict[str, Tensor] | None = None
     ``flats`` (taken over, shaped as ``src.flat.flats``) or are uninitialised; gradients zero,
     no contexts, fresh metrics and counters."""
     flat = src.flat
-    plan = _plan(flat)
+    plan = _plan(src)
     if flats is None:
         flats = {code: torch.empty_like(f) for code, f in flat.flats.items()}
     views: list[Tensor] = [flat.grad] * len(flat.owners)
-    for code, (index, sizes, shapes) in plan.pieces.items():
-        for i, piece, shape in zip(index, flats[code].split_with_sizes(sizes), shapes,
-                                   strict=True):
-            views[i] = piece.view(shape)
+    for code, (index, like) in plan.pieces.items():
+        for i, view in zip(index, unflatten_dense_tensors(flats[code], like), strict=True):
+            views[i] = view
     grad = torch.zeros_like(flat.grad)
-    for i, piece, shape in zip(range(plan.n_params), grad.split_with_sizes(plan.param_sizes),
-                               plan.param_shapes, strict=True):
+    for i, piece in enumerate(unflatten_dense_tensors(grad, plan.params)):
         # ``.data =`` (as FlatState does) keeps the parameter's own version counter; a
         # Parameter made from the view would share the flat buffer's with every other tensor
-        param = nn.Parameter(torch.empty(0))
+        param = nn.Parameter(_EMPTY)
         param.data, views[i] = views[i], param
-        param.grad = piece.view(shape)
-    memo: dict[int, Any] = {id(o): v for o, v in zip(flat.owners, views, strict=True)}
+        param.grad = piece
+    modules = [object.__new__(r.kind) for r in plan.modules]
+    memo: dict[int, Any] = dict(zip(plan.owner_ids, views, strict=True))
+    memo.update(zip(plan.module_ids, modules, strict=True))
+    for module, recipe in zip(modules, plan.modules, strict=True):
+        attrs = recipe.shared.copy()
+        for key, kind in recipe.fresh:
+            attrs[key] = kind()
+        for key, table in recipe.tables:
+            attrs[key] = {name: views[i] if i >= 0 else modules[~i] if i != _NONE else None
+                          for name, i in table}
+        for key, value in recipe.other:
+            attrs[key] = _copy(value, memo)
+        module.__dict__ = attrs
 
     new = object.__new__(type(src))
     new.spec = src.spec
-    new.net = _copy(src.net, memo)
-    new.optimizer = _copy(src.optimizer, memo)
+    new.net = modules[0]
     new_flat = object.__new__(FlatState)
     new_flat.__dict__.update(flat.__dict__)  # layout, entries: read-only once built
+    new_flat.__dict__.pop("_clone_plan", None)  # the plan names the template's objects
     new_flat.flats, new_flat.grad, new_flat._saved, new_flat._zeros = flats, grad, {}, None
-    new_flat.owners = [memo[id(o)] for o in flat.owners]
+    new_flat.params = flats["F32"][:grad.numel()]
+    new_flat.owners = views
     new.flat = new_flat
-    new._notify = [memo[id(m)] for m in src._notify]
+    new.optimizer = src.optimizer.copy(
+        {key: views[i] for key, i in plan.optim_state}, new_flat.params, grad)
+    new._notify = [modules[i] for i in plan.notify]
     new.metrics = Metrics(src.spec.task, src.metrics.window)
     new.contexts, new.updates, new.samples = {}, 0, 0
-    new._adam = None  # the copy prepares its own optimizer argument lists
     if new.__dict__.keys() != src.__dict__.keys():  # a learner attribute this copy misses
         raise AssertionError(f"copy_structure misses {set(src.__dict__) - set(new.__dict__)}")
     return new
@@ -97,34 +110,81 @@ def copy_structure(src: OnlineLearner, *, flats: dict[str, Tensor] | None = None
 _SHARED = (str, int, float, bool, type(None))
 
 
+_EMPTY = torch.empty(0)
+_NONE = -(2**62)  # a table entry that holds None
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """How to rebuild one module's ``__dict__``: immutable values shared, empty hook tables
+    made anew, parameter / buffer / child tables remapped (owner index ``i ≥ 0``, module
+    ``~i``), anything else copied by ``_copy``."""
+
+    kind: type
+    shared: dict[str, Any]
+    fresh: list[tuple[str, type]]
+    tables: list[tuple[str, list[tuple[str, int]]]]
+    other: list[tuple[str, Any]]
+
+
 @dataclass(frozen=True)
 class _Plan:
-    """How a template's flat buffers split into its tensors (computed once per template)."""
+    """Computed once per template: how its flat buffers split into its tensors, and how to
+    rebuild its modules around them."""
 
-    pieces: dict[str, tuple[list[int], list[int], list[tuple[int, ...]]]]
-    n_params: int
-    param_sizes: list[int]
-    param_shapes: list[tuple[int, ...]]
+    pieces: dict[str, tuple[list[int], list[Tensor]]]
+    params: list[Tensor]
+    owner_ids: list[int]
+    module_ids: list[int]
+    modules: list[_Recipe]
+    optim_state: list[tuple[str, int]]
+    notify: list[int]
 
 
-def _plan(flat: FlatState) -> _Plan:
+def _plan(src: OnlineLearner) -> _Plan:
+    flat = src.flat
     plan = flat.__dict__.get("_clone_plan")
-    if plan is None:
-        pieces: dict[str, tuple[list[int], list[int], list[tuple[int, ...]]]] = {}
-        for i, (owner, (_, code, shape, _)) in enumerate(zip(flat.owners, flat.entries,
-                                                             strict=True)):
-            index, sizes, shapes = pieces.setdefault(code, ([], [], []))
-            index.append(i)
-            sizes.append(owner.numel())
-            shapes.append(tuple(shape))
-        params = [o for o in flat.owners if isinstance(o, nn.Parameter)]
-        n = len(params)
-        if not all(a is b and b.requires_grad for a, b in zip(flat.owners[:n], params,
-                                                               strict=True)):
-            raise AssertionError("parameters must come first in the flat layout")
-        plan = flat._clone_plan = _Plan(pieces, len(params), [p.numel() for p in params],
-                                        [tuple(p.shape) for p in params])
+    if plan is not None:
+        return plan
+    pieces: dict[str, tuple[list[int], list[Tensor]]] = {}
+    for i, (owner, (_, code, _, _)) in enumerate(zip(flat.owners, flat.entries, strict=True)):
+        index, like = pieces.setdefault(code, ([], []))
+        index.append(i)
+        like.append(torch.empty(owner.shape, dtype=owner.dtype))
+    params = [o for o in flat.owners if isinstance(o, nn.Parameter)]
+    if not all(a is b and b.requires_grad for a, b in zip(flat.owners[:len(params)], params,
+                                                           strict=True)):
+        raise AssertionError("parameters must come first in the flat layout")
+    owner_index = {id(o): i for i, o in enumerate(flat.owners)}
+    modules = list(src.net.modules())
+    module_index = {id(m): i for i, m in enumerate(modules)}
+    recipes = [_recipe(m, owner_index, module_index) for m in modules]
+    state = [(k, owner_index[id(v)]) for k, v in src.optimizer.state.items()]
+    notify = [module_index[id(m)] for m in src._notify]
+    plan = _Plan(pieces, [torch.empty(p.shape) for p in params],
+                 [id(o) for o in flat.owners], [id(m) for m in modules], recipes, state, notify)
+    flat._clone_plan = plan
     return plan
+
+
+def _recipe(module: nn.Module, owners: dict[int, int], modules: dict[int, int]) -> _Recipe:
+    shared: dict[str, Any] = {}
+    fresh: list[tuple[str, type]] = []
+    tables: list[tuple[str, list[tuple[str, int]]]] = []
+    other: list[tuple[str, Any]] = []
+    for key, value in module.__dict__.items():
+        kind = type(value)
+        if kind in _SHARED:
+            shared[key] = value
+        elif kind in (dict, OrderedDict, set) and not value:
+            fresh.append((key, kind))
+        elif key in ("_parameters", "_buffers", "_modules") and kind is dict and all(
+                v is None or id(v) in owners or id(v) in modules for v in value.values()):
+            tables.append((key, [(name, _NONE if v is None else owners[id(v)] if id(v) in owners
+                                  else ~modules[id(v)]) for name, v in value.items()]))
+        else:
+            other.append((key, value))
+    return _Recipe(type(module), shared, fresh, tables, other)
 
 
 def _copy(obj: Any, memo: dict[int, Any]) -> Any:
@@ -147,7 +207,7 @@ def _copy(obj: Any, memo: dict[int, Any]) -> Any:
                        for k, v in obj.items())
     elif isinstance(obj, Tensor):
         new = obj.clone()
-    elif isinstance(obj, nn.Module | torch.optim.Optimizer):
+    elif isinstance(obj, nn.Module):
         new = object.__new__(kind)
         memo[id(obj)] = new
         attrs = new.__dict__

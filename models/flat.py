@@ -1,9 +1,9 @@
 """Every persistent tensor of a learner as a view of one flat buffer per dtype.
 
-Parameters, normalization buffers and optimizer moments (created up front, equal to what the
-optimizer would create lazily) are re-homed into one float32 and one int64 buffer. Saving is then
-one copy of each, loading one ``copy_`` each, a save point for rollback one clone, and a
-finiteness check one op; the layout (names, shapes, offsets) is fixed by the spec, so a JSON
+Parameters, normalization buffers and the optimizer's step count and moments are re-homed into
+one float32 and one int64 buffer. Saving is then one copy of each, loading one ``copy_`` each, a
+save point for rollback one clone, a finiteness check one op, and an optimizer step one update
+(``models.optim``); the layout (names, shapes, offsets) is fixed by the spec, so a JSON
 string of it identifies states that fit.
 """
 
@@ -16,35 +16,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlatState", "init_optimizer_state"]
+from .optim import FlatOptimizer
+
+__all__ = ["FlatState"]
 
 _CODES = {torch.float32: "F32", torch.int64: "I64"}
-
-
-def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Create Adam / RMSprop state as the optimizer's first step would (zeros, step 0)."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state[p]
-            if state:
-                continue
-            if isinstance(optimizer, torch.optim.Adam):
-                if group.get("amsgrad"):
-                    raise ValueError("amsgrad is not supported")
-                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p),
-                             exp_avg_sq=torch.zeros_like(p))
-            elif isinstance(optimizer, torch.optim.RMSprop):
-                if group.get("momentum") or group.get("centered"):
-                    raise ValueError("RMSprop momentum/centered are not supported")
-                state.update(step=torch.tensor(0.0), square_avg=torch.zeros_like(p))
-            else:
-                del optimizer.state[p]  # plain SGD keeps no state
 
 
 class FlatState:
     """The flat buffers (``flats[code]``), the layout, and the save point for rollback."""
 
-    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, net: nn.Module, optimizer: FlatOptimizer) -> None:
         entries: list[tuple[str, Tensor, Callable[[Tensor], None]]] = []
         for name, p in net.named_parameters():
             entries.append((f"model.{name}", p.data, lambda v, p=p: setattr(p, "data", v)))
@@ -54,10 +36,9 @@ class FlatState:
                     continue
                 full = f"model.{mod_name}.{bname}" if mod_name else f"model.{bname}"
                 entries.append((full, b, lambda v, m=mod, n=bname: m._buffers.__setitem__(n, v)))
-        for i, p in enumerate(net.parameters()):
-            for key, value in optimizer.state.get(p, {}).items():
-                entries.append((f"optim.{i}.{key}", value,
-                                lambda v, s=optimizer.state[p], k=key: s.__setitem__(k, v)))
+        for key, value in optimizer.state.items():
+            entries.append((f"optim.{key}", value,
+                            lambda v, k=key: optimizer.state.__setitem__(k, v)))
         sizes: dict[str, int] = {}
         layout: list[list[Any]] = []
         for name, t, _ in entries:
@@ -79,18 +60,24 @@ class FlatState:
         self.entries = layout
         self.layout_json = json.dumps(self.layout)  # as it sits in a state's header
         params = list(net.parameters())
+        n_params = sum(p.numel() for p in params)
+        if any(p.dtype != torch.float32 for p in params):
+            raise TypeError("every parameter must be float32")
+        # parameters come first: their values are one flat view, which the optimizer updates
+        self.params = self.flats["F32"][:n_params] if params else torch.empty(0)
         # what owns each entry's values (the Parameter itself for parameters): ``models.clone``
         # maps these objects onto a copy's new buffers
         self.owners: list[Tensor] = params + views[len(params):]
         # gradients as views of one buffer too (as DDP's gradient_as_bucket_view): autograd
         # accumulates into them in place, so zeroing and clipping are one op each
-        self.grad = torch.zeros(sum(p.numel() for p in params))
+        self.grad = torch.zeros(n_params)
         offset = 0
         for p in params:
             p.grad = self.grad[offset:offset + p.numel()].view(p.shape)
             offset += p.numel()
         self._saved: dict[str, Tensor] = {}
         self._zeros: Tensor | None = None
+        optimizer.bind(self.params, self.grad)
 
     def save_point(self) -> None:
         """Remember every value (one copy per dtype)."""

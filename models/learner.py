@@ -20,10 +20,11 @@ from torch import Tensor
 
 from . import fastlstm
 from .cells import skip_init
-from .flat import FlatState, init_optimizer_state
+from .flat import FlatState
 from .inputs import InvalidInput, to_features, to_sequence, to_target
 from .metrics import Metrics
 from .network import Network
+from .optim import FlatOptimizer
 from .spec import ModelSpec
 
 __all__ = ["LearnResult", "OnlineLearner", "StreamContext", "UpdateRejected"]
@@ -68,16 +69,15 @@ class OnlineLearner:
                 torch.manual_seed(self.spec.seed)
                 self.net = Network(self.spec)
         self.net.train()
-        self.optimizer = _make_optimizer(self.net, self.spec)
-        init_optimizer_state(self.optimizer)
-        self.flat = FlatState(self.net, self.optimizer)
+        self.optimizer = FlatOptimizer(self.spec.optimizer,
+                                       sum(p.numel() for p in self.net.parameters()))
+        self.flat = FlatState(self.net, self.optimizer)  # binds the optimizer to it
         self._notify = [m for m in self.net.modules() if callable(getattr(m, "on_optimizer_step",
                                                                            None))]
         self.metrics = Metrics(self.spec.task, metrics_window)
         self.contexts: dict[str, StreamContext] = {}
         self.updates = 0  # optimizer steps taken
         self.samples = 0  # samples learned (learn_many counts each)
-        self._adam: _FusedAdam | bool | None = None  # built on the first step; False: not Adam
 
     # -- public API ----------------------------------------------------------------------------
     def predict_one(self, x: Any = None, *, stream: str = DEFAULT_STREAM,
@@ -199,7 +199,7 @@ class OnlineLearner:
                 coef = clip / (float(torch.linalg.vector_norm(self.flat.grad)) + 1e-6)
                 if coef < 1.0:
                     self.flat.grad.mul_(coef)
-            self._optimizer_step()
+            self.optimizer.step()
             self.flat.grad.zero_()
             # weights, statistics and optimizer moments: one check over the flat buffer
             finite = bool(torch.isfinite(loss.detach())) and self.flat.finite()
@@ -213,16 +213,6 @@ class OnlineLearner:
             site.on_optimizer_step()
         self.updates += 1
         self.samples += samples
-
-    def _optimizer_step(self) -> None:
-        """``optimizer.step()``; fused Adam goes straight to its kernel with prepared lists
-        (the same call ``torch.optim.Adam`` makes, without ~0.1 ms of per-step bookkeeping)."""
-        if self._adam is None:
-            self._adam = _FusedAdam.of(self.optimizer) or False
-        if self._adam is False:
-            self.optimizer.step()
-        else:
-            self._adam.step()
 
     def _score(self, logits: Tensor, targets: list[float | int], loss: Tensor | None
                ) -> list[LearnResult]:
@@ -256,51 +246,3 @@ class OnlineLearner:
         from .persist import load_into
 
         load_into(self, data, max_bytes=max_bytes)
-
-
-@dataclass
-class _FusedAdam:
-    """The argument lists of ``torch._fused_adam_`` for one single-group fused Adam."""
-
-    params: list[Tensor]
-    grads: list[Tensor]
-    exp_avgs: list[Tensor]
-    exp_avg_sqs: list[Tensor]
-    steps: list[Tensor]
-    options: dict[str, Any]
-
-    @classmethod
-    def of(cls, optimizer: torch.optim.Optimizer) -> _FusedAdam | None:
-        groups = optimizer.param_groups
-        if type(optimizer) is not torch.optim.Adam or len(groups) != 1:
-            return None
-        g = groups[0]
-        if not g["fused"] or g["amsgrad"] or g["maximize"] or g["differentiable"] \
-                or g["capturable"] or g.get("decoupled_weight_decay") \
-                or optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
-            return None
-        params = list(g["params"])
-        states = [optimizer.state[p] for p in params]
-        if any(p.grad is None for p in params):
-            return None
-        beta1, beta2 = g["betas"]
-        return cls(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                   [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
-                   {"amsgrad": False, "lr": float(g["lr"]), "beta1": float(beta1),
-                    "beta2": float(beta2), "weight_decay": float(g["weight_decay"]),
-                    "eps": float(g["eps"]), "maximize": False, "grad_scale": None,
-                    "found_inf": None})
-
-    def step(self) -> None:
-        torch._foreach_add_(self.steps, 1)
-        torch._fused_adam_(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [],
-                           self.steps, **self.options)
-
-
-def _make_optimizer(net: torch.nn.Module, spec: ModelSpec) -> torch.optim.Optimizer:
-    opt = spec.optimizer
-    if opt.name == "adam":
-        return torch.optim.Adam(net.parameters(), lr=opt.lr, fused=True)
-    if opt.name == "rmsprop":
-        return torch.optim.RMSprop(net.parameters(), lr=opt.lr)
-    return torch.optim.SGD(net.parameters(), lr=opt.lr, fused=True)
