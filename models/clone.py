@@ -32,21 +32,25 @@ _templates: OrderedDict[str, tuple[OnlineLearner, int]] = OrderedDict()
 _lock = threading.Lock()
 
 
-def template_for(spec: ModelSpec) -> OnlineLearner:
-    """The cached blank learner for ``spec`` (built on first use; never handed out). The cache
-    keeps the most recently used templates up to ``MAX_TEMPLATE_BYTES`` of buffers."""
+def template_for(spec_json: str) -> OnlineLearner:
+    """The cached blank learner for the spec given as JSON (validated and built on first use;
+    never handed out). Only canonical texts (``spec.model_dump_json()``, what states store) are
+    cache keys; the cache keeps the most recently used templates up to ``MAX_TEMPLATE_BYTES``.
+    Raises pydantic's ``ValidationError`` for an invalid spec."""
     from .learner import OnlineLearner
 
-    key = spec.model_dump_json()
     with _lock:
-        hit = _templates.get(key)
+        hit = _templates.get(spec_json)
         if hit is not None:
-            _templates.move_to_end(key)
+            _templates.move_to_end(spec_json)
             return hit[0]
+    spec = ModelSpec.model_validate_json(spec_json)
+    if spec.model_dump_json() != spec_json:
+        return template_for(spec.model_dump_json())
     template = OnlineLearner(spec, _blank=True)
     size = sum(f.nbytes for f in template.flat.flats.values()) + template.flat.grad.nbytes
     with _lock:
-        _templates[key] = (template, size)
+        _templates[spec_json] = (template, size)
         total = sum(n for _, n in _templates.values())
         while total > MAX_TEMPLATE_BYTES and len(_templates) > 1:
             total -= _templates.popitem(last=False)[1][1]
@@ -70,25 +74,27 @@ def copy_structure(src: OnlineLearner, *, flats: dict[str, Tensor] | None = None
     for i, piece in enumerate(unflatten_dense_tensors(grad, plan.params)):
         # ``.data =`` (as FlatState does) keeps the parameter's own version counter; a
         # Parameter made from the view would share the flat buffer's with every other tensor
-        param = nn.Parameter(_EMPTY)
+        param = torch.Tensor._make_subclass(nn.Parameter, _EMPTY, True)  # nn.Parameter(_EMPTY)
         param.data, views[i] = views[i], param
         param.grad = piece
     modules = [object.__new__(r.kind) for r in plan.modules]
     memo: dict[int, Any] = dict(zip(plan.owner_ids, views, strict=True))
     memo.update(zip(plan.module_ids, modules, strict=True))
     for module, recipe in zip(modules, plan.modules, strict=True):
-        attrs = recipe.shared.copy()
-        for key, kind in recipe.fresh:
-            attrs[key] = kind()
+        attrs = module.__dict__  # filled directly: nn.Module.__setattr__ is slow
+        attrs.update(recipe.shared)
+        attrs.update({key: kind() for key, kind in recipe.fresh})
         for key, table in recipe.tables:
             attrs[key] = {name: views[i] if i >= 0 else modules[~i] if i != _NONE else None
                           for name, i in table}
         for key, value in recipe.other:
             attrs[key] = _copy(value, memo)
-        module.__dict__ = attrs
+
+    for i in plan.rebind:
+        modules[i].rebind_views()
 
     new = object.__new__(type(src))
-    new.spec = src.spec
+    new.spec, new.spec_json = src.spec, src.spec_json
     new.net = modules[0]
     new_flat = object.__new__(FlatState)
     new_flat.__dict__.update(flat.__dict__)  # layout, entries: read-only once built
@@ -139,6 +145,7 @@ class _Plan:
     modules: list[_Recipe]
     optim_state: list[tuple[str, int]]
     notify: list[int]
+    rebind: list[int]  # modules that name views of their buffers (``rebind_views``)
 
 
 def _plan(src: OnlineLearner) -> _Plan:
@@ -161,8 +168,10 @@ def _plan(src: OnlineLearner) -> _Plan:
     recipes = [_recipe(m, owner_index, module_index) for m in modules]
     state = [(k, owner_index[id(v)]) for k, v in src.optimizer.state.items()]
     notify = [module_index[id(m)] for m in src._notify]
+    rebind = [i for i, m in enumerate(modules) if hasattr(m, "rebind_views")]
     plan = _Plan(pieces, [torch.empty(p.shape) for p in params],
-                 [id(o) for o in flat.owners], [id(m) for m in modules], recipes, state, notify)
+                 [id(o) for o in flat.owners], [id(m) for m in modules], recipes, state, notify,
+                 rebind)
     flat._clone_plan = plan
     return plan
 
@@ -172,9 +181,12 @@ def _recipe(module: nn.Module, owners: dict[int, int], modules: dict[int, int]) 
     fresh: list[tuple[str, type]] = []
     tables: list[tuple[str, list[tuple[str, int]]]] = []
     other: list[tuple[str, Any]] = []
+    views = hasattr(module, "rebind_views")  # its tensor attributes: views that it re-makes
     for key, value in module.__dict__.items():
         kind = type(value)
-        if kind in _SHARED:
+        if views and isinstance(value, Tensor):
+            continue
+        if kind in _SHARED or (kind is tuple and all(type(v) in _SHARED for v in value)):
             shared[key] = value
         elif kind in (dict, OrderedDict, set) and not value:
             fresh.append((key, kind))

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .norms.layer import LayerNormSite
-from .norms.streaming import StreamingSite
+from .norms.streaming import COUNTERS, MEMORIES, StreamingSite
 
 __all__ = ["disabled", "is_enabled", "try_window"]
 
@@ -38,7 +38,6 @@ Arr = np.ndarray
 Mod = LayerNormSite | StreamingSite
 State = tuple[Tensor, ...]
 _ENABLED = [True]
-_COUNTERS = ("n", "m", "steps", "folded_at", "l_init", "gl_init")
 _mul, _add, _sub = np.multiply, np.add, np.subtract  # positional ``out``: the cheapest calls
 _VIEWS: weakref.WeakKeyDictionary[Any, tuple[dict[str, Tensor], dict[str, Arr]]] = (
     weakref.WeakKeyDictionary())
@@ -82,16 +81,20 @@ def is_enabled() -> bool:
 
 
 def _views(mod: StreamingSite) -> dict[str, Arr]:
-    """numpy views of a site's buffers (memories ``[2, 1, 1, F]``, counters 0-d), cached while
-    the buffers are the same tensors (``.to()`` or assignment replaces them)."""
+    """numpy views of a site's memories (``[2, 1, 1, F]``) and counters (0-d), cached while
+    its buffers are the same tensors (``.to()`` or assignment replaces them)."""
     bufs = mod._buffers
     hit = _VIEWS.get(mod)
     if hit is not None and all(bufs[k] is t for k, t in hit[0].items()):
         return hit[1]
-    f = bufs["L"].shape[1]
-    views = {k: bufs[k].numpy() for k in _COUNTERS}
-    views.update({k: bufs[k].numpy().reshape(2, 1, 1, f) for k in ("L", "S", "GL", "GS")})
-    _VIEWS[mod] = ({k: bufs[k] for k in views}, views)
+    memory, counters = bufs["memory"], bufs["counters"]
+    assert memory is not None and counters is not None
+    f = memory.shape[2]
+    c = counters.numpy()
+    views = {k: c[i:i + 1].reshape(()) for i, k in enumerate(COUNTERS)}
+    m = memory.numpy()
+    views.update({k: m[i].reshape(2, 1, 1, f) for i, k in enumerate(MEMORIES)})
+    _VIEWS[mod] = ({"memory": memory, "counters": counters}, views)
     return views
 
 
@@ -142,7 +145,7 @@ class _Site:
         if isinstance(mod, StreamingSite):
             self.v = v = _views(mod)
             self.L, self.S, self.GL, self.GS = v["L"], v["S"], v["GL"], v["GS"]
-            self.cnt = {k: int(v[k]) for k in _COUNTERS}
+            self.cnt = {k: int(v[k]) for k in COUNTERS}
 
     def _red(self, z: Arr) -> Arr:
         return z if z.shape[self.ax] == 1 else np.add.reduce(z, axis=self.ax, keepdims=True)

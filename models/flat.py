@@ -56,6 +56,10 @@ class FlatState:
                 view.copy_(t)
                 rebind(view)
                 views.append(view)
+        for mod in net.modules():  # sites that name views of their buffers
+            rebind = getattr(mod, "rebind_views", None)
+            if rebind is not None:
+                rebind()
         self.layout = json.dumps(layout, separators=(",", ":"))
         self.entries = layout
         self.layout_json = json.dumps(self.layout)  # as it sits in a state's header

@@ -61,6 +61,7 @@ class OnlineLearner:
     def __init__(self, spec: ModelSpec | dict[str, Any], *, metrics_window: int = 100,
                  _blank: bool = False) -> None:
         self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
+        self.spec_json = self.spec.model_dump_json()  # canonical: what a state's header holds
         if _blank:  # weights are about to be loaded: skip the seeded initialisation
             with skip_init():
                 self.net = Network(self.spec)

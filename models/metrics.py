@@ -7,6 +7,7 @@ plain numbers and lists (JSON-ready).
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 from typing import Any
 
@@ -41,14 +42,16 @@ class _Running:
     def rolling(self) -> float | None:
         return self.recent_sum / len(self.recent) if self.recent else None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "count": self.count, "recent": list(self.recent),
-                "recent_sum": self.recent_sum}
+    def to_dict(self, recent: bool = True) -> dict[str, Any]:
+        out = {"total": self.total, "count": self.count, "recent_sum": self.recent_sum}
+        if recent:
+            out["recent"] = list(self.recent)
+        return out
 
     def load(self, data: dict[str, Any]) -> None:
         self.total, self.count = float(data["total"]), int(data["count"])
         self.recent.clear()
-        self.recent.extend(float(v) for v in data["recent"])
+        self.recent.extend(map(float, data["recent"]))
         self.recent_sum = float(data["recent_sum"])
 
 
@@ -87,15 +90,12 @@ class Metrics:
     def to_dict(self, *, recent: bool = True) -> dict[str, Any]:
         """JSON-ready state; ``recent=False`` leaves out the rolling windows' values (a state
         file stores them as float64 tensors: exact, and ~100x cheaper than JSON floats)."""
-        scores = {k: v.to_dict() for k, v in self._scores.items()}
-        if not recent:
-            for score in scores.values():
-                del score["recent"]
+        scores = {k: v.to_dict(recent) for k, v in self._scores.items()}
         return {"task": self.task, "window": self.window, "scores": scores}
 
-    def recent(self) -> dict[str, list[float]]:
+    def recent(self) -> dict[str, array[float]]:
         """The rolling windows' values per metric (the part ``to_dict(recent=False)`` omits)."""
-        return {k: list(v.recent) for k, v in self._scores.items()}
+        return {k: array("d", v.recent) for k, v in self._scores.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Metrics:

@@ -12,6 +12,7 @@ changes, and never unpickles: malformed bytes raise ``StateError``.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_STATE_BYTES", "context_from_bytes", "context_to_bytes", "learner_from_bytes",
            "learner_to_bytes", "load_into"]
 
-SCHEMA = 2
+SCHEMA = 3
 MAX_STATE_BYTES = 512 * 1024 * 1024
 _LEARNER, _CONTEXT = "streamnorm.learner", "streamnorm.context"
 
@@ -71,12 +72,23 @@ def learner_to_bytes(learner: OnlineLearner) -> bytes:
     for j, name in enumerate(streams):
         tensors.update(_context_tensors(learner.contexts[name], f"ctx.{j}."))
     for name, values in learner.metrics.recent().items():
-        tensors[f"metrics.{name}.recent"] = torch.tensor(values, dtype=torch.float64)
-    meta = {"spec": learner.spec.model_dump(mode="json"), "updates": learner.updates,
-            "samples": learner.samples, "metrics": learner.metrics.to_dict(recent=False),
-            "streams": streams}
+        tensors[f"metrics.{name}.recent"] = torch.frombuffer(values, dtype=torch.float64) \
+            if values else torch.empty(0, dtype=torch.float64)
+    meta = {"updates": learner.updates, "samples": learner.samples,
+            "metrics": learner.metrics.to_dict(recent=False), "streams": streams}
     return pack(tensors, _LEARNER, SCHEMA, meta, group="C", fixed=learner.flat.flats,
-                encoded={"layout": learner.flat.layout_json})
+                encoded={"spec": json.dumps(learner.spec_json),
+                         "layout": learner.flat.layout_json})
+
+
+def _spec(text: Any) -> ModelSpec:
+    """The spec stored as JSON text in a state's header."""
+    try:
+        if not isinstance(text, str):
+            raise TypeError("the stored spec must be JSON text")
+        return ModelSpec.model_validate_json(text)
+    except (ValidationError, TypeError) as exc:
+        raise StateError(f"invalid spec in state: {exc}") from exc
 
 
 class _Parsed(NamedTuple):
@@ -87,13 +99,12 @@ class _Parsed(NamedTuple):
     samples: int
 
 
-def _parse(learner: OnlineLearner, data: bytes, info: dict[str, Any],
-           spec: ModelSpec | None = None) -> _Parsed:
-    """Validate ``data`` against ``learner`` (its spec and layout) without changing it;
-    ``spec``: the stored spec, when the caller has validated it already."""
+def _parse(learner: OnlineLearner, data: bytes, info: dict[str, Any]) -> _Parsed:
+    """Validate ``data`` against ``learner`` (its spec and layout) without changing it."""
     meta = info["meta"]
     try:
-        if (spec or ModelSpec.model_validate(meta["spec"])) != learner.spec:
+        text = info.get("spec")
+        if text != learner.spec_json and _spec(text) != learner.spec:
             raise StateError("the state belongs to a different spec")
         if info.get("layout") != learner.flat.layout:
             raise StateError("the stored tensors do not fit this learner's layout")
@@ -146,12 +157,14 @@ def learner_from_bytes(data: bytes, *, max_bytes: int | None = None) -> OnlineLe
     """A new learner from ``learner_to_bytes`` output: a structural copy of a per-spec template
     whose flat buffers are the ones just read (``models.clone``)."""
     info = read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
+    text = info.get("spec")
     try:
-        spec = ModelSpec.model_validate(info["meta"]["spec"])
-    except (ValidationError, KeyError, TypeError) as exc:
+        if not isinstance(text, str):
+            raise TypeError("the stored spec must be JSON text")
+        template = template_for(text)
+    except (ValidationError, TypeError) as exc:
         raise StateError(f"invalid spec in state: {exc}") from exc
-    template = template_for(spec)
-    parsed = _parse(template, data, info, spec)
+    parsed = _parse(template, data, info)
     learner = copy_structure(template, flats={c: parsed.flats[c] for c in template.flat.flats})
     _apply(learner, parsed, copy=False)
     return learner

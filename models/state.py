@@ -17,7 +17,7 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, TensorSpec, serialize
 from torch import Tensor, nn
 
 __all__ = ["SCHEMA_VERSION", "StateError", "load_packed", "module_from_bytes", "module_to_bytes",
@@ -28,6 +28,7 @@ MAX_MODULE_BYTES = 512 * 1024 * 1024
 _FORMAT = "streamnorm.module"
 _DTYPES = {"F32": torch.float32, "I64": torch.int64, "F64": torch.float64}
 _CODES = {v: k for k, v in _DTYPES.items()}
+_NAMES = {torch.float32: "float32", torch.int64: "int64", torch.float64: "float64"}
 
 
 class StateError(ValueError):
@@ -37,7 +38,7 @@ class StateError(ValueError):
 def pack(tensors: dict[str, Tensor], kind: str, schema: int, meta: dict[str, Any], *,
          group: str = "", fixed: dict[str, Tensor] | None = None,
          encoded: dict[str, str] | None = None) -> bytes:
-    """Pack ``tensors`` (codes ``{group}F32``/``{group}I64``) beside ``fixed`` flat tensors
+    """Pack ``tensors`` (codes ``{group}F32``/``{group}I64``/…) beside ``fixed`` flat tensors
     stored as they are; ``encoded`` (key → JSON text, encoded once by the caller) joins the
     header next to format, schema, meta and index."""
     groups: dict[str, list[Tensor]] = {}
@@ -58,7 +59,15 @@ def pack(tensors: dict[str, Tensor], kind: str, schema: int, meta: dict[str, Any
     header = json.dumps(info, sort_keys=True)
     if encoded:
         header = header[:-1] + "".join(f", {json.dumps(k)}: {v}" for k, v in encoded.items()) + "}"
-    return safetensors.torch.save(flat, metadata={"streamnorm": header})
+    # safetensors' own serializer, given each (contiguous, 1-D) buffer's address: what
+    # ``safetensors.torch.save`` does after per-tensor checks these flat buffers do not need
+    specs = {}
+    for code, t in flat.items():
+        if t.dim() != 1 or not t.is_contiguous() or t.dtype not in _CODES:
+            raise StateError(f"packed tensor {code!r} must be a contiguous vector")
+        specs[code] = TensorSpec(dtype=_NAMES[t.dtype], shape=[t.numel()],
+                                 data_ptr=t.data_ptr(), data_len=t.nbytes)
+    return serialize(specs, metadata={"streamnorm": header})  # ``flat`` keeps buffers alive
 
 
 def read_header(data: bytes, kind: str, schema: int, max_bytes: int) -> dict[str, Any]:

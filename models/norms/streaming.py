@@ -34,7 +34,11 @@ from torch.autograd.function import once_differentiable
 
 from .base import NormMethod, NormParams, Site, SiteKind
 
-__all__ = ["StreamingNorm", "StreamingNormParams", "StreamingSite", "StreamingStat"]
+__all__ = ["COUNTERS", "MEMORIES", "StreamingNorm", "StreamingNormParams", "StreamingSite",
+           "StreamingStat"]
+
+MEMORIES = ("L", "S", "GL", "GS")  # rows of a site's ``memory`` buffer
+COUNTERS = ("n", "m", "steps", "folded_at", "l_init", "gl_init")  # its ``counters`` buffer
 
 Preset = Literal["paper", "online", "sample"]
 
@@ -120,14 +124,29 @@ class StreamingSite(Site):
         self.weight = nn.Parameter(torch.ones(width))
         self.bias = nn.Parameter(torch.zeros(width)) if bias else None
         shape = (2, width) if axes == "unit" else (2, 1, 1)
-        for name in ("L", "S", "GL", "GS"):
-            self.register_buffer(name, torch.zeros(shape))
-        for name in ("n", "m", "steps", "folded_at", "l_init", "gl_init"):
-            self.register_buffer(name, torch.zeros((), dtype=torch.int64))
+        # two buffers (fewer tensors to save, load and copy), named through views: ``views``
+        self.register_buffer("memory", torch.zeros((len(MEMORIES), *shape)))
+        self.register_buffer("counters", torch.zeros(len(COUNTERS), dtype=torch.int64))
+        self.rebind_views()
         if warm:  # the online preset starts from m1 = 0, m2 = 1 and a zero gradient memory
             self.L[1].fill_(1.0)
             self.l_init.fill_(1)
             self.gl_init.fill_(1)
+
+    def rebind_views(self) -> None:
+        """Point ``L``, ``S``, ``GL``, ``GS`` (rows of ``memory``) and the counters ``n``, ``m``,
+        ``steps``, ``folded_at``, ``l_init``, ``gl_init`` (elements of ``counters``) at the
+        current buffers; called again whenever the buffers are replaced (``models.flat``)."""
+        memory, counters = self._buffers["memory"], self._buffers["counters"]
+        assert memory is not None and counters is not None
+        self.__dict__.update(zip(MEMORIES, memory.unbind(0), strict=True))
+        self.__dict__.update(zip(COUNTERS, counters.unbind(0), strict=True))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> StreamingSite:
+        """``.to()``, ``.double()``… replace the buffers: name views of the new ones."""
+        out = super()._apply(fn, recurse)
+        self.rebind_views()
+        return out
 
     # -- state machine -------------------------------------------------------------------------
     def on_optimizer_step(self) -> None:
