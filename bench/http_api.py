@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
         redis = stack.enter_context(EmbeddedRedis(tmp / "redis"))
         base, server = stack.enter_context(uvicorn_server(redis.url, log_path))
         redis_version = redis_info_version(redis.port)
-        emit(f"# bench/http_api.py — torch {torch.__version__}, Python {platform.python_version()}, "
+        emit(f"# bench/http_api.py — torch {torch.__version__}, "
+             f"Python {platform.python_version()}, "
              f"{cpus} CPUs, 1 torch thread (server and in-process); uvicorn "
              f"{pkg_version('uvicorn')} (uvloop, httptools, 1 process), httpx "
              f"{pkg_version('httpx')}, redis-server {redis_version} (embedded, AOF everysec); "

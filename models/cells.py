@@ -329,11 +329,7 @@ class RecurrentStack(nn.Module):
         self.layers = nn.ModuleList(
             CELLS[cell](input_size if k == 0 else hidden_size, hidden_size, params)
             for k in range(num_layers))
-
-    @property
-    def n_state(self) -> int:
-        """Tensors per layer in the recurrent state."""
-        return self.layers[0].n_state
+        self.n_state: int = self.layers[0].n_state  # tensors per layer in the recurrent state
 
     def run(self, x: Tensor, state: State | None = None, t0: int = 0,
             capture: int | None = None) -> tuple[Tensor, State, State | None]:

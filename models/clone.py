@@ -90,9 +90,6 @@ def copy_structure(src: OnlineLearner, *, flats: dict[str, Tensor] | None = None
         for key, value in recipe.other:
             attrs[key] = _copy(value, memo)
 
-    for i in plan.rebind:
-        modules[i].rebind_views()
-
     new = object.__new__(type(src))
     new.spec, new.spec_json = src.spec, src.spec_json
     new.net = modules[0]
@@ -145,7 +142,6 @@ class _Plan:
     modules: list[_Recipe]
     optim_state: list[tuple[str, int]]
     notify: list[int]
-    rebind: list[int]  # modules that name views of their buffers (``rebind_views``)
 
 
 def _plan(src: OnlineLearner) -> _Plan:
@@ -168,10 +164,8 @@ def _plan(src: OnlineLearner) -> _Plan:
     recipes = [_recipe(m, owner_index, module_index) for m in modules]
     state = [(k, owner_index[id(v)]) for k, v in src.optimizer.state.items()]
     notify = [module_index[id(m)] for m in src._notify]
-    rebind = [i for i, m in enumerate(modules) if hasattr(m, "rebind_views")]
     plan = _Plan(pieces, [torch.empty(p.shape) for p in params],
-                 [id(o) for o in flat.owners], [id(m) for m in modules], recipes, state, notify,
-                 rebind)
+                 [id(o) for o in flat.owners], [id(m) for m in modules], recipes, state, notify)
     flat._clone_plan = plan
     return plan
 
@@ -181,7 +175,7 @@ def _recipe(module: nn.Module, owners: dict[int, int], modules: dict[int, int]) 
     fresh: list[tuple[str, type]] = []
     tables: list[tuple[str, list[tuple[str, int]]]] = []
     other: list[tuple[str, Any]] = []
-    views = hasattr(module, "rebind_views")  # its tensor attributes: views that it re-makes
+    views = hasattr(module, "rebind_views")  # its tensor attributes: views of its buffers
     for key, value in module.__dict__.items():
         kind = type(value)
         if views and isinstance(value, Tensor):

@@ -2,7 +2,7 @@
 
 The learner's parameters, normalization buffers and optimizer moments already live in one flat
 buffer per dtype (``models.flat``): those buffers are stored as they are (``F32``, ``I64``) with
-their layout (``[name, dtype, shape, offset]`` for ``model.*`` and ``optim.{i}.{key}``), and the
+their layout (``[name, dtype, shape, offset]`` for ``model.*`` and ``optim.{key}``), and the
 stream contexts (``ctx.{j}.inputs`` / ``ctx.{j}.state.{k}``) are packed into ``CF32`` with an
 index, by the codec of ``models.state``. Spec, counters, metrics and stream names go in the
 safetensors header. Loading checks size, format tag,

@@ -262,3 +262,25 @@ def test_from_bytes_copies_share_nothing_mutable(method: str, cell: str) -> None
     assert a.to_bytes() == built.to_bytes() != data
     assert b.to_bytes() == data  # untouched by a's learning
     assert OnlineLearner.from_bytes(data).to_bytes() == data  # and so is the template
+
+
+def test_from_bytes_accepts_an_equivalent_spec_text_and_rejects_an_invalid_one() -> None:
+    """The stored spec text keys the template cache; other spellings of the same spec still load
+    (validated), and an invalid spec is a ``StateError``, not a crash."""
+    learner = OnlineLearner(spec("streaming"))
+    for ev in events(5):
+        learner.learn_one(ev["x"], ev["y"], stream=ev["stream"])
+    canonical = learner.to_bytes()
+    learner.spec_json = json.dumps(json.loads(learner.spec_json), indent=2)
+    respelled = learner.to_bytes()
+    assert respelled != canonical
+    assert OnlineLearner.from_bytes(respelled).to_bytes() == canonical
+    other = OnlineLearner(spec("streaming"))
+    other.load_bytes(respelled)
+    assert other.to_bytes() == canonical
+    learner.spec_json = learner.spec_json.replace('"lstm"', '"transformer"')
+    with pytest.raises(StateError, match="invalid spec"):
+        OnlineLearner.from_bytes(learner.to_bytes())
+    with pytest.raises(StateError, match="invalid spec"):
+        other.load_bytes(learner.to_bytes())
+    assert other.to_bytes() == canonical

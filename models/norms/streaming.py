@@ -39,6 +39,7 @@ __all__ = ["COUNTERS", "MEMORIES", "StreamingNorm", "StreamingNormParams", "Stre
 
 MEMORIES = ("L", "S", "GL", "GS")  # rows of a site's ``memory`` buffer
 COUNTERS = ("n", "m", "steps", "folded_at", "l_init", "gl_init")  # its ``counters`` buffer
+_VIEWS = frozenset(MEMORIES + COUNTERS)
 
 Preset = Literal["paper", "online", "sample"]
 
@@ -124,23 +125,31 @@ class StreamingSite(Site):
         self.weight = nn.Parameter(torch.ones(width))
         self.bias = nn.Parameter(torch.zeros(width)) if bias else None
         shape = (2, width) if axes == "unit" else (2, 1, 1)
-        # two buffers (fewer tensors to save, load and copy), named through views: ``views``
+        # two buffers (fewer tensors to save, load and copy), named through views: __getattr__
         self.register_buffer("memory", torch.zeros((len(MEMORIES), *shape)))
         self.register_buffer("counters", torch.zeros(len(COUNTERS), dtype=torch.int64))
-        self.rebind_views()
         if warm:  # the online preset starts from m1 = 0, m2 = 1 and a zero gradient memory
             self.L[1].fill_(1.0)
             self.l_init.fill_(1)
             self.gl_init.fill_(1)
 
+    def __getattr__(self, name: str) -> Any:
+        """``L``, ``S``, ``GL``, ``GS`` (rows of ``memory``) and ``n``, ``m``, ``steps``,
+        ``folded_at``, ``l_init``, ``gl_init`` (elements of ``counters``): views of the buffers,
+        made on first use and then plain attributes (the fast LSTM kernel reads the buffers
+        through numpy and never makes them)."""
+        if name in _VIEWS:
+            memory, counters = self._buffers["memory"], self._buffers["counters"]
+            assert memory is not None and counters is not None
+            self.__dict__.update(zip(MEMORIES, memory.unbind(0), strict=True))
+            self.__dict__.update(zip(COUNTERS, counters.unbind(0), strict=True))
+            return self.__dict__[name]
+        return super().__getattr__(name)
+
     def rebind_views(self) -> None:
-        """Point ``L``, ``S``, ``GL``, ``GS`` (rows of ``memory``) and the counters ``n``, ``m``,
-        ``steps``, ``folded_at``, ``l_init``, ``gl_init`` (elements of ``counters``) at the
-        current buffers; called again whenever the buffers are replaced (``models.flat``)."""
-        memory, counters = self._buffers["memory"], self._buffers["counters"]
-        assert memory is not None and counters is not None
-        self.__dict__.update(zip(MEMORIES, memory.unbind(0), strict=True))
-        self.__dict__.update(zip(COUNTERS, counters.unbind(0), strict=True))
+        """Forget the named views: the buffers were replaced (``models.flat``, ``.to()``)."""
+        for name in _VIEWS:
+            self.__dict__.pop(name, None)
 
     def _apply(self, fn: Any, recurse: bool = True) -> StreamingSite:
         """``.to()``, ``.double()``… replace the buffers: name views of the new ones."""
