@@ -22,7 +22,7 @@ digits order, the memory stream). ``models.UpdateRejected`` is counted (the samp
 with ``predict_one``), never fatal. Runs go to a process pool, one torch thread per process.
 
     bash bench/setup.sh                       # once: river, scikit-learn, matplotlib
-    .venv/bin/python bench/quality.py         # ~11 min on 2 cores
+    .venv/bin/python bench/quality.py         # ~9–11 min on 2 cores
     .venv/bin/python bench/quality.py --quick # ~1.5 min smoke run
     .venv/bin/python bench/quality.py --datasets digits memory --methods none layer --cells lstm
 
