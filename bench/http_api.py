@@ -46,7 +46,6 @@ import json
 import math
 import os
 import platform
-import random
 import re
 import socket
 import statistics
@@ -67,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
+from learner import synthetic_stream as named_stream  # noqa: E402  (bench/ is sys.path[0])
 
 import models  # noqa: E402
 from models import ModelSpec, OnlineLearner  # noqa: E402
@@ -89,18 +89,8 @@ CAVEAT = (
 
 # -- the workload -----------------------------------------------------------------------------
 def synthetic_stream(n: int, n_features: int = N_FEATURES, seed: int = 0) -> list[Event]:
-    """AR(1) features; the target mixes the current and a 3-step-old feature, plus noise."""
-    rng = random.Random(seed)
-    state = [0.0] * n_features
-    past: list[list[float]] = []
-    events: list[Event] = []
-    for _ in range(n):
-        state = [0.8 * s + rng.gauss(0, 0.6) for s in state]
-        past.append(state)
-        old = past[-4] if len(past) >= 4 else [0.0] * n_features
-        y = 0.5 * state[0] - 0.7 * old[1] + 0.3 * state[2] * old[3] + rng.gauss(0, 0.1)
-        events.append((state, y))
-    return events
+    """bench/learner.py's stream, with each event's features as a list (the request body)."""
+    return [(list(x.values()), y) for x, y in named_stream(n, n_features, seed)]
 
 
 def spec_body(norm: str) -> dict[str, Any]:

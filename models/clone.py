@@ -45,8 +45,9 @@ def template_for(spec_json: str) -> OnlineLearner:
             _templates.move_to_end(spec_json)
             return hit[0]
     spec = ModelSpec.model_validate_json(spec_json)
-    if spec.model_dump_json() != spec_json:
-        return template_for(spec.model_dump_json())
+    canonical = spec.model_dump_json()
+    if canonical != spec_json:
+        return template_for(canonical)
     template = OnlineLearner(spec, _blank=True)
     size = sum(f.nbytes for f in template.flat.flats.values()) + template.flat.grad.nbytes
     with _lock:

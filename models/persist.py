@@ -13,7 +13,8 @@ changes, and never unpickles: malformed bytes raise ``StateError``.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import torch
 from pydantic import ValidationError
@@ -33,6 +34,7 @@ __all__ = ["MAX_STATE_BYTES", "context_from_bytes", "context_to_bytes", "learner
 SCHEMA = 3
 MAX_STATE_BYTES = 512 * 1024 * 1024
 _LEARNER, _CONTEXT = "streamnorm.learner", "streamnorm.context"
+_T = TypeVar("_T")
 
 
 # -- learner -------------------------------------------------------------------------------------
@@ -81,12 +83,12 @@ def learner_to_bytes(learner: OnlineLearner) -> bytes:
                          "layout": learner.flat.layout_json})
 
 
-def _spec(text: Any) -> ModelSpec:
-    """The spec stored as JSON text in a state's header."""
+def _stored_spec(text: Any, parse: Callable[[str], _T]) -> _T:
+    """``parse`` applied to the spec JSON text of a state's header; errors as ``StateError``."""
     try:
         if not isinstance(text, str):
             raise TypeError("the stored spec must be JSON text")
-        return ModelSpec.model_validate_json(text)
+        return parse(text)
     except (ValidationError, TypeError) as exc:
         raise StateError(f"invalid spec in state: {exc}") from exc
 
@@ -104,7 +106,8 @@ def _parse(learner: OnlineLearner, data: bytes, info: dict[str, Any]) -> _Parsed
     meta = info["meta"]
     try:
         text = info.get("spec")
-        if text != learner.spec_json and _spec(text) != learner.spec:
+        if text != learner.spec_json and \
+                _stored_spec(text, ModelSpec.model_validate_json) != learner.spec:
             raise StateError("the state belongs to a different spec")
         if info.get("layout") != learner.flat.layout:
             raise StateError("the stored tensors do not fit this learner's layout")
@@ -157,13 +160,7 @@ def learner_from_bytes(data: bytes, *, max_bytes: int | None = None) -> OnlineLe
     """A new learner from ``learner_to_bytes`` output: a structural copy of a per-spec template
     whose flat buffers are the ones just read (``models.clone``)."""
     info = read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
-    text = info.get("spec")
-    try:
-        if not isinstance(text, str):
-            raise TypeError("the stored spec must be JSON text")
-        template = template_for(text)
-    except (ValidationError, TypeError) as exc:
-        raise StateError(f"invalid spec in state: {exc}") from exc
+    template = _stored_spec(info.get("spec"), template_for)
     parsed = _parse(template, data, info)
     learner = copy_structure(template, flats={c: parsed.flats[c] for c in template.flat.flats})
     _apply(learner, parsed, copy=False)
