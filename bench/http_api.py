@@ -10,14 +10,14 @@ regression, Adam) and warms each up with 100 learns. Then, in every round and fo
   untimed, then ``learn_one(x, y, stream=...)`` is timed on the configuration's count of events,
   then ``predict_one(x, stream=...)`` on as many;
 - HTTP: ``learn`` and ``predict`` at concurrency 1, 8 and 32: that many asyncio workers send
-  requests back to back over keep-alive connections until the configuration's count is reached,
-  after 2 untimed requests per worker. Each worker has an ``httpx.AsyncClient`` of its own with
-  one connection: httpcore's pool costs CPU per request that grows with its size (a shared
-  32-connection client spends ~2× the CPU per request of 32 one-connection clients, CPU taken
-  from the server on 2 cores); ``--shared-client`` uses one client with a pool of
-  ``concurrency`` connections instead. This process's garbage collector is frozen before each
-  configuration: a full collection of its torch-sized heap stalls every worker for ~80 ms, which
-  would read as server latency.
+  requests back to back, each over a keep-alive connection of its own, until the
+  configuration's count is reached, after 2 untimed requests per worker. The load generator is
+  a minimal HTTP/1.1 client (``RawConnection``: pre-encoded POSTs, replies read by their
+  Content-Length) that costs ~0.03 ms of CPU per request; httpx costs ~0.7 ms, as much as the
+  server's whole learn, taken from the server on 2 cores (``--httpx`` measures with one
+  ``httpx.AsyncClient`` per worker instead). This process's garbage collector is frozen before
+  each configuration: a full collection of its torch-sized heap stalls every worker for
+  ~80 ms, which would read as server latency.
 
 Bodies are ``{"stream": "s{k % 4}", "x": [6 floats], "y": float}`` (predict: no ``y``), encoded
 before the clock starts; the events are an AR(1) stream. Rates are medians over rounds; p50/p99
@@ -54,9 +54,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,8 @@ WARMUP_LEARNS, WARMUP_PER_WORKER = 100, 2
 Event = tuple[list[float], float]
 
 CAVEAT = (
-    "> Caveat: this machine has {cpus} CPU(s). The load generator (this process: asyncio + "
-    "httpx), the uvicorn process and redis-server share them, so the HTTP rates are lower "
+    "> Caveat: this machine has {cpus} CPU(s). The load generator (this process), the "
+    "uvicorn process and redis-server share them, so the HTTP rates are lower "
     "bounds for a server with cores of its own; the CPU columns show who used what. The "
     "in-process rate runs alone (the server idle).")
 
@@ -197,14 +198,54 @@ class LoadResult:
         return sum(n for s, n in self.statuses.items() if s != 200)
 
 
-async def run_load(clients: list[httpx.AsyncClient], path: str, bodies: list[bytes],
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection for the load: pre-encoded JSON POSTs out, replies
+    read by their Content-Length (the service sends one on every reply)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+                          b"content-length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(),
+                                                              len(body), body))
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            found = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+            if not head.startswith(b"HTTP/1.1 ") or found is None:
+                raise ConnectionError(f"unexpected reply head {head[:80]!r}")
+            reply = await self.reader.readexactly(int(found.group(1)))
+        except BaseException:
+            await self.close()  # the next request reconnects
+            raise
+        return int(head[9:12]), reply
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+
+Poster = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]
+
+
+async def _httpx_post(client: httpx.AsyncClient, path: str, body: bytes) -> tuple[int, bytes]:
+    r = await client.post(path, content=body, headers={"content-type": "application/json"})
+    return r.status_code, r.content
+
+
+async def run_load(posters: list[Poster], path: str, bodies: list[bytes],
                    offset: int, total: int, pids: dict[str, int | None]) -> LoadResult:
-    """One worker per entry of ``clients`` (the same client may repeat); together they send
-    ``total`` POSTs to ``path`` back to back (bodies taken in order from ``offset``, cycling),
-    after ``WARMUP_PER_WORKER`` untimed requests each."""
+    """One worker per entry of ``posters``; together they send ``total`` POSTs to ``path``
+    back to back (bodies taken in order from ``offset``, cycling), after
+    ``WARMUP_PER_WORKER`` untimed requests each."""
     gc.collect()
     gc.freeze()  # keep the load generator's own full collections out of the latencies
-    headers = {"content-type": "application/json"}
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
     samples: set[str] = set()
@@ -212,39 +253,39 @@ async def run_load(clients: list[httpx.AsyncClient], path: str, bodies: list[byt
     counter = {"next": offset}
     clock = time.perf_counter
 
-    async def one(client: httpx.AsyncClient, timed: bool) -> None:
+    async def one(post: Poster, timed: bool) -> None:
         k = counter["next"]
         counter["next"] = k + 1
         t0 = clock()
         try:
-            response = await client.post(path, content=bodies[k % len(bodies)], headers=headers)
-        except httpx.HTTPError as exc:
+            status, reply = await post(path, bodies[k % len(bodies)])
+        except (OSError, asyncio.IncompleteReadError, httpx.HTTPError) as exc:
             errors[type(exc).__name__] += 1
             if len(samples) < 5:
                 samples.add(f"{type(exc).__name__}: {exc}"[:160])
             return
         elapsed = clock() - t0
-        statuses[response.status_code] += 1  # warm-up requests count too
-        if response.status_code != 200 and len(samples) < 5:
-            samples.add(f"{response.status_code}: {response.text}"[:160])
+        statuses[status] += 1  # warm-up requests count too
+        if status != 200 and len(samples) < 5:
+            samples.add(f"{status}: {reply.decode(errors='replace')}"[:160])
         if timed:
             latencies.append(1e3 * elapsed)
 
-    async def warm(client: httpx.AsyncClient) -> None:
+    async def warm(post: Poster) -> None:
         for _ in range(WARMUP_PER_WORKER):
-            await one(client, False)
+            await one(post, False)
 
-    await asyncio.gather(*(warm(client) for client in clients))
+    await asyncio.gather(*(warm(post) for post in posters))
     left = {"n": total}
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(post: Poster) -> None:
         while left["n"] > 0:
             left["n"] -= 1
-            await one(client, True)
+            await one(post, True)
 
     before = {who: cpu_seconds(pid) for who, pid in pids.items()}
     start = clock()
-    await asyncio.gather(*(worker(client) for client in clients))
+    await asyncio.gather(*(worker(post) for post in posters))
     seconds = clock() - start
     after = {who: cpu_seconds(pid) for who, pid in pids.items()}
     cpu = {who: 1e3 * (after[who] - before[who]) / total for who in pids}
@@ -295,9 +336,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="concurrent workers (default 1 8 32)")
     p.add_argument("--norms", nargs="+", default=list(NORMS), choices=list(models.NORMS),
                    help="norms (default layer streaming)")
-    p.add_argument("--shared-client", action="store_true",
-                   help="one httpx.AsyncClient with a pool of `concurrency` connections "
-                        "(default: one single-connection client per worker)")
+    p.add_argument("--httpx", action="store_true",
+                   help="load with one httpx.AsyncClient per worker (default: RawConnection)")
     p.add_argument("--quick", action="store_true",
                    help="300 requests per configuration, 2 rounds, unless given")
     args = p.parse_args(argv)
@@ -340,14 +380,16 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
         redis = stack.enter_context(EmbeddedRedis(tmp / "redis"))
         base, server = stack.enter_context(uvicorn_server(redis.url, log_path))
         redis_version = redis_info_version(redis.port)
+        port = int(base.rsplit(":", 1)[1])
+        load = f"httpx {pkg_version('httpx')}" if args.httpx else "RawConnection"
         emit(f"# bench/http_api.py — torch {torch.__version__}, "
              f"Python {platform.python_version()}, "
              f"{cpus} CPUs, 1 torch thread (server and in-process); uvicorn "
-             f"{pkg_version('uvicorn')} (uvloop, httptools, 1 process), httpx "
-             f"{pkg_version('httpx')}, redis-server {redis_version} (embedded, AOF everysec); "
+             f"{pkg_version('uvicorn')} (uvloop, httptools, 1 process), "
+             f"redis-server {redis_version} (embedded, AOF everysec); "
              f"LSTM hidden {HIDDEN}, window {WINDOW}, {N_FEATURES} features, regression, Adam; "
              f"{args.learn} learn / {args.predict} predict requests per configuration, "
-             f"{'one shared pooled client' if args.shared_client else 'one client per worker'}, "
+             f"load: {load}, one connection per worker, "
              f"{STREAMS} streams, {args.repeats} rounds")
         emit("\n" + CAVEAT.format(cpus=cpus))
         pids = {"client": os.getpid(), "server": server.pid,
@@ -370,14 +412,20 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
                     offsets[norm] = WARMUP_LEARNS
 
         async def measure(norm: str, op: str, c: int) -> LoadResult:
-            shared, size = args.shared_client, c if args.shared_client else 1
-            limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-            async with AsyncExitStack() as clients:
-                made = [await clients.enter_async_context(
-                    httpx.AsyncClient(base_url=base, timeout=30.0, limits=limits))
-                    for _ in range(1 if shared else c)]
-                res = await run_load(made * c if shared else made, f"/models/bench-{norm}/{op}",
-                                     bodies[op], offsets[norm], counts[op], pids)
+            async with AsyncExitStack() as stack:
+                posters: list[Poster] = []
+                for _ in range(c):
+                    if args.httpx:
+                        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+                        client = await stack.enter_async_context(
+                            httpx.AsyncClient(base_url=base, timeout=30.0, limits=limits))
+                        posters.append(partial(_httpx_post, client))
+                    else:
+                        raw = RawConnection("127.0.0.1", port)
+                        stack.push_async_callback(raw.close)
+                        posters.append(raw.post)
+                res = await run_load(posters, f"/models/bench-{norm}/{op}", bodies[op],
+                                     offsets[norm], counts[op], pids)
             if op == "learn":  # keep feeding the model new events, in order
                 offsets[norm] += counts[op] + WARMUP_PER_WORKER * c
             return res

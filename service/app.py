@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from . import metrics
 from .engine import Engine
 from .errors import install_handlers
+from .fastpath import FastPath
 from .routers import learning, models, system
 from .settings import Settings
 from .store import Store
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)
+    app.add_middleware(FastPath)  # outermost of ours: the hot calls skip the rest
     return app
 
 

@@ -13,7 +13,7 @@ from .engine import Engine
 from .errors import ApiError
 from .settings import Settings
 
-__all__ = ["EngineDep", "ModelName", "require_writer"]
+__all__ = ["EngineDep", "ModelName", "check_writer", "require_writer"]
 
 
 async def get_engine(request: Request) -> Engine:
@@ -26,12 +26,15 @@ ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="model name",
 
 
 async def require_writer(request: Request) -> None:
-    """With ``STREAMNORM_API_KEYS`` set, writes need ``Authorization: Bearer <key>``:
-    401 without one, 403 with a wrong one. Keys are compared in constant time."""
-    settings: Settings = request.app.state.settings
+    """With ``STREAMNORM_API_KEYS`` set, writes need ``Authorization: Bearer <key>``."""
+    check_writer(request.app.state.settings, request.headers.get("authorization", ""))
+
+
+def check_writer(settings: Settings, header: str) -> None:
+    """401 without a Bearer key, 403 with a wrong one (when keys are configured); keys are
+    compared in constant time."""
     if not settings.api_keys:
         return
-    header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise ApiError(401, "this endpoint needs 'Authorization: Bearer <api key>'",

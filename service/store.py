@@ -12,12 +12,14 @@ applied event ids (sorted set scored by the version that applied them, trimmed t
 layout: the holder yields after its next commit, so no process keeps a busy model forever).
 
 Concurrency: **a lease lock with a fencing check**. A writer takes ``lock`` with
-``SET NX PX`` and a random token, applies the event to its in-memory learner, and commits with one
-Lua script that first checks that the lock still holds its token and that ``meta.version`` is the
-version it started from, then appends the log entry, bumps version/updates/metrics, records the
-event id, and renews the lease — all or nothing. Redis runs a script as
-one atomic unit, like MULTI/EXEC; a script is used instead of WATCH + MULTI/EXEC because the
-fencing check must happen inside the transaction and WATCH would add two round trips per update.
+``SET NX PX`` and a random token, applies events to its in-memory learner, and commits them (one
+or several, in order: ``service.writes`` groups the updates computed while the previous commit
+was in flight) with one Lua script that first checks that the lock still holds its token and
+that ``meta.version`` is the version the first of them extends, then appends the log entries,
+bumps version/updates/metrics, records the event ids, and renews the lease — all or nothing.
+Redis runs a script as one atomic unit, like MULTI/EXEC; a script is used instead of WATCH +
+MULTI/EXEC because the fencing check must happen inside the transaction and WATCH would add two
+round trips per update.
 Why a lease and not a bare version CAS: computing an update costs ~1 ms of CPU, so under
 contention a CAS loop would throw most of that work away; a lease makes writers wait (cheaply)
 instead, and the fencing check still refuses a commit from a writer whose lease expired
@@ -75,23 +77,30 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: meta lock log seen wanted; ARGV: token version event event_id updates samples
-#       metrics seen_limit lease_ms. Returns {new version, whether another writer waits}.
+# KEYS: meta lock log seen wanted; ARGV: token version n updates samples metrics seen_limit
+#       lease_ms, then n pairs (event, event_id). Appends the n events as versions
+#       version+1 … version+n. Returns {last version, whether another writer waits}.
 _COMMIT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 local v = tonumber(redis.call('HGET', KEYS[1], 'version'))
 if v == nil or v ~= tonumber(ARGV[2]) then return -2 end
-local nv = v + 1
-redis.call('XADD', KEYS[3], nv .. '-0', 'event', ARGV[3])
-redis.call('HSET', KEYS[1], 'version', nv, 'updates', ARGV[5], 'samples', ARGV[6],
-           'metrics', ARGV[7])
-if ARGV[4] ~= '' then
-  redis.call('ZADD', KEYS[4], nv, ARGV[4])
-  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[8])
+local ids = false
+for i = 1, tonumber(ARGV[3]) do
+  v = v + 1
+  redis.call('XADD', KEYS[3], v .. '-0', 'event', ARGV[7 + 2 * i])
+  if ARGV[8 + 2 * i] ~= '' then
+    redis.call('ZADD', KEYS[4], v, ARGV[8 + 2 * i])
+    ids = true
+  end
+end
+redis.call('HSET', KEYS[1], 'version', v, 'updates', ARGV[4], 'samples', ARGV[5],
+           'metrics', ARGV[6])
+if ids then
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[7])
   if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[9])
-return {nv, redis.call('EXISTS', KEYS[5])}
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+return {v, redis.call('EXISTS', KEYS[5])}
 """
 
 # KEYS: meta lock state log ctx...; ARGV: token version keep state ctx_bytes...
@@ -231,15 +240,18 @@ class Store:
         score = await self.redis.zscore(model_key(name, "seen"), event_id)
         return None if score is None else int(score)
 
-    async def commit(self, name: str, token: str, version: int, event_json: str, *,
-                     event_id: str | None, updates: int, samples: int, metrics_json: str,
-                     lease_ms: int) -> tuple[int, bool]:
-        """Append one applied event atomically (see the module docstring): the new version,
-        and whether another writer is waiting for the lease (the holder should yield)."""
+    async def commit(self, name: str, token: str, version: int,
+                     events: list[tuple[str, str | None]], *, updates: int, samples: int,
+                     metrics_json: str, lease_ms: int) -> tuple[int, bool]:
+        """Append applied events ``(event JSON, event id)`` as versions ``version+1 …``
+        atomically (see the module docstring), with the meta as of the last one: the new
+        version, and whether another writer is waiting for the lease (the holder should yield)."""
         keys = [model_key(name, p) for p in ("meta", "lock", "log", "seen", "wanted")]
-        res = await self._commit(keys=keys, args=[
-            token, version, event_json, event_id or "", updates, samples, metrics_json,
-            self.seen_limit, lease_ms])
+        args: list[Any] = [token, version, len(events), updates, samples, metrics_json,
+                           self.seen_limit, lease_ms]
+        for event_json, event_id in events:
+            args += (event_json, event_id or "")
+        res = await self._commit(keys=keys, args=args)
         if not isinstance(res, list):
             code = _int(res)
             raise LeaseLost("the lease expired" if code == -1 else "the model's version moved")

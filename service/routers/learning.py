@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 
 from ..deps import EngineDep, ModelName, require_writer
+from ..engine import Engine
 from ..errors import ApiError
 from ..schemas import LearnRequest, LearnResponse, PredictRequest, PredictResponse
 
@@ -26,17 +27,30 @@ _ERRORS = {404: {"description": "unknown model"},
            503: {"description": "Redis unavailable or the model's lease is busy"}}
 
 
-def _json(content: dict[str, Any]) -> Response:
+def _json(content: dict[str, Any]) -> bytes:
     try:
-        text = json.dumps(content, separators=(",", ":"), allow_nan=False)
+        return json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
     except ValueError:  # finite inputs far outside what the model saw can overflow it
         raise ApiError(422, "the model's output for this input is not finite (inputs far "
                             "outside the range it has learned from?)", "x") from None
-    return Response(text, media_type="application/json")
 
 
 def _proba(proba: dict[int, float] | None) -> dict[str, float] | None:
     return None if proba is None else {str(k): v for k, v in proba.items()}
+
+
+async def predict_reply(engine: Engine, name: str, body: PredictRequest) -> bytes:
+    """The JSON reply of ``predict`` (also served by ``service.fastpath``)."""
+    payload = body.model_dump(exclude_unset=True, warnings=False)
+    pred, proba, version = await engine.predict(name, payload)
+    return _json({"prediction": pred, "version": version, "proba": _proba(proba)})
+
+
+async def learn_reply(engine: Engine, name: str, body: LearnRequest) -> bytes:
+    """The JSON reply of ``learn`` (also served by ``service.fastpath``)."""
+    out = await engine.learn(name, body.model_dump(exclude_unset=True, warnings=False))
+    return _json({"prediction": out.prediction, "loss": out.loss, "version": out.version,
+                  "applied": out.applied, "proba": _proba(out.proba)})
 
 
 @router.post("/predict", response_model=PredictResponse, responses={**_PREDICT_OK, **_ERRORS},
@@ -44,9 +58,7 @@ def _proba(proba: dict[int, float] | None) -> dict[str, float] | None:
                  "example": {"stream": "sensor-7", "x": [0.1, 0.2, 0.3]}}}}})
 async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> Response:
     """Exactly the prediction ``learn`` would return for this input now; changes nothing."""
-    payload = body.model_dump(exclude_unset=True, warnings=False)
-    pred, proba, version = await engine.predict(name, payload)
-    return _json({"prediction": pred, "version": version, "proba": _proba(proba)})
+    return Response(await predict_reply(engine, name, body), media_type="application/json")
 
 
 @router.post("/learn", response_model=LearnResponse, dependencies=[Depends(require_writer)],
@@ -57,6 +69,4 @@ async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> R
 async def learn(name: ModelName, body: LearnRequest, engine: EngineDep) -> Response:
     """Test-then-train: the prediction before the update, then one optimizer step, committed
     to Redis before the reply. A repeated ``event_id`` returns ``applied: false``."""
-    out = await engine.learn(name, body.model_dump(exclude_unset=True, warnings=False))
-    return _json({"prediction": out.prediction, "loss": out.loss, "version": out.version,
-                  "applied": out.applied, "proba": _proba(out.proba)})
+    return Response(await learn_reply(engine, name, body), media_type="application/json")
