@@ -10,16 +10,17 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI
-from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.exceptions import HTTPException
 
 from . import metrics
+from .connect import close, connect
 from .engine import Engine
 from .errors import install_handlers
 from .fastpath import FastPath
-from .routers import learning, models, system
+from .routers import events, learning, models, system
 from .settings import Settings
 from .store import Store
+from .streams import Streams
 
 __all__ = ["create_app"]
 
@@ -38,17 +39,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not settings.redis_url:
-            raise RuntimeError("STREAMNORM_REDIS_URL is not set (`streamnorm serve` starts an "
-                               "embedded Redis when it is not)")
-        # a bounded pool that makes callers wait for a connection (not fail) under bursts
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.redis_connections,
-            timeout=settings.redis_timeout_s, socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s)
-        redis = Redis(connection_pool=pool)
+        redis = connect(settings)
         app.state.redis = redis
         app.state.engine = Engine(Store(redis, seen_limit=settings.seen_limit), settings)
+        app.state.streams = Streams(redis, settings.partitions)
         # what exists now (torch, the app) lives for the whole process: keep it out of the
         # collector's full passes, which otherwise stall every request for ~0.1 s
         gc.collect()
@@ -60,8 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.engine.close()
-            await redis.aclose()
-            await pool.disconnect()
+            await close(redis)
 
     app = FastAPI(
         title="streamnorm", version="0.1.0", lifespan=lifespan,
@@ -69,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "normalization, one sample at a time, state in Redis.")
     app.state.settings = settings
     install_handlers(app)
-    for router in (learning.router, models.router, system.router):  # hot routes match first
+    for router in (learning.router, models.router, events.router, system.router):
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)

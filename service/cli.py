@@ -1,4 +1,5 @@
-"""``streamnorm`` command line: ``serve`` runs the HTTP API with uvicorn."""
+"""``streamnorm`` command line: ``serve`` runs the HTTP API with uvicorn, ``worker`` a stream
+consumer."""
 
 from __future__ import annotations
 
@@ -42,6 +43,57 @@ def serve(host: str = typer.Option("127.0.0.1", help="interface to bind"),
         uvicorn.run("service.app:create_app", factory=True, host=host, port=port,
                     workers=workers, loop="uvloop", http="httptools", log_level=log_level,
                     access_log=access_log)
+
+
+@app.command()
+def worker(name: str | None = typer.Option(None, help="consumer name (default: host-pid-random)"),
+           log_level: str = typer.Option("info", help="log level")) -> None:
+    """Consume the event stream partitions (needs STREAMNORM_REDIS_URL: workers and API
+    processes must share one Redis). SIGTERM finishes the batch in hand and stops."""
+    import asyncio
+    import logging
+    import signal
+
+    import uvloop
+
+    from .settings import Settings
+
+    settings = Settings()
+    if not settings.redis_url:
+        raise typer.BadParameter("set STREAMNORM_REDIS_URL to the Redis the API uses",
+                                 param_hint="STREAMNORM_REDIS_URL")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        import gc
+
+        import torch
+        from prometheus_client import start_http_server
+
+        from .connect import close, connect
+        from .worker import Worker
+
+        torch.set_num_threads(1)
+        redis = connect(settings)
+        consumer = Worker(settings, redis, name)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, consumer.stop)
+        if settings.worker_metrics_port:
+            start_http_server(settings.worker_metrics_port)
+        gc.collect()
+        gc.freeze()  # as in the API process: no full collections of the start-up heap
+        gc.set_threshold(20_000, 20, 100)
+        logging.getLogger("streamnorm.worker").info("worker %s started", consumer.name)
+        try:
+            await consumer.run()
+        finally:
+            await close(redis)
+
+    uvloop.run(main())
 
 
 @app.command()

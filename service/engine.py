@@ -132,12 +132,7 @@ class Engine:
         hot.learns += 1
         applied = False
         try:
-            while True:
-                head = await self.writes.lease(name, hot)  # polls without holding the model's lock
-                await self._lock(hot)
-                if hot.token is not None:
-                    break
-                self._leave(hot)  # yielded to another process meanwhile: queue up again
+            head = await self._lock_for_write(name, hot)
             outcome: LearnOutcome | None = None
             try:
                 if head is not None:
@@ -164,6 +159,76 @@ class Engine:
         finally:
             hot.writers -= 1
             await self.writes.settle(name, hot, linger=applied)
+
+    async def learn_batch(self, name: str, payloads: list[dict[str, Any]]
+                          ) -> list[LearnOutcome | Exception]:
+        """Apply events to one model in their order (the stream worker's call): one lease and
+        one hold of the lock for them all, committed in as few calls as the flusher groups.
+        An event's own error (invalid input, update rejected, unknown model) takes its place
+        in the list; failing to take the lease or to commit raises, and the caller retries
+        the lot (event ids make that safe)."""
+        out: list[LearnOutcome | Exception | None] = [None] * len(payloads)
+        try:
+            spec, _ = await self.spec(name)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            return [exc] * len(payloads)
+        events = []
+        for i, payload in enumerate(payloads):
+            try:
+                events.append((i, canonical_event(spec, payload)))
+            except InvalidInput as exc:
+                out[i] = exc
+        hot = await self._entry(name)
+        hot.writers += 1
+        hot.learns += 1
+        queued: list[tuple[int, LearnOutcome | None, Ticket, bool]] = []
+        try:
+            head = await self._lock_for_write(name, hot)
+            try:
+                if head is not None:
+                    await self._catch_up(name, hot, head)
+                if hot.learner.spec != spec:
+                    raise LeaseLost("the model was deleted and re-created meanwhile")
+                done = await self.store.seen_many(name, [
+                    e.event_id for _, e in events if e.event_id and e.event_id not in hot.ids])
+                if hot.dead:
+                    raise LeaseLost("the model's cached learner was dropped after a failed "
+                                    "commit")
+                for i, event in events:
+                    eid = event.event_id
+                    if eid is not None and eid in done:
+                        out[i] = LearnOutcome(None, None, done[eid], False)
+                    elif eid is not None and eid in hot.ids:
+                        queued.append((i, None, hot.ids[eid], False))
+                    else:
+                        try:
+                            outcome, ticket = self._apply(name, hot, event)
+                        except ApiError as exc:  # the update was rejected and rolled back
+                            out[i] = exc
+                            continue
+                        queued.append((i, outcome, ticket, True))
+            finally:
+                self._leave(hot)
+            for i, outcome, ticket, applied in queued:
+                version = await asyncio.shield(ticket.done)
+                out[i] = LearnOutcome(None, None, version, applied) if outcome is None else \
+                    LearnOutcome(outcome.prediction, outcome.loss, version, True, outcome.proba)
+        finally:
+            hot.writers -= 1
+            await self.writes.settle(name, hot, linger=bool(queued))
+        return [o if o is not None else LeaseLost("not applied") for o in out]
+
+    async def _lock_for_write(self, name: str, hot: Hot) -> ModelHead | None:
+        """Hold the model's lease and its lock: the head read when the lease was taken, or
+        ``None`` when this process already held it."""
+        while True:
+            head = await self.writes.lease(name, hot)  # polls without holding the lock
+            await self._lock(hot)
+            if hot.token is not None:
+                return head
+            self._leave(hot)  # yielded to another process meanwhile: queue up again
 
     def _apply(self, name: str, hot: Hot, event: Event) -> tuple[LearnOutcome | None, Ticket]:
         """Run the event on the learner (lock held, no await) and queue its commit."""

@@ -35,6 +35,20 @@ REPLAYED = Counter("streamnorm_replayed_updates_total",
                    "logged updates replayed to catch a cached learner up", ["model"])
 SNAPSHOTS = Counter("streamnorm_snapshots_total", "snapshots written", ["model"])
 
+# the event streams: the worker's own counters, and what any process reads from Redis on scrape
+EVENTS = Counter("streamnorm_events_applied_total", "stream events applied by this worker")
+DEAD_LETTERED = Counter("streamnorm_events_dead_lettered_total",
+                        "stream events moved to a dead-letter stream by this worker")
+EVENT_RATE = Gauge("streamnorm_events_per_second",
+                   "stream events applied per second by this worker (last 10 s)",
+                   multiprocess_mode="livesum")
+BACKLOG = Gauge("streamnorm_stream_backlog", "entries not yet acknowledged (the lag)",
+                ["partition"], multiprocess_mode="mostrecent")
+PENDING = Gauge("streamnorm_stream_pending", "entries read by a worker, not yet acknowledged",
+                ["partition"], multiprocess_mode="mostrecent")
+DEAD = Gauge("streamnorm_stream_dead_letters", "entries in the dead-letter stream",
+             ["partition"], multiprocess_mode="mostrecent")
+
 
 def render() -> bytes:
     """The exposition text (every worker's, in multiprocess mode)."""

@@ -11,13 +11,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
+from models.spec import NAME_PATTERN
+
 __all__ = [
     "STREAM_PATTERN",
+    "EventsAccepted",
     "LearnRequest",
     "LearnResponse",
     "ModelInfo",
     "PredictRequest",
     "PredictResponse",
+    "StreamEvent",
 ]
 
 STREAM_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
@@ -64,6 +68,21 @@ class LearnRequest(PredictRequest):
                                  description="idempotency key: a repeat is not applied again")
     batch: SkipValidation[list[BatchItem] | None] = Field(
         None, description="mini-batch mode: several sequence samples, one optimizer step")
+
+
+class StreamEvent(LearnRequest):
+    """A learn body plus the model it is for: one entry of ``POST /events``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model": "demo", "stream": "sensor-7", "x": [0.1, 0.2, 0.3], "y": 1.5,
+         "event_id": "evt-0001"}]})
+
+    model: str = Field(pattern=NAME_PATTERN, description="the model the event is for")
+
+
+class EventsAccepted(BaseModel):
+    ids: list[str] = Field(description="stream entry id of each event, in order")
+    partitions: list[int] = Field(description="the partition each event went to")
 
 
 class PredictResponse(BaseModel):

@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     lease_ms: int = Field(5_000, ge=100, description="lifetime of a model's write lease")
     lock_wait_s: float = Field(10.0, gt=0, description="give up waiting for a lease (503)")
     cache_models: int = Field(256, ge=1, description="learners kept in memory per process")
+    redis_cluster: bool = Field(False, description="redis_url names a node of a Redis Cluster")
+    partitions: int = Field(16, ge=1, le=4096, description="event stream partitions (the same "
+                            "for every process; a model's events stay in one)")
+    max_backlog: int = Field(100_000, ge=1, description="POST /events answers 429 while a "
+                             "partition holds more unacknowledged events than this")
+    worker_batch: int = Field(256, ge=1, le=10_000, description="entries a worker reads at once")
+    partition_lease_ms: int = Field(5_000, ge=500, description="a worker's hold on a partition; "
+                                    "a dead worker's partitions are taken over after it")
+    heartbeat_s: float = Field(1.0, gt=0, description="worker heartbeat and rebalance period")
+    worker_metrics_port: int | None = Field(None, description="serve the worker's Prometheus "
+                                            "metrics on this port")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -240,6 +240,13 @@ class Store:
         score = await self.redis.zscore(model_key(name, "seen"), event_id)
         return None if score is None else int(score)
 
+    async def seen_many(self, name: str, event_ids: list[str]) -> dict[str, int]:
+        """The versions that applied those of ``event_ids`` that were applied."""
+        if not event_ids:
+            return {}
+        scores = await self.redis.zmscore(model_key(name, "seen"), event_ids)
+        return {e: int(s) for e, s in zip(event_ids, scores, strict=True) if s is not None}
+
     async def commit(self, name: str, token: str, version: int,
                      events: list[tuple[str, str | None]], *, updates: int, samples: int,
                      metrics_json: str, lease_ms: int) -> tuple[int, bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -10,6 +11,8 @@ from fastapi.responses import JSONResponse
 from models import norms
 
 from .. import metrics
+
+log = logging.getLogger("streamnorm")
 
 router = APIRouter(tags=["system"])
 
@@ -36,8 +39,16 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {
     "text/plain": {"example": "streamnorm_updates_applied_total{model=\"demo\"} 42.0\n"}}}})
-async def prometheus() -> Response:
-    """Prometheus text: requests and latency per route, updates, lease waits, state loads."""
+async def prometheus(request: Request) -> Response:
+    """Prometheus text: requests and latency per route, updates, lease waits, state loads,
+    and each stream partition's backlog (lag), pending and dead-letter counts."""
+    try:
+        for p, stats in enumerate(await request.app.state.streams.stats()):
+            metrics.BACKLOG.labels(str(p)).set(stats.backlog)
+            metrics.PENDING.labels(str(p)).set(stats.pending)
+            metrics.DEAD.labels(str(p)).set(stats.dead)
+    except Exception as exc:  # Redis away: the process's own metrics still matter
+        log.warning("stream stats unavailable: %r", exc)
     return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
 
 

@@ -1,0 +1,213 @@
+"""The event streams in Redis: partitions, their consumer group, leases and dead letters.
+
+With ``store.py`` the only code that knows Redis keys. Events are partitioned by a stable hash of
+the model name (CRC-32 modulo ``STREAMNORM_PARTITIONS``), so one model's events stay in one
+partition, in the order they were appended. Per partition ``p`` (the hash tag ``{p}`` keeps the
+keys of a partition in one Redis Cluster slot, and spreads partitions over slots):
+``sn:events:{p}`` the stream (entry fields ``model`` and ``event``, the learn body as JSON) ·
+``sn:events:{p}:dead`` the dead-letter stream (the entry's fields plus ``error``, ``source_id``)
+· ``sn:events:{p}:owner`` the partition lease (a worker's token). ``sn:workers`` is a sorted set
+of live workers scored by when their heartbeat expires. The consumer group is ``streamnorm``.
+
+A partition is consumed by the one worker that holds its lease, so a model's events are applied
+in order (a consumer group alone hands one stream's entries to several consumers at once). An
+entry is acknowledged *and deleted* once its update is committed (or it is dead-lettered), in
+one MULTI, so a partition's length is its backlog: what ``POST /events`` bounds (429) and
+``/metrics`` reports as lag.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from typing import Any, NamedTuple
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+__all__ = ["GROUP", "Entry", "PartitionStats", "Streams", "partition_of"]
+
+GROUP = "streamnorm"
+
+
+def partition_of(model: str, partitions: int) -> int:
+    """The partition of a model's events: stable across processes, machines and restarts."""
+    return zlib.crc32(model.encode()) % partitions
+
+
+def _key(p: int, part: str = "") -> str:
+    return f"sn:events:{{{p}}}" + (f":{part}" if part else "")
+
+
+class Entry(NamedTuple):
+    """One stream entry: its id and fields (``model``, ``event``), undecoded."""
+
+    id: str
+    fields: dict[str, str]
+
+
+class PartitionStats(NamedTuple):
+    backlog: int  # entries not yet acknowledged (read or not)
+    pending: int  # read by a worker and not yet acknowledged
+    dead: int  # entries in the dead-letter stream
+
+
+# KEYS: owner; ARGV: token ttl_ms. Take a free partition or renew our own: 1 when held.
+_HOLD = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_LET_GO = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entries(raw: Any) -> list[Entry]:
+    """Entries from an XREADGROUP / XRANGE / XAUTOCLAIM reply (deleted ones come as None)."""
+    out = []
+    for eid, fields in raw or []:
+        if fields is None:
+            continue
+        out.append(Entry(_decode(eid), {_decode(k): _decode(v) for k, v in fields.items()}))
+    return out
+
+
+class Streams:
+    """Async access to the event partitions (one client per process)."""
+
+    def __init__(self, redis: Redis, partitions: int) -> None:
+        self.redis, self.partitions = redis, partitions
+        self._hold = redis.register_script(_HOLD)
+        self._let_go = redis.register_script(_LET_GO)
+        self._groups: set[int] = set()
+
+    def key(self, p: int) -> str:
+        return _key(p)
+
+    # -- producers -----------------------------------------------------------------------------
+    async def backlog(self, parts: set[int]) -> dict[int, int]:
+        """Each partition's backlog (its length: acknowledged entries are deleted)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in sorted(parts):
+                pipe.xlen(_key(p))
+            lengths = await pipe.execute()
+        return dict(zip(sorted(parts), (int(n) for n in lengths), strict=True))
+
+    async def append(self, events: list[tuple[str, str]]) -> list[tuple[int, str]]:
+        """Append ``(model, event JSON)`` pairs, each to its model's partition, in order:
+        ``(partition, entry id)`` per event."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            parts = []
+            for model, body in events:
+                p = partition_of(model, self.partitions)
+                parts.append(p)
+                pipe.xadd(_key(p), {"model": model, "event": body})
+            ids = await pipe.execute()
+        return [(p, _decode(i)) for p, i in zip(parts, ids, strict=True)]
+
+    # -- consumers -----------------------------------------------------------------------------
+    async def ensure_group(self, p: int) -> None:
+        """Create the partition's consumer group (and stream) if missing."""
+        if p in self._groups:
+            return
+        try:
+            await self.redis.xgroup_create(_key(p), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(p)
+
+    async def hold(self, p: int, token: str, ttl_ms: int) -> bool:
+        """Take partition ``p``'s lease if free, or renew it if ``token`` holds it."""
+        return bool(await self._hold(keys=[_key(p, "owner")], args=[token, ttl_ms]))
+
+    async def let_go(self, p: int, token: str) -> None:
+        await self._let_go(keys=[_key(p, "owner")], args=[token])
+
+    async def claim_all(self, p: int, consumer: str) -> int:
+        """Move every pending entry of the partition to ``consumer`` (the caller holds the
+        lease, so their previous reader is gone or fenced): how many were claimed."""
+        start, claimed = "0-0", 0
+        while True:
+            reply = await self.redis.xautoclaim(_key(p), GROUP, consumer, min_idle_time=0,
+                                                start_id=start, count=1000)
+            start = _decode(reply[0])  # (redis-py's justid=True drops this cursor)
+            claimed += len(reply[1])
+            if start == "0-0":
+                return claimed
+
+    async def read(self, p: int, consumer: str, after: str | None, count: int,
+                   block_ms: int) -> list[Entry]:
+        """``after`` given: this consumer's pending entries after that id; ``None``: new ones
+        (waiting up to ``block_ms``)."""
+        reply = await self.redis.xreadgroup(
+            GROUP, consumer, {_key(p): after if after is not None else ">"}, count=count,
+            block=None if after is not None else block_ms)
+        return _entries(reply[0][1]) if reply else []
+
+    async def done(self, p: int, ids: list[str],
+                   dead: list[tuple[Entry, str]] | None = None) -> None:
+        """Acknowledge and delete entries; ``dead`` ones go to the dead-letter stream with
+        their error, in the same MULTI."""
+        dead = dead or []
+        if not ids and not dead:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for entry, error in dead:
+                pipe.xadd(_key(p, "dead"), {**entry.fields, "error": error[:2000],
+                                            "source_id": entry.id, "failed_at": str(time.time())})
+            every = ids + [entry.id for entry, _ in dead]
+            pipe.xack(_key(p), GROUP, *every)
+            pipe.xdel(_key(p), *every)
+            await pipe.execute()
+
+    async def dead_letters(self, p: int, count: int = 100) -> list[Entry]:
+        return _entries(await self.redis.xrange(_key(p, "dead"), count=count))
+
+    # -- workers and stats ---------------------------------------------------------------------
+    async def heartbeat(self, worker: str, ttl_ms: int) -> int:
+        """Record ``worker`` as alive for ``ttl_ms``; how many workers are alive."""
+        now = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore("sn:workers", 0, now)
+            pipe.zadd("sn:workers", {worker: now + ttl_ms})
+            pipe.zcard("sn:workers")
+            *_, alive = await pipe.execute()
+        return max(1, int(alive))
+
+    async def leave(self, worker: str) -> None:
+        await self.redis.zrem("sn:workers", worker)
+
+    async def stats(self) -> list[PartitionStats]:
+        """Backlog, pending and dead-letter counts of every partition."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in range(self.partitions):
+                pipe.xlen(_key(p))
+                pipe.xlen(_key(p, "dead"))
+            lengths = await pipe.execute()
+        pending = []
+        for p in range(self.partitions):
+            if lengths[2 * p] == 0:
+                pending.append(0)
+                continue
+            try:
+                info = await self.redis.xpending(_key(p), GROUP)
+                pending.append(int(info["pending"]))
+            except ResponseError:  # no group yet: nothing read
+                pending.append(0)
+        return [PartitionStats(int(lengths[2 * p]), pending[p], int(lengths[2 * p + 1]))
+                for p in range(self.partitions)]
+
+
+def event_fields(model: str, body: dict[str, Any]) -> tuple[str, str]:
+    """A stream entry's ``(model, event)`` for a learn body (what producers write)."""
+    return model, json.dumps(body, separators=(",", ":"), allow_nan=False)

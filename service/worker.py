@@ -1,0 +1,233 @@
+"""``streamnorm worker``: applies the events of the stream partitions it holds.
+
+Each worker heartbeats into ``sn:workers`` and holds at most its share of the partitions
+(⌈partitions / live workers⌉): it takes free ones, renews its leases every heartbeat, and lets go
+of extras when workers join. A partition whose holder died is free once its lease expires
+(``STREAMNORM_PARTITION_LEASE_MS``, the idle timeout after which a dead consumer's entries are
+taken): its new holder first claims every pending entry (``XAUTOCLAIM``), applies its own pending
+entries, and only then reads new ones, so a model's events keep their order.
+
+A batch of entries is applied per model, in entry order, through ``Engine.learn_batch`` — the
+same engine as HTTP ``learn``; an event without an ``event_id`` gets ``{partition key}/{entry
+id}``, so a redelivered entry is never applied twice. An entry is acknowledged (and deleted) only
+after its update is committed. One that cannot apply (bad JSON, unknown model, invalid input,
+NaN) goes to the partition's dead-letter stream with its error, and is acknowledged; a transient
+failure (Redis, a busy lease) leaves the entries pending and retries them first. SIGTERM
+finishes the batch in hand, stops reading and hands the leases back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import socket
+import time
+from collections import deque
+from typing import Any
+
+from pydantic import ValidationError
+
+from models import InvalidInput
+from models.spec import NAME_PATTERN
+
+from . import metrics as m
+from .connect import AnyRedis
+from .engine import Engine, LearnOutcome
+from .errors import ApiError
+from .schemas import LearnRequest
+from .settings import Settings
+from .store import Store
+from .streams import Entry, Streams
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("streamnorm.worker")
+_NAME = re.compile(NAME_PATTERN)
+
+
+class Worker:
+    """One consumer of the ``streamnorm`` group; ``run`` until ``stop``."""
+
+    def __init__(self, settings: Settings, redis: AnyRedis, name: str | None = None) -> None:
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.token = f"{self.name}:{secrets.token_hex(8)}"
+        self.engine = Engine(Store(redis, seen_limit=settings.seen_limit), settings)
+        self.streams = Streams(redis, settings.partitions)
+        self.stopping = asyncio.Event()
+        self.held: dict[int, asyncio.Task[None]] = {}
+        self.releasing: set[int] = set()  # partitions to hand back after the batch in hand
+        self._applied: deque[tuple[float, int]] = deque()
+
+    def stop(self) -> None:
+        """Finish the batches in hand, then return from ``run``."""
+        self.stopping.set()
+
+    async def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                try:
+                    await self._balance()
+                except Exception as exc:  # Redis away: keep the partitions' tasks retrying
+                    log.warning("heartbeat failed: %r", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), self.settings.heartbeat_s)
+        finally:
+            self.stopping.set()
+            if self.held:
+                await asyncio.wait(list(self.held.values()))
+            await self.engine.close()
+            try:
+                await self.streams.leave(self.name)
+            except Exception as exc:
+                log.warning("could not leave the worker set: %r", exc)
+
+    # -- partitions ----------------------------------------------------------------------------
+    async def _balance(self) -> None:
+        """Heartbeat, renew held partitions, hand back extras, take free ones up to a share."""
+        alive = await self.streams.heartbeat(self.name, int(3000 * self.settings.heartbeat_s))
+        share = math.ceil(self.settings.partitions / alive)
+        lease_ms = self.settings.partition_lease_ms
+        for p, task in list(self.held.items()):
+            if task.done():
+                del self.held[p]
+                self.releasing.discard(p)
+            elif not await self.streams.hold(p, self.token, lease_ms):
+                log.warning("lost partition %d", p)
+                self.releasing.add(p)  # its task stops after the batch in hand
+        kept = [p for p in sorted(self.held) if p not in self.releasing]
+        for p in kept[share:]:
+            self.releasing.add(p)
+        if len(kept) >= share:
+            return
+        start = int.from_bytes(self.token.encode()[-4:], "big") % self.settings.partitions
+        for k in range(self.settings.partitions):
+            p = (start + k) % self.settings.partitions
+            if p in self.held:
+                continue
+            if await self.streams.hold(p, self.token, lease_ms):
+                self.held[p] = asyncio.create_task(self._consume(p))
+                kept.append(p)
+                if len(kept) >= share:
+                    return
+
+    def _keeps(self, p: int) -> bool:
+        return not self.stopping.is_set() and p not in self.releasing
+
+    async def _consume(self, p: int) -> None:
+        """Apply partition ``p``'s entries until told to stop or to hand it back."""
+        after: str | None = "0"  # pending entries first (all of them claimed to us)
+        pause = 0.05
+        try:
+            while self._keeps(p):
+                try:
+                    if after == "0":
+                        await self.streams.ensure_group(p)
+                        await self.streams.claim_all(p, self.name)
+                    entries = await self.streams.read(p, self.name, after,
+                                                      self.settings.worker_batch, 500)
+                    if not entries:
+                        after = None  # pending done: read new entries
+                        continue
+                    clean = await self._apply(p, entries)
+                except Exception as exc:  # Redis away, a lease busy: retry from the pending
+                    log.warning("partition %d: %r", p, exc)
+                    clean = False
+                if clean:
+                    pause = 0.05
+                    if after is not None:
+                        after = entries[-1].id
+                else:
+                    after = "0"
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 2.0)
+        finally:
+            try:
+                await self.streams.let_go(p, self.token)
+            except Exception as exc:  # it expires
+                log.warning("could not hand back partition %d: %r", p, exc)
+
+    # -- events --------------------------------------------------------------------------------
+    async def _apply(self, p: int, entries: list[Entry]) -> bool:
+        """Apply a batch per model in entry order; acknowledge what is settled. Whether
+        every entry was settled (applied, a repeat, or dead-lettered)."""
+        groups: dict[str, list[tuple[Entry, dict[str, Any]]]] = {}
+        dead: list[tuple[Entry, str]] = []
+        for entry in entries:
+            try:
+                model, payload = self._parse(p, entry)
+            except ValueError as exc:
+                dead.append((entry, str(exc)))
+                continue
+            groups.setdefault(model, []).append((entry, payload))
+        results = await asyncio.gather(*(
+            self.engine.learn_batch(model, [payload for _, payload in items])
+            for model, items in groups.items()), return_exceptions=True)
+        acked: list[str] = []
+        clean, applied = True, 0
+        for (model, items), res in zip(groups.items(), results, strict=True):
+            if isinstance(res, BaseException):  # transient: the whole group stays pending
+                log.warning("model %s: %r (will retry)", model, res)
+                clean = False
+                continue
+            for (entry, _), outcome in zip(items, res, strict=True):
+                if isinstance(outcome, LearnOutcome):
+                    acked.append(entry.id)
+                    applied += outcome.applied
+                elif _permanent(outcome):
+                    dead.append((entry, _describe(outcome)))
+                else:  # the rest of this model's entries wait behind it
+                    clean = False
+                    break
+        await self.streams.done(p, acked, dead)
+        m.EVENTS.inc(applied)
+        m.DEAD_LETTERED.inc(len(dead))
+        self._rate(applied)
+        return clean
+
+    def _parse(self, p: int, entry: Entry) -> tuple[str, dict[str, Any]]:
+        """The model and learn payload of an entry (ValueError: it can never apply)."""
+        model = entry.fields.get("model", "")
+        if not _NAME.fullmatch(model):
+            raise ValueError(f"model: {model!r} is not a model name")
+        try:
+            payload = json.loads(entry.fields.get("event", ""))
+        except ValueError as exc:
+            raise ValueError(f"event: invalid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise ValueError("event: must be a JSON object (a learn body)")
+        try:
+            body = LearnRequest.model_validate(payload).model_dump(exclude_unset=True,
+                                                                   warnings=False)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"event.{where}: {first['msg']}") from None
+        if not body.get("event_id"):
+            body["event_id"] = f"{self.streams.key(p)}/{entry.id}"
+        return model, body
+
+    def _rate(self, applied: int) -> None:
+        now = time.monotonic()
+        self._applied.append((now, applied))
+        while self._applied and self._applied[0][0] < now - 10:
+            self._applied.popleft()
+        span = max(now - self._applied[0][0], 1.0)
+        m.EVENT_RATE.set(sum(n for _, n in self._applied) / span)
+
+
+def _permanent(exc: Exception) -> bool:
+    """An error the event itself causes (retrying cannot help)."""
+    return isinstance(exc, InvalidInput) or (isinstance(exc, ApiError) and exc.status < 500)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ApiError):
+        return f"{exc.status} {exc.detail}" + (f" (field {exc.field})" if exc.field else "")
+    return f"422 {exc}"
