@@ -185,6 +185,7 @@ class Worker:
                 else:  # the rest of this model's entries wait behind it
                     clean = False
                     break
+        dead.sort(key=lambda d: tuple(int(n) for n in d[0].id.split("-")))  # entry order
         await self.streams.done(p, acked, dead)
         m.EVENTS.inc(applied)
         m.DEAD_LETTERED.inc(len(dead))

@@ -1,0 +1,202 @@
+"""``POST /events`` and the stream worker, in process, on a real Redis: validation, backpressure,
+ordering, dead letters, and a consumer that dies holding entries. Each test uses a Redis database
+of its own (``/15``) and empties it: the partitions are shared keys, unlike a model's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from models import ModelSpec, OnlineLearner
+from service.app import create_app
+from service.connect import close, connect
+from service.settings import Settings
+from service.store import model_key
+from service.streams import GROUP, Streams, partition_of
+from service.worker import Worker
+
+SPEC = {"task": "regression", "n_features": 3, "cell": "gru", "hidden_size": 6,
+        "norm": {"method": "layer"}, "window": 3, "seed": 1}
+
+
+def event(model: str, i: int, with_id: bool = True) -> dict[str, Any]:
+    x = [((i * 5) % 7) / 7, ((i * 3) % 4) / 4 - 0.5, (i % 3) * 0.2]
+    out = {"model": model, "stream": f"s{i % 2}", "x": x, "y": x[0] + x[2]}
+    if with_id:
+        out["event_id"] = f"{model}-{i}"
+    return out
+
+
+def replay(model: str, events: list[dict[str, Any]]) -> bytes:
+    """An independent learner fed the model's events in the order they were appended."""
+    learner = OnlineLearner(ModelSpec.model_validate({"name": model, **SPEC}))
+    for ev in events:
+        if ev["model"] == model:
+            learner.learn_one(ev["x"], ev["y"], stream=ev["stream"])
+    return learner.to_bytes()
+
+
+@pytest.fixture
+def stream_settings(redis_url: str) -> Iterator[Settings]:
+    url = redis_url.rsplit("/", 1)[0] + "/15"
+    r = redis.Redis.from_url(url)
+    r.flushdb()  # database 15 of the test session's server (or of REDIS_URL): ours alone
+    yield Settings(redis_url=url, partitions=4, heartbeat_s=0.1, partition_lease_ms=600,
+                   worker_batch=32)
+    r.flushdb()
+
+
+@asynccontextmanager
+async def service(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=transport, base_url="http://t") as client:
+        yield client, app
+
+
+async def drain(streams: Streams, *workers: Worker, timeout: float = 30.0) -> None:
+    """Run the workers until every partition's backlog is empty, then stop them."""
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while sum(s.backlog for s in await streams.stats()) > 0:
+            assert asyncio.get_running_loop().time() < deadline, await streams.stats()
+            await asyncio.sleep(0.05)
+    finally:
+        for w in workers:
+            w.stop()
+        await asyncio.gather(*tasks)
+
+
+def test_post_events_validates_appends_and_pushes_back(stream_settings: Settings) -> None:
+    settings = stream_settings.model_copy(update={"max_backlog": 5})
+    r = redis.Redis.from_url(settings.redis_url)
+
+    def lengths() -> list[int]:
+        return [r.xlen(f"sn:events:{{{p}}}") for p in range(settings.partitions)]
+
+    async def run() -> None:
+        async with service(settings) as (client, _):
+            assert (await client.post("/models", json={"name": "m1", **SPEC})).status_code \
+                == 201
+            one = await client.post("/events", json=event("m1", 0))
+            assert one.status_code == 202
+            assert one.json()["partitions"] == [partition_of("m1", settings.partitions)]
+            many = await client.post("/events", json=[event("m1", i) for i in (1, 2)])
+            assert many.status_code == 202 and len(many.json()["ids"]) == 2
+            assert many.json()["ids"][0] < many.json()["ids"][1]  # appended in order
+            before = lengths()
+            bad = [
+                ([event("m1", 3), {**event("m1", 4), "x": [1, 2]}], 422, "[1].x"),
+                ([event("m1", 3), {**event("m1", 4), "x": [1, 2, float("inf")]}], 422,
+                 "[1].x[2]"),
+                ([event("nobody", 3)], 404, "[0].model"),
+                ({**event("m1", 3), "y": "high"}, 422, "y"),
+                ({"x": [1, 2, 3], "y": 1}, 422, "model"),
+                ([], 422, "body"),
+            ]
+            for body, status, field in bad:
+                res = await client.post("/events", content=json.dumps(body),  # Infinity too
+                                        headers={"content-type": "application/json"})
+                assert res.status_code == status, (body, res.text)
+                assert field in res.json()["field"], (field, res.text)
+            assert lengths() == before  # nothing appended by a refused request
+            ok = await client.post("/events", json=[event("m1", i) for i in (3, 4)])
+            assert ok.status_code == 202  # 5 events: at the bound
+            full = await client.post("/events", json=event("m1", 5))
+            assert full.status_code == 429 and full.headers["retry-after"] == "1"
+            assert "behind" in full.json()["detail"]
+            assert sum(lengths()) == 5
+
+    asyncio.run(run())
+
+
+def test_worker_applies_in_order_and_dead_letters_poison(stream_settings: Settings) -> None:
+    models = ["a1", "b2", "c3"]
+    events = [event(models[i % 3], i, with_id=i % 2 == 0) for i in range(90)]
+    r = redis.Redis.from_url(stream_settings.redis_url)
+    p_a = partition_of("a1", stream_settings.partitions)
+
+    async def run() -> dict[str, bytes]:
+        async with service(stream_settings) as (client, app):
+            for m in models:
+                assert (await client.post("/models", json={"name": m, **SPEC})).status_code \
+                    == 201
+            assert (await client.post("/events", json=events[:40])).status_code == 202
+            poison = [  # what a producer writing to Redis directly could push
+                {"model": "a1", "event": "{not json"},
+                {"model": "nobody", "event": '{"x": [1, 2, 3], "y": 1}'},
+                {"model": "a1", "event": '{"x": [1, 2], "y": 1}'},
+                {"model": "a1", "event": '{"x": [1, 2, NaN], "y": 1}'},
+                {"model": "a1", "event": '{"x": [1, 2, 3], "y": 1, "colour": "red"}'},
+                {"model": "no spaces", "event": '{"x": [1, 2, 3], "y": 1}'},
+            ]
+            for fields in poison:
+                r.xadd(f"sn:events:{{{p_a}}}", fields)
+            assert (await client.post("/events", json=events[40:])).status_code == 202
+            redis_w = connect(stream_settings)
+            try:
+                await drain(app.state.streams, Worker(stream_settings, redis_w, "w1"))
+            finally:
+                await close(redis_w)
+            return {m: (await client.get(f"/models/{m}/state")).content for m in models}
+
+    states = asyncio.run(run())
+    for m in models:
+        assert int(r.hget(model_key(m, "meta"), "updates")) == 30
+        assert states[m] == replay(m, events)
+    dead = r.xrange(f"sn:events:{{{p_a}}}:dead")
+    errors = [fields[b"error"].decode() for _, fields in dead]
+    assert len(errors) == 6, errors
+    for needle, error in zip(["invalid JSON", "no model named 'nobody'", "expected 3 values",
+                              "must be finite", "colour", "not a model name"], errors,
+                             strict=True):
+        assert needle in error, (needle, error)
+    assert all(fields[b"source_id"] for _, fields in dead)
+    for p in range(stream_settings.partitions):
+        assert r.xlen(f"sn:events:{{{p}}}") == 0
+        assert r.xpending(f"sn:events:{{{p}}}", GROUP)["pending"] == 0
+    for m in models:
+        r.delete(*[model_key(m, k) for k in ("spec", "state", "meta", "seen", "log")])
+
+
+def test_a_worker_takes_over_entries_a_dead_consumer_held(stream_settings: Settings) -> None:
+    """A consumer read a batch, applied part of it and died without acknowledging: the next
+    holder of the partition applies the rest once, in order."""
+    model = f"t{uuid.uuid4().hex[:8]}"
+    events = [event(model, i, with_id=False) for i in range(30)]
+    r = redis.Redis.from_url(stream_settings.redis_url)
+
+    async def run() -> bytes:
+        async with service(stream_settings) as (client, app):
+            assert (await client.post("/models", json={"name": model, **SPEC})).status_code \
+                == 201
+            assert (await client.post("/events", json=events)).status_code == 202
+            p = partition_of(model, stream_settings.partitions)
+            streams: Streams = app.state.streams
+            await streams.ensure_group(p)
+            held = await streams.read(p, "dead-one", None, 20, 0)  # read, never acknowledged
+            assert len(held) == 20
+            dead = Worker(stream_settings, app.state.redis, "dead-one")
+            first = [dead._parse(p, e)[1] for e in held[:12]]  # applied, then it died
+            assert all(not isinstance(o, Exception)
+                       for o in await app.state.engine.learn_batch(model, first))
+            redis_w = connect(stream_settings)
+            try:
+                await drain(streams, Worker(stream_settings, redis_w, "heir"))
+            finally:
+                await close(redis_w)
+            return (await client.get(f"/models/{model}/state")).content
+
+    state = asyncio.run(run())
+    assert int(r.hget(model_key(model, "meta"), "updates")) == 30  # 12 were not re-applied
+    assert state == replay(model, events)
