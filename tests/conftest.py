@@ -40,6 +40,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
 
 
+@pytest.fixture(scope="session")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``redis-server`` of our own even when ``REDIS_URL`` is set: the stream tests share
+    keys across models (partitions, the worker set) and empty the database between tests,
+    which is only ever done to a server this session started."""
+    with EmbeddedRedis(tmp_path_factory.mktemp("own-redis")) as server:
+        yield server.url
+
+
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
     return Settings(redis_url=redis_url, api_keys=(), snapshot_every=100)

@@ -1,6 +1,7 @@
 """``POST /events`` and the stream worker, in process, on a real Redis: validation, backpressure,
-ordering, dead letters, and a consumer that dies holding entries. Each test uses a Redis database
-of its own (``/15``) and empties it: the partitions are shared keys, unlike a model's."""
+ordering, dead letters, and a consumer that dies holding entries. The partitions are keys shared
+by every model, so these tests run on a Redis this session started (``own_redis``, even when
+``REDIS_URL`` is set) and empty it between tests."""
 
 from __future__ import annotations
 
@@ -45,10 +46,10 @@ def replay(model: str, events: list[dict[str, Any]]) -> bytes:
 
 
 @pytest.fixture
-def stream_settings(redis_url: str) -> Iterator[Settings]:
-    url = redis_url.rsplit("/", 1)[0] + "/15"
+def stream_settings(own_redis: str) -> Iterator[Settings]:
+    url = own_redis
     r = redis.Redis.from_url(url)
-    r.flushdb()  # database 15 of the test session's server (or of REDIS_URL): ours alone
+    r.flushdb()  # a server this session started (never REDIS_URL's)
     yield Settings(redis_url=url, partitions=4, heartbeat_s=0.1, partition_lease_ms=600,
                    worker_batch=32)
     r.flushdb()

@@ -79,9 +79,10 @@ def assert_nothing_pending(r: redis.Redis, partitions: int) -> None:
 
 
 @pytest.fixture
-def db14(redis_url: str) -> Iterator[str]:
-    """Database 14 of the session's Redis, emptied before and after (stream keys are shared)."""
-    url = redis_url.rsplit("/", 1)[0] + "/14"
+def db14(own_redis: str) -> Iterator[str]:
+    """Database 14 of a Redis this session started, emptied before and after (stream keys are
+    shared by every model)."""
+    url = own_redis.rsplit("/", 1)[0] + "/14"
     redis.Redis.from_url(url).flushdb()
     yield url
     redis.Redis.from_url(url).flushdb()
