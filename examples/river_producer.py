@@ -49,7 +49,10 @@ def main() -> None:
             if len(batch) == args.batch:
                 sent += post(client, batch)
                 batch = []
-                report(client, args.model, sent)
+                applied = report(client, args.model, sent)
+                while applied < sent - 4 * args.batch:  # stay a few batches ahead of the worker
+                    time.sleep(0.1)
+                    applied = client.get(f"/models/{args.model}").json()["updates"]
         sent += post(client, batch) if batch else 0
         while client.get(f"/models/{args.model}").json()["updates"] < sent:
             time.sleep(0.2)
@@ -66,12 +69,14 @@ def post(client: httpx.Client, batch: list[dict[str, object]]) -> int:
         time.sleep(float(res.headers.get("retry-after", "1")))
 
 
-def report(client: httpx.Client, model: str, sent: int) -> None:
+def report(client: httpx.Client, model: str, sent: int) -> int:
+    """Print progress and the prequential MAE; the number of events applied."""
     info = client.get(f"/models/{model}").json()
     mae = (info.get("metrics") or {}).get("MAE", {})
     value, rolling = mae.get("value"), mae.get("rolling")
     print(f"sent {sent:5d}  applied {info['updates']:5d}  MAE {fmt(value)}  "
           f"rolling MAE {fmt(rolling)}")
+    return int(info["updates"])
 
 
 def fmt(value: float | None) -> str:
