@@ -4,6 +4,8 @@ consumer."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,9 +21,13 @@ def serve(host: str = typer.Option("127.0.0.1", help="interface to bind"),
           workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
           log_level: str = typer.Option("info", help="uvicorn log level"),
           access_log: bool = typer.Option(False, help="log every request (costs ~5 % of "
-                                                      "throughput)")) -> None:
+                                                      "throughput)"),
+          stream_workers: int | None = typer.Option(
+              None, min=0, help="`streamnorm worker` processes to run alongside (default: 1 "
+                                "with the embedded Redis, else 0)")) -> None:
     """Run the HTTP API (uvloop + httptools, one torch thread per process). Without
-    STREAMNORM_REDIS_URL an embedded Redis is started (AOF in STREAMNORM_DATA_DIR)."""
+    STREAMNORM_REDIS_URL an embedded Redis is started (AOF in STREAMNORM_DATA_DIR), with one
+    stream worker so that POST /events is applied on a first run too."""
     import uvicorn
 
     from .embedded import EmbeddedRedis
@@ -37,12 +43,30 @@ def serve(host: str = typer.Option("127.0.0.1", help="interface to bind"),
             os.environ["STREAMNORM_REDIS_URL"] = embedded.url
             typer.echo(f"embedded Redis on {embedded.url} (data in "
                        f"{embedded.data_dir.resolve()})", err=True)
+        if stream_workers is None:
+            stream_workers = 0 if settings.redis_url else 1
+        for k in range(stream_workers):
+            child = subprocess.Popen([sys.executable, "-m", "service.cli", "worker",
+                                      "--name", f"serve-{os.getpid()}-{k}",
+                                      "--log-level", log_level], stdin=subprocess.DEVNULL)
+            stack.callback(_stop, child)
         if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="streamnorm-prom-"))
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
         uvicorn.run("service.app:create_app", factory=True, host=host, port=port,
                     workers=workers, loop="uvloop", http="httptools", log_level=log_level,
                     access_log=access_log)
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the worker finishes its batch), then SIGKILL if it hangs."""
+    if child.poll() is None:
+        child.terminate()
+    try:
+        child.wait(30)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 @app.command()

@@ -225,8 +225,15 @@ def test_streamnorm_serve_starts_and_stops_an_embedded_redis_that_persists(
                                   ).status_code == 201
                 assert httpx.post(f"{url}/models/embedded/learn", json=event(1)).json()[
                     "version"] == 1
+                # the stream worker `serve` runs beside the embedded Redis applies events
+                res = httpx.post(f"{url}/events", json={"model": "embedded", **event(2)})
+                assert res.status_code == 202
+                deadline = time.monotonic() + 60
+                while httpx.get(f"{url}/models/embedded").json()["version"] < 2:
+                    assert time.monotonic() < deadline, "the stream worker applied nothing"
+                    time.sleep(0.1)
             else:  # the model survived the restart through the AOF
-                assert httpx.get(f"{url}/models/embedded").json()["version"] == 1
+                assert httpx.get(f"{url}/models/embedded").json()["version"] == 2
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(30)
