@@ -191,8 +191,10 @@ class Engine:
                     await self._catch_up(name, hot, head)
                 if hot.learner.spec != spec:
                     raise LeaseLost("the model was deleted and re-created meanwhile")
+                inflight = {e.event_id: hot.ids[e.event_id] for _, e in events
+                            if e.event_id in hot.ids}  # (their commits may land meanwhile)
                 done = await self.store.seen_many(name, [
-                    e.event_id for _, e in events if e.event_id and e.event_id not in hot.ids])
+                    e.event_id for _, e in events if e.event_id and e.event_id not in inflight])
                 if hot.dead:
                     raise LeaseLost("the model's cached learner was dropped after a failed "
                                     "commit")
@@ -200,8 +202,8 @@ class Engine:
                     eid = event.event_id
                     if eid is not None and eid in done:
                         out[i] = LearnOutcome(None, None, done[eid], False)
-                    elif eid is not None and eid in hot.ids:
-                        queued.append((i, None, hot.ids[eid], False))
+                    elif eid is not None and (eid in inflight or eid in hot.ids):
+                        queued.append((i, None, inflight.get(eid) or hot.ids[eid], False))
                     else:
                         try:
                             outcome, ticket = self._apply(name, hot, event)
@@ -225,18 +227,24 @@ class Engine:
         ``None`` when this process already held it."""
         while True:
             head = await self.writes.lease(name, hot)  # polls without holding the lock
+            token = hot.token
             await self._lock(hot)
-            if hot.token is not None:
+            if hot.token is not None and hot.token == token:
                 return head
-            self._leave(hot)  # yielded to another process meanwhile: queue up again
+            # yielded to another process, or the lease lapsed and was taken afresh (whoever
+            # took it caught the learner up): queue up again
+            self._leave(hot)
 
     def _apply(self, name: str, hot: Hot, event: Event) -> tuple[LearnOutcome | None, Ticket]:
         """Run the event on the learner (lock held, no await) and queue its commit."""
         try:
             outcome = apply_event(hot.learner, event.body)
+            return outcome, self.writes.queue(name, hot, event)
         except UpdateRejected as exc:  # the learner rolled itself back
             raise ApiError(422, f"update rejected: {exc}", "y") from exc
-        return outcome, self.writes.queue(name, hot, event)
+        except BaseException:
+            self.writes.abandon(name, hot)  # it may hold a change Redis will never have
+            raise
 
     async def close(self) -> None:
         """Commit what is queued and hand back every lease this process holds."""

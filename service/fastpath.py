@@ -37,6 +37,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PATH = re.compile(r"/models/(" + NAME_PATTERN.strip("^$") + r")/(learn|predict)")
 _SCHEMA: dict[str, type[BaseModel]] = {"learn": LearnRequest, "predict": PredictRequest}
+_HEADERS = (b"content-type", b"content-length", b"authorization")
 _ROUTE = {"learn": "/models/{name}/learn", "predict": "/models/{name}/predict"}
 
 
@@ -54,15 +55,12 @@ class FastPath:
             return
         app = scope["app"]
         limit = app.state.settings.max_body_bytes
-        ctype = length = b""
-        auth = ""
+        found: dict[bytes, bytes] = {}
         for key, value in scope["headers"]:
-            if key == b"content-type":
-                ctype = value
-            elif key == b"content-length":
-                length = value
-            elif key == b"authorization":
-                auth = value.decode("latin-1")
+            if key in _HEADERS and key not in found:  # the first, as Starlette reads them
+                found[key] = value
+        ctype, length = found.get(b"content-type", b""), found.get(b"content-length", b"")
+        auth = found.get(b"authorization", b"").decode("latin-1")
         if ctype.partition(b";")[0].strip().lower() != b"application/json" \
                 or not length.isdigit() or int(length) > limit:
             await self.app(scope, receive, send)

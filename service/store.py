@@ -78,18 +78,20 @@ return 0
 """
 
 # KEYS: meta lock log seen wanted; ARGV: token version n updates samples metrics seen_limit
-#       lease_ms, then n pairs (event, event_id). Appends the n events as versions
-#       version+1 … version+n. Returns {last version, whether another writer waits}.
+#       lease_ms uid, then n pairs (event, event_id). Appends the n events as versions
+#       version+1 … version+n of the model incarnation ``uid`` (a model deleted and re-created
+#       meanwhile has another). Returns {last version, whether another writer waits}.
 _COMMIT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-local v = tonumber(redis.call('HGET', KEYS[1], 'version'))
-if v == nil or v ~= tonumber(ARGV[2]) then return -2 end
+local m = redis.call('HMGET', KEYS[1], 'version', 'uid')
+local v = tonumber(m[1])
+if v == nil or v ~= tonumber(ARGV[2]) or m[2] ~= ARGV[9] then return -2 end
 local ids = false
 for i = 1, tonumber(ARGV[3]) do
   v = v + 1
-  redis.call('XADD', KEYS[3], v .. '-0', 'event', ARGV[7 + 2 * i])
-  if ARGV[8 + 2 * i] ~= '' then
-    redis.call('ZADD', KEYS[4], v, ARGV[8 + 2 * i])
+  redis.call('XADD', KEYS[3], v .. '-0', 'event', ARGV[8 + 2 * i])
+  if ARGV[9 + 2 * i] ~= '' then
+    redis.call('ZADD', KEYS[4], v, ARGV[9 + 2 * i])
     ids = true
   end
 end
@@ -248,20 +250,21 @@ class Store:
         return {e: int(s) for e, s in zip(event_ids, scores, strict=True) if s is not None}
 
     async def commit(self, name: str, token: str, version: int,
-                     events: list[tuple[str, str | None]], *, updates: int, samples: int,
-                     metrics_json: str, lease_ms: int) -> tuple[int, bool]:
+                     events: list[tuple[str, str | None]], *, uid: str, updates: int,
+                     samples: int, metrics_json: str, lease_ms: int) -> tuple[int, bool]:
         """Append applied events ``(event JSON, event id)`` as versions ``version+1 …``
         atomically (see the module docstring), with the meta as of the last one: the new
         version, and whether another writer is waiting for the lease (the holder should yield)."""
         keys = [model_key(name, p) for p in ("meta", "lock", "log", "seen", "wanted")]
         args: list[Any] = [token, version, len(events), updates, samples, metrics_json,
-                           self.seen_limit, lease_ms]
+                           self.seen_limit, lease_ms, uid]
         for event_json, event_id in events:
             args += (event_json, event_id or "")
         res = await self._commit(keys=keys, args=args)
         if not isinstance(res, list):
             code = _int(res)
-            raise LeaseLost("the lease expired" if code == -1 else "the model's version moved")
+            raise LeaseLost("the lease expired" if code == -1
+                            else "the model's version (or incarnation) moved")
         return _int(res[0]), bool(_int(res[1]))
 
     async def write_snapshot(self, name: str, token: str, version: int, state: bytes,

@@ -61,6 +61,16 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# KEYS: stream owner; ARGV: token group consumer count id lease_ms. XREADGROUP only while the
+# caller holds the partition (renewing it): a worker whose lease lapsed can never take entries
+# the new holder would then see out of order. (No BLOCK inside a script: callers poll.)
+_READ = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
+                  'STREAMS', KEYS[1], ARGV[5])
+"""
+
 _LET_GO = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -88,6 +98,7 @@ class Streams:
         self.redis, self.partitions = redis, partitions
         self._hold = redis.register_script(_HOLD)
         self._let_go = redis.register_script(_LET_GO)
+        self._read = redis.register_script(_READ)
         self._groups: set[int] = set()
 
     def key(self, p: int) -> str:
@@ -145,14 +156,28 @@ class Streams:
             if start == "0-0":
                 return claimed
 
-    async def read(self, p: int, consumer: str, after: str | None, count: int,
-                   block_ms: int) -> list[Entry]:
-        """``after`` given: this consumer's pending entries after that id; ``None``: new ones
-        (waiting up to ``block_ms``)."""
-        reply = await self.redis.xreadgroup(
-            GROUP, consumer, {_key(p): after if after is not None else ">"}, count=count,
-            block=None if after is not None else block_ms)
-        return _entries(reply[0][1]) if reply else []
+    async def read(self, p: int, consumer: str, token: str, after: str | None, count: int,
+                   lease_ms: int) -> list[Entry] | None:
+        """``after`` given: this consumer's pending entries after that id; ``None``: new
+        ones. ``None`` back when ``token`` no longer holds the partition (nothing was read)."""
+        try:
+            reply = await self._read(keys=[_key(p), _key(p, "owner")], args=[
+                token, GROUP, consumer, count, after if after is not None else ">", lease_ms])
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the stream was lost and re-created: make it again
+                self._groups.discard(p)
+            raise
+        if reply == -1:
+            return None
+        if not reply:
+            return []
+        out = []
+        for eid, flat in reply[0][1]:
+            if flat is None:  # deleted while pending
+                continue
+            pairs = [_decode(v) for v in flat]
+            out.append(Entry(_decode(eid), dict(zip(pairs[::2], pairs[1::2], strict=True))))
+        return out
 
     async def done(self, p: int, ids: list[str],
                    dead: list[tuple[Entry, str]] | None = None) -> None:

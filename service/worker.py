@@ -32,6 +32,7 @@ from collections import deque
 from typing import Any
 
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from models import InvalidInput
 from models.spec import NAME_PATTERN
@@ -42,13 +43,14 @@ from .engine import Engine, LearnOutcome
 from .errors import ApiError
 from .schemas import LearnRequest
 from .settings import Settings
-from .store import Store
+from .store import LeaseLost, Store
 from .streams import Entry, Streams
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("streamnorm.worker")
 _NAME = re.compile(NAME_PATTERN)
+_IDLE_MIN_S, _IDLE_MAX_S = 0.005, 0.1  # polling an empty partition: first and longest pause
 
 
 class Worker:
@@ -123,18 +125,27 @@ class Worker:
     async def _consume(self, p: int) -> None:
         """Apply partition ``p``'s entries until told to stop or to hand it back."""
         after: str | None = "0"  # pending entries first (all of them claimed to us)
-        pause = 0.05
+        pause, idle = 0.05, _IDLE_MIN_S
         try:
             while self._keeps(p):
                 try:
                     if after == "0":
                         await self.streams.ensure_group(p)
                         await self.streams.claim_all(p, self.name)
-                    entries = await self.streams.read(p, self.name, after,
-                                                      self.settings.worker_batch, 500)
+                    entries = await self.streams.read(p, self.name, self.token, after,
+                                                      self.settings.worker_batch,
+                                                      self.settings.partition_lease_ms)
+                    if entries is None:  # another worker holds the partition now
+                        log.warning("partition %d: lease lost, stopping", p)
+                        self.releasing.add(p)
+                        break
                     if not entries:
+                        if after is None:  # idle: poll again soon (reads cannot block)
+                            await asyncio.sleep(idle)
+                            idle = min(idle * 2, _IDLE_MAX_S)
                         after = None  # pending done: read new entries
                         continue
+                    idle = _IDLE_MIN_S
                     clean = await self._apply(p, entries)
                 except Exception as exc:  # Redis away, a lease busy: retry from the pending
                     log.warning("partition %d: %r", p, exc)
@@ -172,9 +183,13 @@ class Worker:
         acked: list[str] = []
         clean, applied = True, 0
         for (model, items), res in zip(groups.items(), results, strict=True):
-            if isinstance(res, BaseException):  # transient: the whole group stays pending
-                log.warning("model %s: %r (will retry)", model, res)
-                clean = False
+            if isinstance(res, BaseException):
+                if _transient(res):  # the whole group stays pending, retried first
+                    log.warning("model %s: %r (will retry)", model, res)
+                    clean = False
+                else:  # e.g. an unreadable stored state: retrying would block the partition
+                    log.error("model %s: %r (dead-lettered)", model, res)
+                    dead += [(entry, f"500 {type(res).__name__}: {res}") for entry, _ in items]
                 continue
             for (entry, _), outcome in zip(items, res, strict=True):
                 if isinstance(outcome, LearnOutcome):
@@ -221,6 +236,12 @@ class Worker:
             self._applied.popleft()
         span = max(now - self._applied[0][0], 1.0)
         m.EVENT_RATE.set(sum(n for _, n in self._applied) / span)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure of the infrastructure (retrying helps), not of the events."""
+    return isinstance(exc, RedisError | LeaseLost | OSError | TimeoutError) or (
+        isinstance(exc, ApiError) and exc.status >= 500)
 
 
 def _permanent(exc: Exception) -> bool:

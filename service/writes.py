@@ -81,7 +81,10 @@ class Writes:
                         del batch[i + 1:]
                         break
                 del hot.pending[:len(batch)]
-                await self._commit(name, hot, batch)
+                try:
+                    await self._commit(name, hot, batch)
+                except Exception:  # the tickets carry the error; the learner is dropped
+                    break
                 if batch[-1].snapshot is not None:
                     await self._snapshot(name, hot, batch[-1])
                 if hot.wanted and not hot.dead:
@@ -101,16 +104,11 @@ class Writes:
                 raise LeaseLost("the model's lease was given up with updates queued")
             version, hot.wanted = await self.store.commit(
                 name, hot.token, batch[0].version - 1,
-                [(t.event_json, t.event_id) for t in batch], updates=last.updates,
+                [(t.event_json, t.event_id) for t in batch], uid=hot.uid, updates=last.updates,
                 samples=last.samples, metrics_json=last.metrics_json,
                 lease_ms=self.settings.lease_ms)
         except BaseException as exc:
-            # the learner holds updates Redis does not: it must never serve again; the script
-            # may still have run and renewed the lease, so hand that back too
-            token = hot.token
-            self._drop(name, hot)
-            if token is not None:
-                self._background(self._release(name, token))
+            self.abandon(name, hot)  # the script may still have run and renewed the lease
             _fail(batch, exc)
             raise
         assert version == last.version
@@ -121,6 +119,14 @@ class Writes:
                 hot.ids.pop(ticket.event_id, None)
             ticket.done.set_result(ticket.version)
         m.UPDATES.labels(name).inc(len(batch))
+
+    def abandon(self, name: str, hot: Hot) -> None:
+        """Drop a learner that holds updates Redis does not (it must never serve again) and
+        hand its lease back."""
+        token = hot.token
+        self._drop(name, hot)
+        if token is not None:
+            self._background(self._release(name, token))
 
     async def _snapshot(self, name: str, hot: Hot, ticket: Ticket) -> None:
         assert ticket.snapshot is not None

@@ -185,7 +185,9 @@ def test_a_worker_takes_over_entries_a_dead_consumer_held(stream_settings: Setti
             p = partition_of(model, stream_settings.partitions)
             streams: Streams = app.state.streams
             await streams.ensure_group(p)
-            held = await streams.read(p, "dead-one", None, 20, 0)  # read, never acknowledged
+            assert await streams.hold(p, "dead-token", 600)  # its lease, left to expire
+            held = await streams.read(p, "dead-one", "dead-token", None, 20, 600)
+            assert held is not None  # read, never acknowledged
             assert len(held) == 20
             dead = Worker(stream_settings, app.state.redis, "dead-one")
             first = [dead._parse(p, e)[1] for e in held[:12]]  # applied, then it died
@@ -201,3 +203,68 @@ def test_a_worker_takes_over_entries_a_dead_consumer_held(stream_settings: Setti
     state = asyncio.run(run())
     assert int(r.hget(model_key(model, "meta"), "updates")) == 30  # 12 were not re-applied
     assert state == replay(model, events)
+
+
+def test_a_worker_stops_reading_a_partition_whose_lease_it_lost(
+        stream_settings: Settings) -> None:
+    """Another holder took the partition (this worker was paused past its lease): no new entry
+    is read here, so the group cannot split a model's events between two workers."""
+    model = f"f{uuid.uuid4().hex[:8]}"
+    p = partition_of(model, stream_settings.partitions)
+    r = redis.Redis.from_url(stream_settings.redis_url)
+
+    async def run() -> tuple[int, int, int]:
+        async with service(stream_settings) as (client, app):
+            assert (await client.post("/models", json={"name": model, **SPEC})).status_code \
+                == 201
+            redis_w = connect(stream_settings)
+            worker = Worker(stream_settings, redis_w, "fenced")
+            task = asyncio.create_task(worker.run())
+            try:
+                while p not in worker.held:
+                    await asyncio.sleep(0.02)
+                r.set(f"sn:events:{{{p}}}:owner", "intruder", px=60_000)  # taken elsewhere
+                await asyncio.sleep(0.3)
+                events = [event(model, i) for i in range(10)]
+                assert (await client.post("/events", json=events)).status_code == 202
+                await asyncio.sleep(1.0)
+                stats = (await app.state.streams.stats())[p]
+                r.delete(f"sn:events:{{{p}}}:owner")  # the intruder goes away
+                await drain(app.state.streams, worker)
+                updates = int(r.hget(model_key(model, "meta"), "updates"))
+                return stats.backlog, stats.pending, updates
+            finally:
+                worker.stop()
+                await task
+                await close(redis_w)
+
+    backlog, pending, updates = asyncio.run(run())
+    assert (backlog, pending) == (10, 0)  # nothing read while fenced out
+    assert updates == 10  # taken back and applied once the lease was free
+
+
+def test_an_unreadable_model_state_is_dead_lettered_not_retried_forever(
+        stream_settings: Settings) -> None:
+    good, broken = "g1", "b1"
+    r = redis.Redis.from_url(stream_settings.redis_url)
+    stream_settings = stream_settings.model_copy(update={"partitions": 1})
+
+    async def run() -> None:
+        async with service(stream_settings) as (client, app):
+            for m in (good, broken):
+                assert (await client.post("/models", json={"name": m, **SPEC})).status_code \
+                    == 201
+            r.set(model_key(broken, "state"), b"\x00not safetensors")
+            events = [event((good, broken)[i % 2], i) for i in range(20)]
+            assert (await client.post("/events", json=events)).status_code == 202
+            redis_w = connect(stream_settings)
+            try:
+                await drain(app.state.streams, Worker(stream_settings, redis_w, "w"))
+            finally:
+                await close(redis_w)
+
+    asyncio.run(run())
+    assert int(r.hget(model_key(good, "meta"), "updates")) == 10
+    dead = r.xrange("sn:events:{0}:dead")
+    assert len(dead) == 10
+    assert all(b"StateError" in fields[b"error"] for _, fields in dead)

@@ -152,7 +152,7 @@ def test_the_fast_path_answers_exactly_as_the_full_application(settings: Setting
                                                                redis_url: str) -> None:
     keyed = settings.model_copy(update={"api_keys": ("k1",)})
     auth = {"authorization": "Bearer k1"}
-    cases: list[tuple[str, str, Any, dict[str, str]]] = [
+    cases: list[tuple[str, str, Any, Any]] = [
         ("learn", "m", event(1), auth),
         ("learn", "m", event(2), auth),
         ("predict", "m", {"stream": "s1", "x": [0.1, 0.2, 0.3]}, {}),
@@ -165,6 +165,8 @@ def test_the_fast_path_answers_exactly_as_the_full_application(settings: Setting
         ("predict", "m", {"stream": "s1", "x": [0.1, 0.2, 0.3], "extra": 1}, {}),  # schema
         ("learn", "m", {"x": [0.1, 0.2, 0.3], "y": "high"}, auth),  # 422: y
         ("learn", "bad name!", event(3), auth),  # 422: path
+        ("learn", "m", event(4), [("authorization", "Bearer nope"),  # the first one counts
+                                  ("authorization", "Bearer k1")]),
     ]
 
     async def answers(fast: bool, model: str) -> list[tuple[int, Any]]:
@@ -182,7 +184,8 @@ def test_the_fast_path_answers_exactly_as_the_full_application(settings: Setting
     fast = asyncio.run(answers(True, f"w-{uuid.uuid4().hex[:12]}"))
     full = asyncio.run(answers(False, f"w-{uuid.uuid4().hex[:12]}"))
     assert fast == full
-    assert [s for s, _ in fast] == [200, 200, 200, 200, 200, 401, 403, 404, 422, 422, 422, 422]
+    assert [s for s, _ in fast] == [200, 200, 200, 200, 200, 401, 403, 404, 422, 422, 422, 422,
+                                    403]
 
 
 def test_fast_path_requests_are_counted_under_their_route(client: Any, model_name: str) -> None:
