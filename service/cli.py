@@ -82,6 +82,10 @@ def worker(name: str | None = typer.Option(None, help="consumer name (default: h
 
     from .settings import Settings
 
+    def early_exit(*_: object) -> None:  # stopped while starting: nothing held yet
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, early_exit)  # until the event loop takes over
     settings = Settings()
     if not settings.redis_url:
         raise typer.BadParameter("set STREAMNORM_REDIS_URL to the Redis the API uses",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -32,6 +33,8 @@ from .store import LeaseLost, ModelHead, Store
 from .writes import Writes
 
 __all__ = ["Engine", "Event", "LearnOutcome"]
+
+log = logging.getLogger("streamnorm")
 
 _MAX_BATCH = 64  # queued updates committed per Redis call at most
 _LINGER_S = 0.005  # an idle process keeps a model's lease this long before handing it back
@@ -247,8 +250,25 @@ class Engine:
             raise
 
     async def close(self) -> None:
-        """Commit what is queued and hand back every lease this process holds."""
+        """Commit what is queued, snapshot what is ahead, hand back every lease."""
         await self.writes.close(self._hot)
+
+    async def checkpoint(self, names: list[str]) -> int:
+        """Snapshot the cached learners of ``names`` that are ahead of their snapshots (a
+        worker handing a partition over): how many were written."""
+        written = 0
+        for name in names:
+            hot = self._hot.get(name)
+            if hot is not None:
+                try:
+                    written += await self.writes.checkpoint(name, hot)
+                except Exception as exc:  # best effort: the next holder replays instead
+                    log.warning("no checkpoint of %s: %r", name, exc)
+        return written
+
+    def cached(self) -> list[str]:
+        """Names of the learners this process holds in memory."""
+        return list(self._hot)
 
     # -- the cache -----------------------------------------------------------------------------
     async def _entry(self, name: str) -> Hot:

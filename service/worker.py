@@ -44,7 +44,7 @@ from .errors import ApiError
 from .schemas import LearnRequest
 from .settings import Settings
 from .store import LeaseLost, Store
-from .streams import Entry, Streams
+from .streams import Entry, Streams, partition_of
 
 __all__ = ["Worker"]
 
@@ -159,6 +159,9 @@ class Worker:
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 2.0)
         finally:
+            mine = [m for m in self.engine.cached()
+                    if partition_of(m, self.settings.partitions) == p]
+            await self.engine.checkpoint(mine)  # the next holder loads them, replays nothing
             try:
                 await self.streams.let_go(p, self.token)
             except Exception as exc:  # it expires

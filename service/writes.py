@@ -120,6 +120,41 @@ class Writes:
             ticket.done.set_result(ticket.version)
         m.UPDATES.labels(name).inc(len(batch))
 
+    async def checkpoint(self, name: str, hot: Hot) -> bool:
+        """Snapshot a cached learner that is ahead of its model's snapshot, so the next process
+        to load the model replays nothing (on shutdown, and when a worker hands a partition
+        over). Best effort: a model whose lease another process holds is left as it is."""
+        if hot.flusher is not None:
+            await asyncio.wait([hot.flusher])  # its errors are the tickets'
+        async with hot.lock:
+            if hot.dead or hot.uncommitted() or hot.version <= hot.snapshot_version:
+                return False
+            token, taken = hot.token, False
+            if token is None:
+                token = secrets.token_hex(16)
+                head, _ = await self.store.acquire(name, token, self.settings.lease_ms)
+                if head is None:
+                    return False
+                taken = True
+            try:
+                if taken and (head is None or head.uid != hot.uid
+                              or head.version != hot.version):
+                    return False  # another process moved the model: this learner is behind
+                snapshot = (hot.learner.to_bytes(), {
+                    s: context_to_bytes(hot.learner, s) for s in hot.moved
+                    if s in hot.learner.contexts})
+                ticket = Ticket(hot.version, "", None, 0, 0, "", snapshot,
+                                asyncio.get_running_loop().create_future())
+                held, hot.token = hot.token, token
+                try:
+                    await self._snapshot(name, hot, ticket)
+                finally:
+                    hot.token = held
+                return hot.snapshot_version == hot.version
+            finally:
+                if taken:
+                    await self._release(name, token)
+
     def abandon(self, name: str, hot: Hot) -> None:
         """Drop a learner that holds updates Redis does not (it must never serve again) and
         hand its lease back."""
@@ -231,12 +266,17 @@ class Writes:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self, hots: dict[str, Hot]) -> None:
-        """Commit what is queued and hand back every lease this process holds (a restart
-        then waits for nobody)."""
+        """Commit what is queued, snapshot every learner ahead of its snapshot, and hand back
+        every lease this process holds (a restart then waits for nobody, and replays
+        nothing)."""
         flushers = [hot.flusher for hot in hots.values() if hot.flusher is not None]
         if flushers:
             await asyncio.wait(flushers, timeout=self.settings.redis_timeout_s)
         for name, hot in list(hots.items()):
+            try:
+                await asyncio.wait_for(self.checkpoint(name, hot), self.settings.redis_timeout_s)
+            except Exception as exc:  # a later load replays instead
+                log.warning("no snapshot of %s at shutdown: %r", name, exc)
             await self.hand_back(name, hot)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)

@@ -95,26 +95,29 @@ def test_snapshots_trim_the_log_and_a_new_process_replays_to_the_same_state(
     settings = Settings(redis_url=redis_url, snapshot_every=5)
     from service.app import create_app
 
+    r = redis.Redis.from_url(redis_url)
     with TestClient(create_app(settings)) as writer:
         make(writer, model_name)
         for i, x in enumerate(xs(13)):
             writer.post(f"/models/{model_name}/learn", json={"stream": "s", "x": x, "y": i})
         want = writer.get(f"/models/{model_name}/state").content
-    r = redis.Redis.from_url(redis_url)
-    meta = r.hgetall(model_key(model_name, "meta"))
-    assert int(meta[b"snapshot_version"]) == 10 and int(meta[b"version"]) == 13
-    # the log keeps the snapshot_every entries up to the snapshot, then what followed it
-    assert [e[0] for e in r.xrange(model_key(model_name, "log"))] == [
-        f"{v}-0".encode() for v in range(6, 14)]
-    # the stream's context key holds its context as of the snapshot
-    at_snapshot = OnlineLearner.from_bytes(r.get(model_key(model_name, "state")))
-    assert at_snapshot.updates == 10
-    assert r.get(model_key(model_name, "ctx:s")) == context_to_bytes(at_snapshot, "s")
-    # a fresh app (empty cache): loads the snapshot at 10 and replays 11..13
-    with TestClient(create_app(settings)) as reader:
-        assert reader.get(f"/models/{model_name}/state").content == want
-        text = reader.get("/metrics").text
-    assert f'streamnorm_replayed_updates_total{{model="{model_name}"}} 3.0' in text
+        meta = r.hgetall(model_key(model_name, "meta"))
+        assert int(meta[b"snapshot_version"]) == 10 and int(meta[b"version"]) == 13
+        # the log keeps the snapshot_every entries up to the snapshot, then what followed it
+        assert [e[0] for e in r.xrange(model_key(model_name, "log"))] == [
+            f"{v}-0".encode() for v in range(6, 14)]
+        # the stream's context key holds its context as of the snapshot
+        at_snapshot = OnlineLearner.from_bytes(r.get(model_key(model_name, "state")))
+        assert at_snapshot.updates == 10
+        assert r.get(model_key(model_name, "ctx:s")) == context_to_bytes(at_snapshot, "s")
+        # another process (empty cache): loads the snapshot at 10 and replays 11..13
+        with TestClient(create_app(settings)) as reader:
+            assert reader.get(f"/models/{model_name}/state").content == want
+            text = reader.get("/metrics").text
+        assert f'streamnorm_replayed_updates_total{{model="{model_name}"}} 3.0' in text
+    # on the way out a process snapshots what is ahead of the snapshot: the next replays nothing
+    assert int(r.hget(model_key(model_name, "meta"), "snapshot_version")) == 13
+    assert r.get(model_key(model_name, "state")) == want
     assert json.loads(r.get(model_key(model_name, "spec")))["name"] == model_name
 
 

@@ -119,6 +119,12 @@ def test_three_workers_one_killed_and_restarted_apply_every_event_once(db14: str
         for m in rng.sample(models, 3):  # and in the order they were appended
             state = httpx.get(f"{api.url}/models/{m}/state").content
             assert state == replay(m, [e for e in events if e["model"] == m]), seed
+        for w in workers:  # SIGTERM: a clean stop, partitions and worker set handed back
+            assert w.kill(signal.SIGTERM) == 0
+        assert r.zcard("sn:workers") == 0
+        assert not any(r.exists(f"sn:events:{{{p}}}:owner") for p in range(8))
+        for m in models:  # each snapshotted on the way out: a new holder replays nothing
+            assert int(r.hget(model_key(m, "meta"), "snapshot_version")) == 100, m
     finally:
         for w in workers:
             w.kill(signal.SIGTERM)
