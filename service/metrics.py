@@ -48,6 +48,9 @@ PENDING = Gauge("streamnorm_stream_pending", "entries read by a worker, not yet 
                 ["partition"], multiprocess_mode="mostrecent")
 DEAD = Gauge("streamnorm_stream_dead_letters", "entries in the dead-letter stream",
              ["partition"], multiprocess_mode="mostrecent")
+APPLIED = Gauge("streamnorm_stream_applied_events",
+                "events applied and acknowledged by all workers, ever (rate() gives events/s)",
+                ["partition"], multiprocess_mode="mostrecent")
 
 
 def render() -> bytes:

@@ -6,7 +6,8 @@ partition, in the order they were appended. Per partition ``p`` (the hash tag ``
 keys of a partition in one Redis Cluster slot, and spreads partitions over slots):
 ``sn:events:{p}`` the stream (entry fields ``model`` and ``event``, the learn body as JSON) ·
 ``sn:events:{p}:dead`` the dead-letter stream (the entry's fields plus ``error``, ``source_id``)
-· ``sn:events:{p}:owner`` the partition lease (a worker's token). ``sn:workers`` is a sorted set
+· ``sn:events:{p}:owner`` the partition lease (a worker's token) · ``sn:events:{p}:done`` how many
+entries were applied and acknowledged, ever (for rates). ``sn:workers`` is a sorted set
 of live workers scored by when their heartbeat expires. The consumer group is ``streamnorm``.
 
 A partition is consumed by the one worker that holds its lease, so a model's events are applied
@@ -51,6 +52,7 @@ class PartitionStats(NamedTuple):
     backlog: int  # entries not yet acknowledged (read or not)
     pending: int  # read by a worker and not yet acknowledged
     dead: int  # entries in the dead-letter stream
+    done: int  # entries applied (or found already applied) and acknowledged, ever
 
 
 # KEYS: owner; ARGV: token ttl_ms. Take a free partition or renew our own: 1 when held.
@@ -193,6 +195,8 @@ class Streams:
             every = ids + [entry.id for entry, _ in dead]
             pipe.xack(_key(p), GROUP, *every)
             pipe.xdel(_key(p), *every)
+            if ids:
+                pipe.incrby(_key(p, "done"), len(ids))
             await pipe.execute()
 
     async def dead_letters(self, p: int, count: int = 100) -> list[Entry]:
@@ -218,10 +222,11 @@ class Streams:
             for p in range(self.partitions):
                 pipe.xlen(_key(p))
                 pipe.xlen(_key(p, "dead"))
+                pipe.get(_key(p, "done"))
             lengths = await pipe.execute()
         pending = []
         for p in range(self.partitions):
-            if lengths[2 * p] == 0:
+            if lengths[3 * p] == 0:
                 pending.append(0)
                 continue
             try:
@@ -229,8 +234,8 @@ class Streams:
                 pending.append(int(info["pending"]))
             except ResponseError:  # no group yet: nothing read
                 pending.append(0)
-        return [PartitionStats(int(lengths[2 * p]), pending[p], int(lengths[2 * p + 1]))
-                for p in range(self.partitions)]
+        return [PartitionStats(int(lengths[3 * p]), pending[p], int(lengths[3 * p + 1]),
+                               int(lengths[3 * p + 2] or 0)) for p in range(self.partitions)]
 
 
 def event_fields(model: str, body: dict[str, Any]) -> tuple[str, str]:

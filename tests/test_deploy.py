@@ -161,7 +161,11 @@ def test_the_compose_topology_runs_as_local_processes(procs: Processes,
         applied += float(re.search(r"^streamnorm_events_applied_total (\S+)$", text,
                                    re.MULTILINE).group(1))  # type: ignore[union-attr]
     assert applied == 300  # the workers applied the streamed events, each once
-    assert 'streamnorm_stream_backlog{partition="0"} 0.0' in httpx.get(f"{apis[1]}/metrics").text
+    text = httpx.get(f"{apis[1]}/metrics").text
+    assert 'streamnorm_stream_backlog{partition="0"} 0.0' in text
+    total = sum(float(v) for v in re.findall(
+        r'^streamnorm_stream_applied_events\{partition="\d+"\} (\S+)$', text, re.MULTILINE))
+    assert total == 300  # every process's /metrics sees what all workers applied
 
 
 def cluster_port() -> int:

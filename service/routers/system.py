@@ -47,6 +47,7 @@ async def prometheus(request: Request) -> Response:
             metrics.BACKLOG.labels(str(p)).set(stats.backlog)
             metrics.PENDING.labels(str(p)).set(stats.pending)
             metrics.DEAD.labels(str(p)).set(stats.dead)
+            metrics.APPLIED.labels(str(p)).set(stats.done)
     except Exception as exc:  # Redis away: the process's own metrics still matter
         log.warning("stream stats unavailable: %r", exc)
     return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
