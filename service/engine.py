@@ -232,11 +232,14 @@ class Engine:
             head = await self.writes.lease(name, hot)  # polls without holding the lock
             token = hot.token
             await self._lock(hot)
-            if hot.token is not None and hot.token == token:
+            if hot.token is not None and hot.token == token and not hot.wanted:
                 return head
             # yielded to another process, or the lease lapsed and was taken afresh (whoever
-            # took it caught the learner up): queue up again
+            # took it caught the learner up), or another process asked for the lease: this
+            # one computes nothing more until it has handed it over, then queues up again
             self._leave(hot)
+            if hot.wanted and hot.token is not None:
+                await asyncio.sleep(0.001)
 
     def _apply(self, name: str, hot: Hot, event: Event) -> tuple[LearnOutcome | None, Ticket]:
         """Run the event on the learner (lock held, no await) and queue its commit."""
