@@ -1,10 +1,11 @@
 """The one place that applies an event to a model: validate → lease → catch up → learn → commit.
 
-HTTP ``learn`` calls ``Engine.learn`` (the stream worker will too). Each process keeps hot
-learners in memory with the version they are at; a request first reads the model's version in
-Redis (one round trip) and, only when it moved, catches the cached learner up by replaying the
-logged events (or loads the snapshot and replays the tail when the log no longer reaches back):
-a hot model is never deserialized per request (``streamnorm_state_loads_total`` counts loads).
+HTTP ``learn`` calls ``Engine.learn``, the stream worker ``Engine.learn_batch``. Each process
+keeps hot learners in memory with the version they are at; a request first reads the model's
+version in Redis (one round trip) and, only when it moved, catches the cached learner up by
+replaying the logged events (or loads the snapshot and replays the tail when the log no longer
+reaches back): a hot model is never deserialized per request (``streamnorm_state_loads_total``
+counts loads).
 Training is deterministic on one CPU thread, so a replayed learner equals the writer's bit for bit.
 Torch work runs on the event loop thread between awaits: requests of one process never touch a
 learner concurrently, and one ``asyncio.Lock`` per model orders them.
