@@ -86,7 +86,8 @@ class Writes:
                 except Exception:  # the tickets carry the error; the learner is dropped
                     break
                 if batch[-1].snapshot is not None:
-                    await self._snapshot(name, hot, batch[-1])
+                    await self._snapshot(name, hot, hot.token, batch[-1].version,
+                                         batch[-1].snapshot)
                 if hot.wanted and not hot.dead:
                     await self._yield(name, hot)
         finally:
@@ -136,20 +137,15 @@ class Writes:
                 if head is None:
                     return False
                 taken = True
-            try:
-                if taken and (head is None or head.uid != hot.uid
-                              or head.version != hot.version):
+                if head.uid != hot.uid or head.version != hot.version:
+                    await self._release(name, token)
                     return False  # another process moved the model: this learner is behind
-                snapshot = (hot.learner.to_bytes(), {
-                    s: context_to_bytes(hot.learner, s) for s in hot.moved
-                    if s in hot.learner.contexts})
-                ticket = Ticket(hot.version, "", None, 0, 0, "", snapshot,
-                                asyncio.get_running_loop().create_future())
-                held, hot.token = hot.token, token
-                try:
-                    await self._snapshot(name, hot, ticket)
-                finally:
-                    hot.token = held
+            try:
+                contexts = {s: context_to_bytes(hot.learner, s) for s in hot.moved
+                            if s in hot.learner.contexts}
+                hot.moved.clear()  # _snapshot puts them back if the write fails
+                await self._snapshot(name, hot, token, hot.version,
+                                     (hot.learner.to_bytes(), contexts))
                 return hot.snapshot_version == hot.version
             finally:
                 if taken:
@@ -163,18 +159,20 @@ class Writes:
         if token is not None:
             self._background(self._release(name, token))
 
-    async def _snapshot(self, name: str, hot: Hot, ticket: Ticket) -> None:
-        assert ticket.snapshot is not None
-        state, contexts = ticket.snapshot
+    async def _snapshot(self, name: str, hot: Hot, token: str | None, version: int,
+                        snapshot: tuple[bytes, dict[str, bytes]]) -> None:
+        """Write the learner's state at ``version`` (committed already) under lease ``token``."""
+        state, contexts = snapshot
         try:
-            assert hot.token is not None
-            written = await self.store.write_snapshot(name, hot.token, ticket.version, state,
-                                                      contexts, keep=self.settings.snapshot_every)
+            if token is None:
+                raise LeaseLost("no lease held")
+            written = await self.store.write_snapshot(name, token, version, state, contexts,
+                                                      keep=self.settings.snapshot_every)
         except Exception as exc:  # committed already; a later update snapshots
-            log.warning("snapshot of %s at %d failed: %r", name, ticket.version, exc)
+            log.warning("snapshot of %s at %d failed: %r", name, version, exc)
             written = False
         if written:
-            hot.snapshot_version = max(hot.snapshot_version, ticket.version)
+            hot.snapshot_version = max(hot.snapshot_version, version)
             m.STATE_BYTES.labels(name).set(len(state))
             m.SNAPSHOTS.labels(name).inc()
         else:  # the next update snapshots again, with every context this one carried
