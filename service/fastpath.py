@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
 from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.spec import NAME_PATTERN
 
@@ -29,11 +30,6 @@ from .schemas import LearnRequest, PredictRequest
 
 __all__ = ["FastPath"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PATH = re.compile(r"/models/(" + NAME_PATTERN.strip("^$") + r")/(learn|predict)")
 _SCHEMA: dict[str, type[BaseModel]] = {"learn": LearnRequest, "predict": PredictRequest}

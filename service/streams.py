@@ -19,7 +19,6 @@ one MULTI, so a partition's length is its backlog: what ``POST /events`` bounds 
 
 from __future__ import annotations
 
-import json
 import time
 import zlib
 from typing import Any, NamedTuple
@@ -81,16 +80,6 @@ return 0
 
 def _decode(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _entries(raw: Any) -> list[Entry]:
-    """Entries from an XREADGROUP / XRANGE / XAUTOCLAIM reply (deleted ones come as None)."""
-    out = []
-    for eid, fields in raw or []:
-        if fields is None:
-            continue
-        out.append(Entry(_decode(eid), {_decode(k): _decode(v) for k, v in fields.items()}))
-    return out
 
 
 class Streams:
@@ -199,9 +188,6 @@ class Streams:
                 pipe.incrby(_key(p, "done"), len(ids))
             await pipe.execute()
 
-    async def dead_letters(self, p: int, count: int = 100) -> list[Entry]:
-        return _entries(await self.redis.xrange(_key(p, "dead"), count=count))
-
     # -- workers and stats ---------------------------------------------------------------------
     async def heartbeat(self, worker: str, ttl_ms: int) -> int:
         """Record ``worker`` as alive for ``ttl_ms``; how many workers are alive."""
@@ -237,7 +223,3 @@ class Streams:
         return [PartitionStats(int(lengths[3 * p]), pending[p], int(lengths[3 * p + 1]),
                                int(lengths[3 * p + 2] or 0)) for p in range(self.partitions)]
 
-
-def event_fields(model: str, body: dict[str, Any]) -> tuple[str, str]:
-    """A stream entry's ``(model, event)`` for a learn body (what producers write)."""
-    return model, json.dumps(body, separators=(",", ":"), allow_nan=False)
