@@ -44,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 import torch  # noqa: E402
+from http_api import HIDDEN, N_FEATURES, STREAMS, WINDOW, cpu_seconds  # noqa: E402
+from http_api import spec_body as http_spec_body  # noqa: E402
 from learner import synthetic_stream  # noqa: E402  (bench/ is sys.path[0])
 
 from models import ModelSpec, OnlineLearner  # noqa: E402
@@ -53,15 +55,14 @@ from service.settings import Settings  # noqa: E402
 from service.store import Store  # noqa: E402
 from service.streams import partition_of  # noqa: E402
 
-HIDDEN, WINDOW, N_FEATURES, STREAMS, PARTITIONS = 32, 8, 6, 4, 16
+PARTITIONS = 16
 WORKERS, MODELS = (1, 2, 4), (1, 30)
 WORKER_TARGET, SCALE_TARGET = 0.8, 1.6
 
 
 def spec_body(name: str, norm: str) -> dict[str, Any]:
-    return {"name": name, "task": "regression", "n_features": N_FEATURES, "cell": "lstm",
-            "hidden_size": HIDDEN, "window": WINDOW, "norm": norm, "seed": 0,
-            "optimizer": {"name": "adam", "lr": 0.005}}
+    """bench/http_api.py's model (LSTM hidden 32, window 8, 6 features, Adam), named ``name``."""
+    return {**http_spec_body(norm), "name": name}
 
 
 def events_for(n: int, models: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -95,15 +96,6 @@ def in_process_rate(norm: str, events: list[tuple[str, dict[str, Any]]]) -> floa
     for _, b in events[100:]:
         learner.learn_one(b["x"], b["y"], stream=b["stream"])
     return (len(events) - 100) / (time.perf_counter() - start)
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return float("nan")
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_balanced(r: redis.Redis, n_workers: int, procs: list[subprocess.Popen[bytes]],
