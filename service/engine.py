@@ -37,9 +37,6 @@ __all__ = ["Engine", "Event", "LearnOutcome"]
 
 log = logging.getLogger("streamnorm")
 
-_MAX_BATCH = 64  # queued updates committed per Redis call at most
-_LINGER_S = 0.005  # an idle process keeps a model's lease this long before handing it back
-
 
 class Engine:
     """Per-process learner cache plus the read and write paths over the store."""
