@@ -66,16 +66,18 @@ def name(redis_url: str) -> Any:
                                              "wanted")], *r.keys(model_key(model, "ctx:*")))
 
 
-def count_calls(store: Any, method: str,
-                fail_on: int | None = None) -> dict[str, int]:
+def count_calls(store: Any, method: str, fail_on: int | None = None,
+                delay: float = 0.0) -> dict[str, int]:
     """Count ``store.method`` calls; call ``fail_on`` runs for real and then loses its reply
-    (a ConnectionError after the script ran: the hardest case for the caller)."""
+    (a ConnectionError after the script ran: the hardest case for the caller). ``delay``
+    stretches each call's round trip, as a slow or distant Redis would."""
     real: Callable[..., Awaitable[Any]] = getattr(store, method)
     seen = {"calls": 0, "events": 0}
 
     async def wrapped(*args: Any, **kwargs: Any) -> Any:
         seen["calls"] += 1
         seen["events"] += len(args[3]) if method == "commit" else 0
+        await asyncio.sleep(delay)
         out = await real(*args, **kwargs)
         if seen["calls"] == fail_on:
             raise redis.exceptions.ConnectionError("connection lost before the reply")
@@ -94,7 +96,9 @@ def test_concurrent_learns_commit_in_batches_in_one_order(settings: Settings, na
         async with served(settings) as (client, app):
             assert (await client.post("/models", json={"name": name, **SPEC})).status_code \
                 == 201
-            commits = count_calls(app.state.engine.store, "commit")
+            # each commit takes >= 50 ms, so learns computed meanwhile must queue and share the
+            # next one (on a fast Redis whether they do depends on the machine's timing)
+            commits = count_calls(app.state.engine.store, "commit", delay=0.05)
             replies = await asyncio.gather(*(client.post(f"/models/{name}/learn",
                                                          json=event(i)) for i in range(n)))
             state = (await client.get(f"/models/{name}/state")).content
@@ -103,7 +107,7 @@ def test_concurrent_learns_commit_in_batches_in_one_order(settings: Settings, na
     replies, commits, state = asyncio.run(run())
     assert [r.status_code for r in replies] == [200] * n
     assert sorted(r.json()["version"] for r in replies) == list(range(1, n + 1))
-    assert commits["events"] == n and commits["calls"] < n  # several updates per commit
+    assert commits["events"] == n and commits["calls"] <= n // 3  # several updates per commit
     assert state == replay(redis_url, name)
     r = redis.Redis.from_url(redis_url)
     assert int(r.hget(model_key(name, "meta"), "updates")) == n
