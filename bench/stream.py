@@ -44,8 +44,9 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 import torch  # noqa: E402
-from http_api import HIDDEN, N_FEATURES, STREAMS, WINDOW, cpu_seconds  # noqa: E402
+from http_api import HIDDEN, N_FEATURES, STREAMS, WINDOW  # noqa: E402
 from http_api import spec_body as http_spec_body  # noqa: E402
+from httpload import cpu_seconds  # noqa: E402
 from learner import synthetic_stream  # noqa: E402  (bench/ is sys.path[0])
 
 from models import ModelSpec, OnlineLearner  # noqa: E402
