@@ -211,6 +211,8 @@ CASES: list[Case] = [
     spec("norm-streaming-alpha-out-of-range", "norm",
          norm={"method": "streaming", "alpha": [2.0, 0.3]}),
     spec("norm-unknown-param", "norm", norm={"method": "layer", "gamma": 1}),
+    spec("norm-online-clamp-with-layer-scaling", "norm.online.clamp",
+         norm={"method": "online", "clamp": 5}),
     spec("optimizer-unknown", "optimizer", optimizer={"name": "adagrad"}),
     spec("optimizer-lr-0", "optimizer", optimizer={"name": "adam", "lr": 0}),
     spec("window-0", "window", window=0),

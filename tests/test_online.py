@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
+from pydantic import ValidationError
 
-from models import norms
+from models import ModelSpec, OnlineLearner, UpdateRejected, norms
 from models.norms.online import OnlineNormFn, OnlineNormSite
 
 AF, AB, EPS = 0.999, 0.99, 1e-5
 
 
-def make_site(width: int = 4, groups: int = 1, layer_scaling: bool = False) -> OnlineNormSite:
-    site = norms.build({"method": "online", "layer_scaling": layer_scaling}).site(
+def make_site(width: int = 4, groups: int = 1, layer_scaling: bool = False,
+              clamp: float | None = None) -> OnlineNormSite:
+    site = norms.build({"method": "online", "layer_scaling": layer_scaling, "clamp": clamp}).site(
         "pre", width, groups=groups)
     assert isinstance(site, OnlineNormSite)
     return site.double()
@@ -97,3 +100,58 @@ def test_gradcheck_online_norm_function() -> None:
 
     x = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(fn, (x,))
+
+
+def test_clamp_limits_the_output_and_stops_the_gradient_outside() -> None:
+    site = make_site(width=4, clamp=1.0)
+    with torch.no_grad():
+        site.weight.copy_(torch.tensor([1.0, 2.0, 0.5, 1.0]))
+        site.bias.copy_(torch.tensor([0.0, 0.5, 0.0, -0.25]))
+    x = torch.tensor([[0.5, 3.0, -4.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    z = site(x, 0)
+    by_hand = x.detach() / math.sqrt(1 + EPS) * site.weight.detach() + site.bias.detach()
+    assert by_hand.abs().gt(1.0).any() and by_hand.abs().lt(1.0).any()  # both cases occur
+    torch.testing.assert_close(z, by_hand.clamp(-1.0, 1.0))
+    z.backward(torch.ones_like(z))  # first step: u = v = 0, the plain derivative
+    inside = by_hand.abs() < 1.0
+    want = torch.where(inside, site.weight.detach() / math.sqrt(1 + EPS), torch.zeros_like(z))
+    torch.testing.assert_close(x.grad, want)
+
+
+def test_clamp_replaces_layer_scaling_and_says_so() -> None:
+    with pytest.raises(ValidationError, match="clamp"):
+        norms.build({"method": "online", "clamp": 5.0})  # layer_scaling defaults to true
+    with pytest.raises(ValidationError, match="clamp"):
+        norms.build({"method": "online", "layer_scaling": False, "clamp": 0.0})
+    site = norms.build({"method": "online", "layer_scaling": False, "clamp": 5.0}).site(
+        "pre", 8, groups=4)
+    assert isinstance(site, OnlineNormSite) and site.clamp == 5.0
+
+
+def _controls_after_leading_zeros(norm: dict[str, object]) -> tuple[int, float]:
+    """30 learns of 64-step sequences whose first 16 steps are 0 (h stays 0 there): rejected
+    updates, and the largest backward-control sum afterwards."""
+    learner = OnlineLearner(ModelSpec(name="z", task="multiclass", n_classes=3, n_features=1,
+                                      hidden_size=16, norm=norm, seed=0))
+    gen = torch.Generator().manual_seed(0)
+    rejected = 0
+    for k in range(30):
+        tail = (torch.rand(48, generator=gen, dtype=torch.float64) * (k % 3 + 1)).tolist()
+        try:
+            learner.learn_one(y=k % 3, sequence=[[0.0]] * 16 + [[v] for v in tail])
+        except UpdateRejected:
+            rejected += 1
+    sites = [m for m in learner.net.modules() if isinstance(m, OnlineNormSite)]
+    assert sites
+    return rejected, max(float(t.abs().max()) for s in sites for t in (s.u, s.v))
+
+
+def test_leading_constant_steps_blow_up_layer_scaling_not_clamping() -> None:
+    """README's diagnosis of the permuted-digits divergence: a gate fed the same constant at
+    every sample's first steps is scaled up by as much as 1/sqrt(eps) per step, so the controls
+    sum enormous gradients; with clamping instead they stay of the gradients' size."""
+    _, scaled = _controls_after_leading_zeros({"method": "online"})
+    rejected, clamped = _controls_after_leading_zeros(
+        {"method": "online", "layer_scaling": False, "clamp": 5.0})
+    assert scaled > 1e6
+    assert rejected == 0 and clamped < 100.0

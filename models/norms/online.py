@@ -13,6 +13,11 @@ Backward control, with ``y'`` the incoming gradient::
 
 then a per-feature affine, then layer scaling ``z / sqrt(mean(z²) + ε)`` over each gate's units.
 Placement (Cerebras): one normalizer per gate on the summed pre-activation ``W_x x + W_h h + b``.
+
+Layer scaling is the paper's error check; the reference code's other one, activation clamping
+(``clamp(z, −c, c)``), is ``clamp=c`` with ``layer_scaling=False``. Layer scaling of a gate whose
+input is the same constant in every sample (zero input with ``h = 0``) multiplies the backward
+gradient by up to ``1/√ε`` per such step; clamping never amplifies a gradient.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
@@ -37,6 +42,16 @@ class OnlineNormParams(NormParams):
     alpha_b: float = Field(0.99, gt=0, lt=1, description="backward control decay")
     eps: float = Field(1e-5, gt=0, le=1, description="added to the variance inside the root")
     layer_scaling: bool = Field(True, description="rescale each gate to unit RMS after the affine")
+    clamp: float | None = Field(None, gt=0, description="clamp the output to ±clamp after the "
+                                "affine instead (activation clamping; needs layer_scaling=false)")
+
+    @field_validator("clamp")
+    @classmethod
+    def _one_error_check(cls, clamp: float | None, info: ValidationInfo) -> float | None:
+        if clamp is not None and info.data.get("layer_scaling", True):
+            raise ValueError("activation clamping replaces layer scaling; set layer_scaling "
+                             "to false to use it")
+        return clamp
 
 
 class OnlineNormFn(torch.autograd.Function):
@@ -75,13 +90,13 @@ class OnlineNormSite(Site):
     """Online Norm of a summed pre-activation of ``groups`` gates (width = groups × units)."""
 
     def __init__(self, width: int, *, groups: int, alpha_f: float, alpha_b: float, eps: float,
-                 layer_scaling: bool) -> None:
+                 layer_scaling: bool, clamp: float | None = None) -> None:
         super().__init__()
         if width % groups:
             raise ValueError(f"width {width} is not a multiple of groups {groups}")
         self.width, self.groups = width, groups
         self.alpha_f, self.alpha_b, self.eps = alpha_f, alpha_b, eps
-        self.layer_scaling = layer_scaling
+        self.layer_scaling, self.clamp = layer_scaling, clamp
         self.update_controls = True  # False only to gradcheck the backward (made reentrant)
         self.weight = nn.Parameter(torch.ones(width))
         self.bias = nn.Parameter(torch.zeros(width))
@@ -96,6 +111,8 @@ class OnlineNormSite(Site):
         else:
             y = (a - self.mean) * torch.rsqrt(self.var + self.eps)
         z = y * self.weight + self.bias
+        if self.clamp is not None:
+            return z.clamp(-self.clamp, self.clamp)
         if not self.layer_scaling:
             return z
         zg = z.view(*z.shape[:-1], self.groups, self.width // self.groups)
@@ -104,7 +121,8 @@ class OnlineNormSite(Site):
 
     def extra_repr(self) -> str:
         return (f"{self.width}, groups={self.groups}, alpha_f={self.alpha_f}, "
-                f"alpha_b={self.alpha_b}, eps={self.eps}, layer_scaling={self.layer_scaling}")
+                f"alpha_b={self.alpha_b}, eps={self.eps}, layer_scaling={self.layer_scaling}, "
+                f"clamp={self.clamp}")
 
 
 class OnlineNorm(NormMethod):
@@ -119,4 +137,4 @@ class OnlineNorm(NormMethod):
         assert isinstance(self.params, OnlineNormParams)
         p = self.params
         return OnlineNormSite(width, groups=groups, alpha_f=p.alpha_f, alpha_b=p.alpha_b,
-                              eps=p.eps, layer_scaling=p.layer_scaling)
+                              eps=p.eps, layer_scaling=p.layer_scaling, clamp=p.clamp)
