@@ -245,6 +245,7 @@ class Engine:
             outcome = apply_event(hot.learner, event.body)
             return outcome, self.writes.queue(name, hot, event)
         except UpdateRejected as exc:  # the learner rolled itself back
+            m.REJECTED.labels(model=name).inc()
             raise ApiError(422, f"update rejected: {exc}", "y") from exc
         except BaseException:
             self.writes.abandon(name, hot)  # it may hold a change Redis will never have

@@ -25,6 +25,9 @@ LATENCY = Histogram("streamnorm_request_seconds", "HTTP request latency", ["rout
                     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5))
 UPDATES = Counter("streamnorm_updates_applied_total", "updates committed by this process",
                   ["model"])
+REJECTED = Counter("streamnorm_updates_rejected_total",
+                   "updates the learner rolled back (a non-finite loss, gradient, moment or "
+                   "statistic): a model that rejects every update has diverged", ["model"])
 LOCK_WAIT = Histogram("streamnorm_lock_wait_seconds", "time to obtain a model's write lease",
                       buckets=(0.0002, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
 STATE_BYTES = Gauge("streamnorm_state_bytes", "size of the last snapshot written", ["model"],

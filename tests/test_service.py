@@ -173,3 +173,27 @@ def test_a_non_finite_prediction_is_a_422_not_invalid_json(client: TestClient,
     make(client, model_name, norm="streaming")
     r = client.post(f"/models/{model_name}/predict", json={"x": [3e38, 3e38, -3e38]})
     assert r.status_code == 422 and r.json()["field"] == "x", r.text
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
+def test_a_rejected_update_is_a_422_that_changes_nothing_and_is_counted(
+        client: TestClient, model_name: str, redis_url: str) -> None:
+    """An event whose update would go non-finite (these finite float32 inputs overflow
+    Streaming Norm's raw moments) is rolled back: 422, the stored model and its version stay as
+    they were, the next good event is version 2, and the model's rejection counter shows it."""
+    make(client, model_name, norm="streaming")
+    assert client.post(f"/models/{model_name}/learn",
+                       json={"stream": "s", "x": xs(1)[0], "y": 0.5}).status_code == 200
+    r = redis.Redis.from_url(redis_url)
+    before = {part: r.dump(model_key(model_name, part)) for part in ("meta", "state", "log")}
+    state = client.get(f"/models/{model_name}/state").content
+    bad = client.post(f"/models/{model_name}/learn",
+                      json={"stream": "s", "x": [3e38, -3e38, 3e38], "y": 1.0})
+    assert bad.status_code == 422 and "update rejected" in bad.json()["detail"], bad.text
+    assert {part: r.dump(model_key(model_name, part)) for part in before} == before
+    assert client.get(f"/models/{model_name}/state").content == state
+    text = client.get("/metrics").text
+    assert f'streamnorm_updates_rejected_total{{model="{model_name}"}} 1.0' in text
+    good = client.post(f"/models/{model_name}/learn",
+                       json={"stream": "s", "x": xs(2)[1], "y": 0.5})
+    assert good.status_code == 200 and good.json()["version"] == 2, good.text
