@@ -12,7 +12,8 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="streamnorm: online learning for recurrent models", no_args_is_help=True)
+app = typer.Typer(help="streamnorm: online learning for recurrent models", no_args_is_help=True,
+                  rich_markup_mode="markdown")  # docstring lines re-flow to the terminal
 
 
 @app.command()
