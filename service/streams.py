@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from .connect import AnyRedis
+
 __all__ = ["GROUP", "Entry", "PartitionStats", "Streams", "partition_of"]
 
 GROUP = "streamnorm"
@@ -85,7 +87,7 @@ def _decode(value: Any) -> str:
 class Streams:
     """Async access to the event partitions (one client per process)."""
 
-    def __init__(self, redis: Redis, partitions: int) -> None:
+    def __init__(self, redis: AnyRedis, partitions: int) -> None:
         self.redis, self.partitions = redis, partitions
         self._hold = redis.register_script(_HOLD)
         self._let_go = redis.register_script(_LET_GO)
@@ -106,8 +108,9 @@ class Streams:
 
     async def append(self, events: list[tuple[str, str]]) -> list[tuple[int, str]]:
         """Append ``(model, event JSON)`` pairs, each to its model's partition, in order:
-        ``(partition, entry id)`` per event."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+        ``(partition, entry id)`` per event. On one server all of them or none (MULTI/EXEC);
+        a cluster cannot run one transaction over several partitions' slots."""
+        async with self.redis.pipeline(transaction=isinstance(self.redis, Redis)) as pipe:
             parts = []
             for model, body in events:
                 p = partition_of(model, self.partitions)

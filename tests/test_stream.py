@@ -121,6 +121,39 @@ def test_post_events_validates_appends_and_pushes_back(stream_settings: Settings
     asyncio.run(run())
 
 
+def test_a_batch_redis_refuses_midway_appends_nothing(stream_settings: Settings) -> None:
+    """Redis runs out of memory while a 1,000-event batch over several partitions is being
+    appended: the reply is a 503 and no partition holds any of it (the XADDs go in one
+    MULTI/EXEC), so a producer's retry cannot duplicate a prefix. Or Redis took all of it."""
+    r = redis.Redis.from_url(stream_settings.redis_url)
+    models = [f"oom{k}" for k in range(8)]
+    assert len({partition_of(m, stream_settings.partitions) for m in models}) > 1
+
+    def total() -> int:
+        return sum(r.xlen(f"sn:events:{{{p}}}") for p in range(stream_settings.partitions))
+
+    async def run() -> httpx.Response:
+        async with service(stream_settings) as (client, _):
+            for m in models:
+                assert (await client.post("/models", json={"name": m, **SPEC})).status_code \
+                    == 201
+            batch = [event(models[i % len(models)], i) for i in range(1000)]
+            used = int(r.info("memory")["used_memory"])
+            r.config_set("maxmemory-policy", "noeviction")
+            r.config_set("maxmemory", used + 100_000)  # the batch needs several times that
+            try:
+                return await client.post("/events", json=batch)
+            finally:
+                r.config_set("maxmemory", 0)
+
+    res = asyncio.run(run())
+    if res.status_code == 202:
+        assert total() == 1000, "accepted, so all of it is there"
+    else:
+        assert res.status_code == 503, res.text
+        assert total() == 0, "refused, so none of it is there"
+
+
 def test_worker_applies_in_order_and_dead_letters_poison(stream_settings: Settings) -> None:
     models = ["a1", "b2", "c3"]
     events = [event(models[i % 3], i, with_id=i % 2 == 0) for i in range(90)]
