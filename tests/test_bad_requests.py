@@ -7,6 +7,7 @@ every other case sends a valid key and fails on its body, path or model alone.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -323,20 +324,19 @@ def store(redis_url: str) -> Iterator[redis.Redis]:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-LEASES = (b":lock", b":wanted")  # expiring write leases: coordination, not state
-
-
 def snapshot(r: redis.Redis) -> Snapshot:
-    """Every ``sn:*`` key but the expiring leases, with its DUMP, sorted. A good request's lease
-    lingers a few ms after its reply and may expire between SCAN and DUMP: leases are left out."""
-    out = []
-    for key in r.scan_iter(match="sn:*", count=1000):
-        if key.endswith(LEASES):
-            continue
-        dumped = r.dump(key)
-        assert dumped is not None, key
-        out.append((key, dumped))
-    return sorted(out)
+    """Every ``sn:*`` key with its DUMP (``None`` for a key gone between SCAN and DUMP), sorted."""
+    return sorted((key, r.dump(key)) for key in r.scan_iter(match="sn:*", count=1000))
+
+
+def no_leases(r: redis.Redis) -> None:
+    """Wait (≤ 1 s) until no write lease is held: a good learn's lease lingers a few ms after
+    its reply, and one going meanwhile would read as a change the bad request made."""
+    deadline = time.monotonic() + 1.0
+    while held := [k for k in r.scan_iter(match="sn:*", count=1000)
+                   if k.endswith((b":lock", b":wanted"))]:
+        assert time.monotonic() < deadline, held
+        time.sleep(0.005)
 
 
 def fill(text: str, names: dict[str, str]) -> str:
@@ -386,7 +386,8 @@ def test_the_table_has_unique_readable_ids() -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_request_is_refused_and_changes_nothing(api: TestClient, names: dict[str, str],
                                                     store: redis.Redis, case: Case) -> None:
-    before = snapshot(store)  # after the module's models exist
+    no_leases(store)
+    before = snapshot(store)  # after the module's models exist; leases included
     present = {key for key, _ in before}
     for role in SPECS:
         assert model_key(names[role], "spec").encode() in present

@@ -123,6 +123,8 @@ def test_clamp_replaces_layer_scaling_and_says_so() -> None:
         norms.build({"method": "online", "clamp": 5.0})  # layer_scaling defaults to true
     with pytest.raises(ValidationError, match="clamp"):
         norms.build({"method": "online", "layer_scaling": False, "clamp": 0.0})
+    with pytest.raises(ValidationError, match="clamp"):  # inf would be stored as null
+        norms.build({"method": "online", "layer_scaling": False, "clamp": float("inf")})
     site = norms.build({"method": "online", "layer_scaling": False, "clamp": 5.0}).site(
         "pre", 8, groups=4)
     assert isinstance(site, OnlineNormSite) and site.clamp == 5.0

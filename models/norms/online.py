@@ -42,13 +42,14 @@ class OnlineNormParams(NormParams):
     alpha_b: float = Field(0.99, gt=0, lt=1, description="backward control decay")
     eps: float = Field(1e-5, gt=0, le=1, description="added to the variance inside the root")
     layer_scaling: bool = Field(True, description="rescale each gate to unit RMS after the affine")
-    clamp: float | None = Field(None, gt=0, description="clamp the output to ±clamp after the "
-                                "affine instead (activation clamping; needs layer_scaling=false)")
+    clamp: float | None = Field(None, gt=0, le=1e6,
+                                description="clamp the output to ±clamp after the affine instead "
+                                            "(activation clamping; needs layer_scaling=false)")
 
     @field_validator("clamp")
     @classmethod
     def _one_error_check(cls, clamp: float | None, info: ValidationInfo) -> float | None:
-        if clamp is not None and info.data.get("layer_scaling", True):
+        if clamp is not None and info.data.get("layer_scaling") is True:
             raise ValueError("activation clamping replaces layer scaling; set layer_scaling "
                              "to false to use it")
         return clamp
