@@ -113,6 +113,15 @@ class RecurrentCell(nn.Module):
             ax = self.nx.forward_seq(ax, t0)
         return ax + self.bias
 
+    def _summed(self, gx: Tensor, state: State | None, t: int) -> Tensor:
+        """The summed pre-activation ``gx + N_h(W_h h)``, through the ``pre`` site if any (no
+        ``h`` term while the state is ``None``: ``W_h h_0 = 0`` has no statistics)."""
+        a = gx
+        if state is not None:
+            ah = self.lh(state[0])
+            a = a + (self.nh(ah, t) if self.nh is not None else ah)
+        return self.npre(a, t) if self.npre is not None else a
+
     def step(self, gx: Tensor, state: State | None, t: int) -> State:  # pragma: no cover
         raise NotImplementedError
 
@@ -198,13 +207,7 @@ class LSTMCell(RecurrentCell):
         return fast if fast is not None else super().forward_window(x, state, t0, capture)
 
     def step(self, gx: Tensor, state: State | None, t: int) -> State:
-        a = gx
-        if state is not None:
-            ah = self.lh(state[0])
-            a = a + (self.nh(ah, t) if self.nh is not None else ah)
-        if self.npre is not None:
-            a = self.npre(a, t)
-        i, f, g, o = a.chunk(4, -1)
+        i, f, g, o = self._summed(gx, state, t).chunk(4, -1)
         c = torch.sigmoid(i) * torch.tanh(g)
         if state is not None:
             c = c + torch.sigmoid(f) * state[1]
@@ -290,13 +293,7 @@ class RNNCell(RecurrentCell):
     gates = 1
 
     def step(self, gx: Tensor, state: State | None, t: int) -> State:
-        a = gx
-        if state is not None:
-            ah = self.lh(state[0])
-            a = a + (self.nh(ah, t) if self.nh is not None else ah)
-        if self.npre is not None:
-            a = self.npre(a, t)
-        return (torch.tanh(a),)
+        return (torch.tanh(self._summed(gx, state, t)),)
 
     def _fused(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
         h0 = state[0] if state is not None else self.zero_state(x)[0]
