@@ -38,6 +38,14 @@ __all__ = ["Engine", "Event", "LearnOutcome"]
 log = logging.getLogger("streamnorm")
 
 
+def _committed(outcome: LearnOutcome | None, version: int, applied: bool) -> LearnOutcome:
+    """A learn's reply once its update is in Redis at ``version`` (no prediction for a repeat
+    of an event still in flight)."""
+    if outcome is None:
+        return LearnOutcome(None, None, version, applied)
+    return LearnOutcome(outcome.prediction, outcome.loss, version, True, outcome.proba)
+
+
 class Engine:
     """Per-process learner cache plus the read and write paths over the store."""
 
@@ -93,7 +101,7 @@ class Engine:
             else:
                 proba = hot.learner.predict_proba_one(**kwargs)
                 pred = max(proba, key=proba.__getitem__)  # first on ties
-            version, wait = hot.version, hot.last if hot.uncommitted() else None
+            version, wait = hot.version, hot.in_flight()
         finally:
             self._leave(hot)
         if wait is not None:  # seen on updates still in flight: reply once they are in Redis
@@ -107,7 +115,7 @@ class Engine:
         try:
             await self._catch_up(name, hot, head)
             state, version = hot.learner.to_bytes(), hot.version
-            wait = hot.last if hot.uncommitted() else None
+            wait = hot.in_flight()
         finally:
             self._leave(hot)
         if wait is not None:
@@ -153,10 +161,7 @@ class Engine:
                     applied = True
             finally:
                 self._leave(hot)
-            version = await asyncio.shield(ticket.done)
-            if outcome is None:  # a repeat of an event still in flight here, or a batch
-                return LearnOutcome(None, None, version, applied)
-            return LearnOutcome(outcome.prediction, outcome.loss, version, True, outcome.proba)
+            return _committed(outcome, await asyncio.shield(ticket.done), applied)
         finally:
             hot.writers -= 1
             await self.writes.settle(name, hot, linger=applied)
@@ -215,9 +220,7 @@ class Engine:
             finally:
                 self._leave(hot)
             for i, outcome, ticket, applied in queued:
-                version = await asyncio.shield(ticket.done)
-                out[i] = LearnOutcome(None, None, version, applied) if outcome is None else \
-                    LearnOutcome(outcome.prediction, outcome.loss, version, True, outcome.proba)
+                out[i] = _committed(outcome, await asyncio.shield(ticket.done), applied)
         finally:
             hot.writers -= 1
             await self.writes.settle(name, hot, linger=bool(queued))

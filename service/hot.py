@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from models import OnlineLearner
+from models.persist import context_to_bytes
 
 __all__ = ["Hot", "Ticket"]
 
@@ -55,3 +56,15 @@ class Hot:
 
     def uncommitted(self) -> bool:
         return self.version > self.committed
+
+    def in_flight(self) -> Ticket | None:
+        """The ticket a reply at ``version`` must wait for, or ``None`` when all is in Redis."""
+        return self.last if self.uncommitted() else None
+
+    def take_moved(self) -> dict[str, bytes]:
+        """The contexts of the streams moved since the last snapshot, as bytes (and clear the
+        set: a failed snapshot puts them back)."""
+        contexts = {s: context_to_bytes(self.learner, s) for s in self.moved
+                    if s in self.learner.contexts}
+        self.moved.clear()
+        return contexts

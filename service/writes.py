@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from models.persist import context_to_bytes
-
 from . import metrics as m
 from .errors import ApiError
 from .events import Event
@@ -54,10 +52,8 @@ class Writes:
         snapshot = None
         if hot.version - max(hot.snapshot_version, hot.snapshot_queued) \
                 >= self.settings.snapshot_every:
-            snapshot = (learner.to_bytes(), {s: context_to_bytes(learner, s)
-                                             for s in hot.moved if s in learner.contexts})
+            snapshot = (learner.to_bytes(), hot.take_moved())
             hot.snapshot_queued = hot.version
-            hot.moved.clear()
         ticket = Ticket(hot.version, event.to_json(), event.event_id, learner.updates,
                         learner.samples, json.dumps(learner.metrics.report()), snapshot,
                         asyncio.get_running_loop().create_future())
@@ -141,11 +137,8 @@ class Writes:
                     await self._release(name, token)
                     return False  # another process moved the model: this learner is behind
             try:
-                contexts = {s: context_to_bytes(hot.learner, s) for s in hot.moved
-                            if s in hot.learner.contexts}
-                hot.moved.clear()  # _snapshot puts them back if the write fails
                 await self._snapshot(name, hot, token, hot.version,
-                                     (hot.learner.to_bytes(), contexts))
+                                     (hot.learner.to_bytes(), hot.take_moved()))
                 return hot.snapshot_version == hot.version
             finally:
                 if taken:
