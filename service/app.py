@@ -17,13 +17,13 @@ from .connect import close, connect
 from .engine import Engine
 from .errors import install_handlers
 from .fastpath import FastPath
+from .lifecycle import follow_supervisor
 from .routers import events, learning, models, system
 from .settings import Settings
 from .store import Store
 from .streams import Streams
 
 __all__ = ["create_app"]
-
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        follow_supervisor()  # a uvicorn worker process of `serve --workers N` dies with it
         redis = connect(settings)
         app.state.redis = redis
         app.state.engine = Engine(Store(redis, seen_limit=settings.seen_limit), settings)

@@ -3,14 +3,19 @@ consumer."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 app = typer.Typer(help="streamnorm: online learning for recurrent models", no_args_is_help=True,
                   rich_markup_mode="markdown")  # docstring lines re-flow to the terminal
@@ -28,19 +33,39 @@ def serve(host: str = typer.Option("127.0.0.1", help="interface to bind"),
                                 "with the embedded Redis, else 0)")) -> None:
     """Run the HTTP API (uvloop + httptools, one torch thread per process). Without
     STREAMNORM_REDIS_URL an embedded Redis is started (AOF in STREAMNORM_DATA_DIR), with one
-    stream worker so that POST /events is applied on a first run too."""
-    import uvicorn
-
-    from .embedded import EmbeddedRedis
+    stream worker so that POST /events is applied on a first run too. SIGTERM or SIGINT:
+    the API finishes its requests and snapshots, then the workers stop, then Redis; exit 0.
+    Its children stop too if it is killed outright."""
+    from .lifecycle import SUPERVISOR_ENV
     from .settings import Settings
 
     settings = Settings()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, "1")  # one thread per process: deterministic replay
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    _stop_on_signals()
+    # _Stop: a signal during start-up, or re-raised by uvicorn once it is done; either way
+    # the children were stopped on the way out of _serve, and this is a clean exit
+    with contextlib.suppress(_Stop):
+        _serve(settings, host, port, workers, log_level, access_log, stream_workers)
+
+
+def _serve(settings: Settings, host: str, port: int, workers: int, log_level: str,
+           access_log: bool, stream_workers: int | None) -> None:
+    """Start Redis and the workers if needed, run uvicorn, stop them in reverse order."""
+    import uvicorn
+
+    from .embedded import DataDirBusy, EmbeddedRedis
+    from .lifecycle import preexec_child
+
     with ExitStack() as stack:
         if not settings.redis_url:
-            embedded = stack.enter_context(EmbeddedRedis(
-                Path(settings.data_dir) / "redis", binary=settings.redis_server))
+            try:
+                embedded = stack.enter_context(EmbeddedRedis(
+                    Path(settings.data_dir) / "redis", binary=settings.redis_server))
+            except DataDirBusy as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
             os.environ["STREAMNORM_REDIS_URL"] = embedded.url
             typer.echo(f"embedded Redis on {embedded.url} (data in "
                        f"{embedded.data_dir.resolve()})", err=True)
@@ -49,22 +74,40 @@ def serve(host: str = typer.Option("127.0.0.1", help="interface to bind"),
         for k in range(stream_workers):
             child = subprocess.Popen([sys.executable, "-m", "service.cli", "worker",
                                       "--name", f"serve-{os.getpid()}-{k}",
-                                      "--log-level", log_level], stdin=subprocess.DEVNULL)
-            stack.callback(_stop, child)
+                                      "--log-level", log_level], stdin=subprocess.DEVNULL,
+                                     preexec_fn=preexec_child(os.getpid()), process_group=0)
+            stack.callback(_stop, child, settings.shutdown_grace_s)
         if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="streamnorm-prom-"))
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
         uvicorn.run("service.app:create_app", factory=True, host=host, port=port,
                     workers=workers, loop="uvloop", http="httptools", log_level=log_level,
-                    access_log=access_log)
+                    access_log=access_log, timeout_graceful_shutdown=int(settings.shutdown_grace_s))
 
 
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (the worker finishes its batch), then SIGKILL if it hangs."""
+class _Stop(Exception):
+    """SIGTERM or SIGINT outside uvicorn's own handling."""
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise ``_Stop``: during start-up it unwinds what was started; while
+    uvicorn runs, uvicorn handles them itself and, once shut down, re-raises them here, where
+    they no longer kill the process before its children are stopped."""
+    import signal
+
+    def stop(*_: object) -> None:
+        raise _Stop
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+
+
+def _stop(child: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM (the worker finishes its batch and snapshots), then SIGKILL if it hangs."""
     if child.poll() is None:
         child.terminate()
     try:
-        child.wait(30)
+        child.wait(grace_s)
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
@@ -86,7 +129,8 @@ def worker(name: str | None = typer.Option(None, help="consumer name (default: h
     def early_exit(*_: object) -> None:  # stopped while starting: nothing held yet
         raise SystemExit(0)
 
-    signal.signal(signal.SIGTERM, early_exit)  # until the event loop takes over
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, early_exit)  # until the event loop takes over
     settings = Settings()
     if not settings.redis_url:
         raise typer.BadParameter("set STREAMNORM_REDIS_URL to the Redis the API uses",

@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(2.0, gt=0, description="socket timeout of Redis calls")
     redis_connections: int = Field(64, ge=2, description="Redis connections per process")
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="comma-separated keys; when set, write endpoints need a Bearer key")
+        (), description="comma-separated admin keys: when any key is set, every route but "
+                        "/healthz and /readyz needs a Bearer key, and writes need one of these")
+    read_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated read-only keys: predictions, GET routes, /metrics")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
     snapshot_every: int = Field(100, ge=1, description="write a model snapshot every N updates")
     seen_limit: int = Field(100_000, ge=1, description="applied event ids kept per model")
@@ -44,7 +47,10 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(None, description="serve the worker's Prometheus "
                                             "metrics on this port")
 
-    @field_validator("api_keys", mode="before")
+    shutdown_grace_s: float = Field(30.0, gt=0, description="on SIGTERM/SIGINT, time to finish "
+                                    "requests and batches in hand before children are killed")
+
+    @field_validator("api_keys", "read_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         """``"a, b"`` (as the environment gives it) → ``("a", "b")``."""

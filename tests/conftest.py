@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 import torch
 from fastapi.testclient import TestClient
 
@@ -47,6 +48,16 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     which is only ever done to a server this session started."""
     with EmbeddedRedis(tmp_path_factory.mktemp("own-redis")) as server:
         yield server.url
+
+
+@pytest.fixture
+def db14(own_redis: str) -> Iterator[str]:
+    """Database 14 of a Redis this session started, emptied before and after (stream keys are
+    shared by every model)."""
+    url = own_redis.rsplit("/", 1)[0] + "/14"
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    redis.Redis.from_url(url).flushdb()
 
 
 @pytest.fixture

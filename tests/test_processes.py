@@ -208,42 +208,6 @@ def test_restart_gives_bit_identical_predictions(redis_url: str, name: str) -> N
     assert after == before and before[0]["version"] == 30
 
 
-def test_streamnorm_serve_starts_and_stops_an_embedded_redis_that_persists(
-        tmp_path: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMNORM_")}
-    env["STREAMNORM_DATA_DIR"] = str(tmp_path)
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port),
-           "--log-level", "warning"]
-    url = f"http://127.0.0.1:{port}"
-    for round_ in range(2):
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-        try:
-            wait_healthy(url, proc)
-            if round_ == 0:
-                assert httpx.post(f"{url}/models", json={"name": "embedded", **SPEC}
-                                  ).status_code == 201
-                assert httpx.post(f"{url}/models/embedded/learn", json=event(1)).json()[
-                    "version"] == 1
-                # the stream worker `serve` runs beside the embedded Redis applies events
-                res = httpx.post(f"{url}/events", json={"model": "embedded", **event(2)})
-                assert res.status_code == 202
-                deadline = time.monotonic() + 60
-                while httpx.get(f"{url}/models/embedded").json()["version"] < 2:
-                    assert time.monotonic() < deadline, "the stream worker applied nothing"
-                    time.sleep(0.1)
-            else:  # the model survived the restart through the AOF
-                assert httpx.get(f"{url}/models/embedded").json()["version"] == 2
-        finally:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(30)
-        assert proc.returncode == 0
-        assert not any(p.name.endswith(".pid") for p in tmp_path.iterdir())
-        ps = subprocess.run(["pgrep", "-f", f"redis-server.*{tmp_path}"], capture_output=True)
-        assert ps.stdout == b""  # the embedded server stopped with the service
-    assert any((tmp_path / "redis").rglob("appendonly*"))  # AOF on disk
-
-
 def test_mixed_concurrent_predicts_and_learns_load_the_model_once(
         servers: list[Server], name: str, redis_url: str) -> None:
     """Predicts read the version before waiting for the model's lock; learns committed

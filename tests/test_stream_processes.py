@@ -10,12 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import redis
 
 from models import ModelSpec, OnlineLearner
@@ -76,16 +74,6 @@ def assert_nothing_pending(r: redis.Redis, partitions: int) -> None:
         assert r.xlen(key) == 0 and r.xlen(f"{key}:dead") == 0
         if r.exists(key):
             assert r.xpending(key, GROUP)["pending"] == 0
-
-
-@pytest.fixture
-def db14(own_redis: str) -> Iterator[str]:
-    """Database 14 of a Redis this session started, emptied before and after (stream keys are
-    shared by every model)."""
-    url = own_redis.rsplit("/", 1)[0] + "/14"
-    redis.Redis.from_url(url).flushdb()
-    yield url
-    redis.Redis.from_url(url).flushdb()
 
 
 def test_three_workers_one_killed_and_restarted_apply_every_event_once(db14: str) -> None:
