@@ -6,6 +6,7 @@ import gc
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import torch
 from fastapi import FastAPI
@@ -13,7 +14,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
+from .auth import keys_configured
 from .connect import close, connect
+from .deps import ReadAccess
 from .engine import Engine
 from .errors import install_handlers
 from .fastpath import FastPath
@@ -54,16 +57,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="streamnorm", version="0.1.0", lifespan=lifespan,
+        docs_url=None, redoc_url=None, openapi_url=None,  # served by system.router, with keys
         description="Online learning for recurrent models (LSTM, GRU, RNN) with batch-free "
                     "normalization, one sample at a time, state in Redis.")
     app.state.settings = settings
     install_handlers(app)
+    app.include_router(system.health)  # the probes: open
     for router in (learning.router, models.router, events.router, system.router):
-        app.include_router(router)
+        app.include_router(router, dependencies=[ReadAccess])  # a key when keys are set
+    _document_auth(app, keys_configured(settings))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)
     app.add_middleware(FastPath)  # outermost of ours: the hot calls skip the rest
     return app
+
+
+def _document_auth(app: FastAPI, required: bool) -> None:
+    """The OpenAPI document names the Bearer scheme only where keys are configured (an open
+    server would otherwise claim an authentication it does not ask for)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        if not required:
+            schema.get("components", {}).pop("securitySchemes", None)
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.pop("security", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class BodyLimit:

@@ -144,9 +144,9 @@ def worker(name: str | None = typer.Option(None, help="consumer name (default: h
         import gc
 
         import torch
-        from prometheus_client import start_http_server
 
         from .connect import close, connect
+        from .metrics import serve_metrics
         from .worker import Worker
 
         torch.set_num_threads(1)
@@ -156,7 +156,7 @@ def worker(name: str | None = typer.Option(None, help="consumer name (default: h
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, consumer.stop)
         if settings.worker_metrics_port:
-            start_http_server(settings.worker_metrics_port)
+            serve_metrics(settings.worker_metrics_port, settings)  # behind the read keys
         gc.collect()
         gc.freeze()  # as in the API process: no full collections of the start-up heap
         gc.set_threshold(20_000, 20, 100)

@@ -1,19 +1,18 @@
-"""FastAPI dependencies: the engine, the model name in the path, and write authorization."""
+"""FastAPI dependencies: the engine, the model name in the path, and access control."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import HTTPBearer
 
 from models.spec import NAME_PATTERN
 
+from .auth import Access, authorize
 from .engine import Engine
-from .errors import ApiError
-from .settings import Settings
 
-__all__ = ["EngineDep", "ModelName", "check_writer", "require_writer"]
+__all__ = ["EngineDep", "ModelName", "ReadAccess", "WriteAccess"]
 
 
 async def get_engine(request: Request) -> Engine:
@@ -24,24 +23,20 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="model name",
                                 examples=["demo"])]
 
+# declares the scheme in the OpenAPI document; the header itself is checked by ``authorize``
+_BEARER = HTTPBearer(auto_error=False, description="an API key (STREAMNORM_API_KEYS for "
+                                                   "writes, STREAMNORM_READ_KEYS to read)")
 
-async def require_writer(request: Request) -> None:
-    """With ``STREAMNORM_API_KEYS`` set, writes need ``Authorization: Bearer <key>``."""
-    check_writer(request.app.state.settings, request.headers.get("authorization", ""))
+
+async def _read(request: Request, _: object = Security(_BEARER)) -> None:
+    authorize(request.app.state.settings, request.headers.get("authorization", ""),
+              Access.READ)
 
 
-def check_writer(settings: Settings, header: str) -> None:
-    """401 without a Bearer key, 403 with a wrong one (when keys are configured); keys are
-    compared in constant time."""
-    if not settings.api_keys:
-        return
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise ApiError(401, "this endpoint needs 'Authorization: Bearer <api key>'",
-                       "authorization", headers={"WWW-Authenticate": "Bearer"})
-    given_b = given.strip().encode()
-    ok = False
-    for key in settings.api_keys:  # no early exit: every key is compared
-        ok |= hmac.compare_digest(given_b, key.encode())
-    if not ok:
-        raise ApiError(403, "the API key is not valid", "authorization")
+async def _write(request: Request, _: object = Security(_BEARER)) -> None:
+    authorize(request.app.state.settings, request.headers.get("authorization", ""),
+              Access.WRITE)
+
+
+ReadAccess = Depends(_read)  # every route but the health probes (create_app adds it)
+WriteAccess = Depends(_write)  # the routes that change a model, or export its state

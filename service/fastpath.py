@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from models.spec import NAME_PATTERN
 
 from . import metrics
-from .deps import check_writer
+from .auth import Access, authorize
 from .routers.learning import learn_reply, predict_reply
 from .schemas import LearnRequest, PredictRequest
 
@@ -84,9 +84,10 @@ class FastPath:
             try:
                 engine = app.state.engine
                 if op == "learn":
-                    check_writer(app.state.settings, auth)
+                    authorize(app.state.settings, auth, Access.WRITE)
                     reply = await learn_reply(engine, name, request)  # type: ignore[arg-type]
                 else:
+                    authorize(app.state.settings, auth, Access.READ)
                     reply = await predict_reply(engine, name, request)  # type: ignore[arg-type]
             except Exception as exc:
                 response = await _handler(app, exc)(Request(scope), exc)

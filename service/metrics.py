@@ -6,7 +6,13 @@ endpoint aggregates every worker's values (prometheus-client's multiprocess mode
 
 from __future__ import annotations
 
+import json
 import os
+import socketserver
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -15,10 +21,14 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    make_wsgi_app,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["CONTENT_TYPE_LATEST", "render"]
+from .auth import Access, AccessDenied, authorize
+from .settings import Settings
+
+__all__ = ["CONTENT_TYPE_LATEST", "render", "serve_metrics"]
 
 REQUESTS = Counter("streamnorm_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram("streamnorm_request_seconds", "HTTP request latency", ["route"],
@@ -63,3 +73,34 @@ def render() -> bytes:
         MultiProcessCollector(registry)
         return generate_latest(registry)
     return generate_latest()
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *_: Any) -> None:  # scrapes are not worth a log line each
+        pass
+
+
+def serve_metrics(port: int, settings: Settings, addr: str = "0.0.0.0") -> WSGIServer:
+    """Serve this process's metrics on ``port`` (a stream worker's), in a daemon thread, behind
+    the same read keys as the API's ``/metrics``."""
+    metrics_app = make_wsgi_app()
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            authorize(settings, environ.get("HTTP_AUTHORIZATION", ""), Access.READ)
+        except AccessDenied as exc:
+            body = json.dumps({"detail": exc.detail, "field": "authorization"}).encode()
+            status = "401 Unauthorized" if exc.status == 401 else "403 Forbidden"
+            start_response(status, [("Content-Type", "application/json"),
+                                    ("Content-Length", str(len(body))),
+                                    ("WWW-Authenticate", "Bearer")])
+            return [body]
+        return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+    server = make_server(addr, port, guarded, _Server, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

@@ -286,6 +286,10 @@ CASES: list[Case] = [
     Case("learn/wrong-key", "POST", LEARN, 403, "authorization", auth="Bearer k3", body=OK),
     Case("learn/key-prefix", "POST", LEARN, 403, "authorization", auth="Bearer k", body=OK),
     Case("delete/no-auth", "DELETE", "/models/<reg>", 401, "authorization", auth=None),
+    Case("state/no-auth", "GET", "/models/<reg>/state", 401, "authorization", auth=None),
+    Case("predict/no-auth", "POST", PREDICT, 401, "authorization", auth=None,
+         body={"stream": "s", "x": XYZ}),
+    Case("list/wrong-key", "GET", "/models", 403, "authorization", auth="Bearer k3"),
     Case("delete/wrong-key", "DELETE", "/models/<reg>", 403, "authorization",
          auth="Bearer k1k2"),
 ]
@@ -431,7 +435,7 @@ def test_valid_requests_work_after_the_bad_ones(api: TestClient, names: dict[str
     got = r.json()
     assert got["version"] == 1 and got["applied"] is True
     assert got["prediction"] == want.prediction and got["loss"] == want.loss
-    state = api.get(f"/models/{reg}/state")
+    state = api.get(f"/models/{reg}/state", headers=auth)
     assert state.headers["x-model-version"] == "1" and state.content == local.to_bytes()
     for role, x, y in [("bin", XYZ, 1), ("multi", XYZ, 2), ("feat", {"a": 1, "b": 2, "c": 3}, 0)]:
         r = api.post(f"/models/{names[role]}/learn", json={"stream": "s", "x": x, "y": y},

@@ -148,6 +148,16 @@ def test_the_compose_topology_runs_as_local_processes(procs: Processes,
         cmd = [STREAMNORM if c == "streamnorm" else c for c in services["worker"]["command"]]
         procs.start(cmd, service_env("worker", redis_url, STREAMNORM_WORKER_METRICS_PORT=str(
             metrics_ports[-1])))
+    # the worker's healthcheck command answers (it sends the first admin key when keys are set)
+    check = services["worker"]["healthcheck"]["test"]
+    assert check[0] == "CMD" and check[1] == "python"
+    for mport in metrics_ports:
+        cmd = [sys.executable, *(c.replace("9100", str(mport)) for c in check[2:])]
+        deadline = time.monotonic() + 60
+        while subprocess.run(cmd, env=service_env("worker", redis_url),
+                             capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "the worker's healthcheck never passed"
+            time.sleep(0.2)
     # smoke: events through one replica, learns through the other, predictions agree
     counts = drive(apis, ["shop-1", "shop-2", "shop-3"], n_events=300, n_learns=30)
     wait_applied(rd, counts)

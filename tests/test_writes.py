@@ -154,19 +154,21 @@ def test_a_failed_commit_fails_the_updates_behind_it_and_loses_nothing_acknowled
 
 def test_the_fast_path_answers_exactly_as_the_full_application(settings: Settings,
                                                                redis_url: str) -> None:
-    keyed = settings.model_copy(update={"api_keys": ("k1",)})
-    auth = {"authorization": "Bearer k1"}
+    keyed = settings.model_copy(update={"api_keys": ("k1",), "read_keys": ("r1",)})
+    auth, read = {"authorization": "Bearer k1"}, {"authorization": "Bearer r1"}
     cases: list[tuple[str, str, Any, Any]] = [
         ("learn", "m", event(1), auth),
         ("learn", "m", event(2), auth),
-        ("predict", "m", {"stream": "s1", "x": [0.1, 0.2, 0.3]}, {}),
-        ("predict", "m", {"sequence": [[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]]}, {}),
+        ("predict", "m", {"stream": "s1", "x": [0.1, 0.2, 0.3]}, read),
+        ("predict", "m", {"sequence": [[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]]}, auth),
         ("learn", "m", event(1), auth),  # a repeat
         ("learn", "m", event(3), {}),  # 401
         ("learn", "m", event(3), {"authorization": "Bearer nope"}),  # 403
+        ("learn", "m", event(3), read),  # 403: a read key
+        ("predict", "m", {"stream": "s1", "x": [0.1, 0.2, 0.3]}, {}),  # 401
         ("learn", "nobody", event(3), auth),  # 404
-        ("predict", "m", {"stream": "s1", "x": [0.1, 0.2]}, {}),  # 422: length
-        ("predict", "m", {"stream": "s1", "x": [0.1, 0.2, 0.3], "extra": 1}, {}),  # schema
+        ("predict", "m", {"stream": "s1", "x": [0.1, 0.2]}, read),  # 422: length
+        ("predict", "m", {"stream": "s1", "x": [0.1, 0.2, 0.3], "extra": 1}, read),  # schema
         ("learn", "m", {"x": [0.1, 0.2, 0.3], "y": "high"}, auth),  # 422: y
         ("learn", "bad name!", event(3), auth),  # 422: path
         ("learn", "m", event(4), [("authorization", "Bearer nope"),  # the first one counts
@@ -188,8 +190,8 @@ def test_the_fast_path_answers_exactly_as_the_full_application(settings: Setting
     fast = asyncio.run(answers(True, f"w-{uuid.uuid4().hex[:12]}"))
     full = asyncio.run(answers(False, f"w-{uuid.uuid4().hex[:12]}"))
     assert fast == full
-    assert [s for s, _ in fast] == [200, 200, 200, 200, 200, 401, 403, 404, 422, 422, 422, 422,
-                                    403]
+    assert [s for s, _ in fast] == [200, 200, 200, 200, 200, 401, 403, 403, 401, 404, 422, 422,
+                                    422, 422, 403]
 
 
 def test_fast_path_requests_are_counted_under_their_route(client: Any, model_name: str) -> None:

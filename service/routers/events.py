@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from models import InvalidInput, ModelSpec
 
-from ..deps import EngineDep, require_writer
+from ..deps import EngineDep, WriteAccess
 from ..errors import ApiError
 from ..events import canonical_event
 from ..schemas import EventsAccepted, StreamEvent
@@ -25,7 +25,7 @@ _EXAMPLE = [{"model": "demo", "stream": "sensor-7", "x": [0.1, 0.2, 0.3], "y": 1
 
 
 @router.post("/events", status_code=202, response_model=EventsAccepted,
-             dependencies=[Depends(require_writer)],
+             dependencies=[WriteAccess],
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "example": _EXAMPLE}}}},
              responses={202: {"content": {"application/json": {"example": {

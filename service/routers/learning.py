@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 
-from ..deps import EngineDep, ModelName, require_writer
+from ..deps import EngineDep, ModelName, WriteAccess
 from ..engine import Engine
 from ..errors import ApiError
 from ..schemas import LearnRequest, LearnResponse, PredictRequest, PredictResponse
@@ -61,7 +61,7 @@ async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> R
     return Response(await predict_reply(engine, name, body), media_type="application/json")
 
 
-@router.post("/learn", response_model=LearnResponse, dependencies=[Depends(require_writer)],
+@router.post("/learn", response_model=LearnResponse, dependencies=[WriteAccess],
              responses={**_LEARN_OK, **_ERRORS},
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "example": {"stream": "sensor-7", "x": [0.1, 0.2, 0.3], "y": 1.5,

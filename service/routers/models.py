@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 
 from models import ModelSpec
 
-from ..deps import EngineDep, ModelName, require_writer
+from ..deps import EngineDep, ModelName, WriteAccess
 from ..errors import ApiError
 from ..schemas import ModelInfo
 
@@ -33,7 +33,7 @@ def _info(spec_json: str, meta: dict[str, str]) -> dict[str, Any]:
 
 
 @router.post("", status_code=201, response_model=ModelInfo,
-             dependencies=[Depends(require_writer)],
+             dependencies=[WriteAccess],
              responses={201: {"content": {"application/json": {"example": {
                  **_INFO_EXAMPLE, "version": 0, "updates": 0, "samples": 0,
                  "metrics": None}}}},
@@ -70,7 +70,7 @@ async def get_model(name: ModelName, engine: EngineDep) -> dict[str, Any]:
     return _info(*found)
 
 
-@router.delete("/{name}", status_code=204, dependencies=[Depends(require_writer)],
+@router.delete("/{name}", status_code=204, dependencies=[WriteAccess],
                responses={404: {"description": "unknown"}})
 async def delete_model(name: ModelName, engine: EngineDep) -> Response:
     """Remove the model and every key it has in Redis."""
@@ -91,7 +91,7 @@ async def model_metrics(name: ModelName, engine: EngineDep) -> dict[str, Any]:
     return {"version": info["version"], "updates": info["updates"], **(info["metrics"] or {})}
 
 
-@router.get("/{name}/state", response_class=Response, responses={
+@router.get("/{name}/state", response_class=Response, dependencies=[WriteAccess], responses={
     200: {"content": {"application/octet-stream": {}},
           "description": "OnlineLearner.to_bytes() at the version in X-Model-Version"},
     404: {"description": "unknown"}})

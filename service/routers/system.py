@@ -1,4 +1,5 @@
-"""Process health, readiness, Prometheus metrics and the catalogue of normalization methods."""
+"""Process health and readiness (open: probes carry no key), Prometheus metrics, the catalogue
+of normalization methods, and the OpenAPI document with its page (behind keys when set)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from models import norms
 
@@ -14,17 +16,18 @@ from .. import metrics
 
 log = logging.getLogger("streamnorm")
 
+health = APIRouter(tags=["system"])
 router = APIRouter(tags=["system"])
 
 
-@router.get("/healthz", responses={200: {"content": {"application/json": {
+@health.get("/healthz", responses={200: {"content": {"application/json": {
     "example": {"status": "ok"}}}}})
 async def healthz() -> dict[str, str]:
     """The process is alive (does not touch Redis)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={
+@health.get("/readyz", responses={
     200: {"content": {"application/json": {"example": {"status": "ok"}}}},
     503: {"description": "Redis is unreachable", "content": {"application/json": {
         "example": {"status": "unavailable", "detail": "ConnectionError"}}}}})
@@ -59,3 +62,15 @@ async def prometheus(request: Request) -> Response:
 async def list_norms() -> list[dict[str, Any]]:
     """Every normalization method with its description and parameter JSON schema."""
     return norms.describe()
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request) -> JSONResponse:
+    """The OpenAPI document of this server."""
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs() -> HTMLResponse:
+    """Swagger UI over ``/openapi.json``."""
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="streamnorm API")
