@@ -22,6 +22,7 @@ from .errors import install_handlers
 from .fastpath import FastPath
 from .lifecycle import follow_supervisor
 from .routers import events, learning, models, system
+from .schemas import errors
 from .settings import Settings
 from .store import Store
 from .streams import Streams
@@ -64,7 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     app.include_router(system.health)  # the probes: open
     for router in (learning.router, models.router, events.router, system.router):
-        app.include_router(router, dependencies=[ReadAccess])  # a key when keys are set
+        app.include_router(router, dependencies=[ReadAccess],  # a key when keys are set
+                           responses=errors(401, 403))
     _document_auth(app, keys_configured(settings))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)

@@ -7,10 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPBearer
 
-from models.spec import NAME_PATTERN
-
 from .auth import Access, authorize
 from .engine import Engine
+from .schemas import MODEL_NAME_PATTERN
 
 __all__ = ["EngineDep", "ModelName", "ReadAccess", "WriteAccess"]
 
@@ -20,7 +19,7 @@ async def get_engine(request: Request) -> Engine:
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
-ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="model name",
+ModelName = Annotated[str, Path(pattern=MODEL_NAME_PATTERN, description="model name",
                                 examples=["demo"])]
 
 # declares the scheme in the OpenAPI document; the header itself is checked by ``authorize``

@@ -21,11 +21,17 @@ import json
 import logging
 import uuid
 from collections import OrderedDict
+from contextlib import AbstractAsyncContextManager, nullcontext
+from functools import partial
 from typing import Any
 
-from models import InvalidInput, ModelSpec, OnlineLearner, UpdateRejected
+from redis.exceptions import RedisError
+
+from models import InvalidInput, ModelSpec, OnlineLearner, UpdateRejected, cost
 
 from . import metrics as m
+from .budget import Budget
+from .compute import Compute
 from .errors import ApiError
 from .events import Event, LearnOutcome, apply_event, canonical_event, predict_arguments
 from .hot import Hot, Ticket
@@ -46,6 +52,29 @@ def _committed(outcome: LearnOutcome | None, version: int, applied: bool) -> Lea
     return LearnOutcome(outcome.prediction, outcome.loss, version, True, outcome.proba)
 
 
+def _bytes_ms(n: int) -> float:
+    """Estimated ms to build, serialize or load a state of ``n`` bytes (~2 ms per MB here)."""
+    return n / 500_000
+
+
+def _values_ms(spec: ModelSpec, payload: dict[str, Any]) -> float:
+    """Estimated ms to validate a payload's numbers one by one (~0.5 µs each)."""
+    seq, batch = payload.get("sequence"), payload.get("batch")
+    steps = len(seq) if isinstance(seq, list) else 1
+    if isinstance(batch, list):
+        steps = sum(len(s.get("sequence") or ()) for s in batch if isinstance(s, dict))
+    return steps * spec.input_size / 2000
+
+
+def _same_event(event: Event, digest: str | None, version: int) -> None:
+    """A repeat of an applied ``event_id`` must carry the same event (409 otherwise: answering
+    ``applied: false`` would tell the client a different update is in)."""
+    if digest is not None and digest != event.digest:
+        raise ApiError(409, f"event_id {event.event_id!r} was already used by another event "
+                            f"(applied as version {version}); an event_id names one event",
+                       "event_id")
+
+
 class Engine:
     """Per-process learner cache plus the read and write paths over the store."""
 
@@ -55,15 +84,30 @@ class Engine:
         self._specs: dict[tuple[str, str], ModelSpec] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self.writes = Writes(store, settings, self._drop)
+        self.budget = Budget(settings)
+        self.compute = Compute(settings.inline_ms)
 
     # -- models --------------------------------------------------------------------------------
-    async def create(self, spec: ModelSpec) -> None:
-        learner = OnlineLearner(spec)
-        metrics = json.dumps(learner.metrics.report())
-        ok = await self.store.create(spec.name, spec.model_dump_json(), learner.to_bytes(),
-                                     uuid.uuid4().hex, metrics)
-        if not ok:
-            raise ApiError(409, f"a model named {spec.name!r} exists", "name")
+    async def create(self, spec: ModelSpec) -> bool:
+        """Store a new model at version 0 (``True``). ``False`` when a model of that name and
+        the same spec exists (a retry of a create whose reply was lost); 409 for another spec.
+        Atomic: one script writes the spec, the state and the meta, or nothing."""
+        self.budget.check_spec(spec)
+        learner = await self.compute.run(_bytes_ms(cost.state_bytes(spec)), OnlineLearner, spec)
+        state = await self.compute.run(_bytes_ms(cost.state_bytes(spec)), learner.to_bytes)
+        metrics, uid = json.dumps(learner.metrics.report()), uuid.uuid4().hex
+        try:
+            if await self.store.create(spec.name, spec.model_dump_json(), state, uid, metrics):
+                return True
+        except RedisError:  # the script may have run before the reply was lost: look
+            head = await self.store.head(spec.name)
+            if head is None or head.uid != uid:
+                raise
+            return True
+        existing = await self.store.spec(spec.name)
+        if existing is not None and ModelSpec.model_validate_json(existing) == spec:
+            return False
+        raise ApiError(409, f"a model named {spec.name!r} exists with another spec", "name")
 
     async def delete(self, name: str) -> None:
         if not await self.store.delete(name):
@@ -93,13 +137,16 @@ class Engine:
         """The prediction ``learn`` would make now, the class probabilities, the version."""
         spec, head = await self.spec(name)
         kwargs = predict_arguments(payload)
+        cost_ms = self.budget.request_ms(spec, payload, train=False)
         hot = await self._enter(name)
         try:
             await self._catch_up(name, hot, head)
             if spec.task == "regression":
-                pred, proba = hot.learner.predict_one(**kwargs), None
+                pred = await self.compute.run(cost_ms, partial(hot.learner.predict_one, **kwargs))
+                proba = None
             else:
-                proba = hot.learner.predict_proba_one(**kwargs)
+                proba = await self.compute.run(
+                    cost_ms, partial(hot.learner.predict_proba_one, **kwargs))
                 pred = max(proba, key=proba.__getitem__)  # first on ties
             version, wait = hot.version, hot.in_flight()
         finally:
@@ -114,7 +161,8 @@ class Engine:
         hot = await self._enter(name)
         try:
             await self._catch_up(name, hot, head)
-            state, version = hot.learner.to_bytes(), hot.version
+            state = await self.compute.run(self._state_ms(hot), hot.learner.to_bytes)
+            version = hot.version
             wait = hot.in_flight()
         finally:
             self._leave(hot)
@@ -127,15 +175,18 @@ class Engine:
         """Apply one event exactly once (``event_id``) and commit it before replying."""
         cached = self._hot.get(name)
         spec = cached.learner.spec if cached is not None else (await self.spec(name))[0]
-        try:
-            event = canonical_event(spec, payload)  # before any lock: bad input costs nothing
+        try:  # before any lock: bad input costs nothing
+            cost_ms = self.budget.request_ms(spec, payload, train=True)
+            event = await self._validated(spec, payload)
         except InvalidInput:
             if cached is None:
                 raise
             fresh, _ = await self.spec(name)  # the cached spec is stale if the model was
             if fresh == spec:                 # deleted and re-created by another process
                 raise
-            spec, event = fresh, canonical_event(fresh, payload)
+            spec = fresh
+            cost_ms = self.budget.request_ms(spec, payload, train=True)
+            event = await self._validated(spec, payload)
         hot = await self._entry(name)
         hot.writers += 1
         hot.learns += 1
@@ -147,17 +198,22 @@ class Engine:
                 if head is not None:
                     await self._catch_up(name, hot, head)
                 if hot.learner.spec != spec:  # the name was deleted and re-created meanwhile
-                    event = canonical_event(hot.learner.spec, payload)
+                    spec = hot.learner.spec
+                    cost_ms = self.budget.request_ms(spec, payload, train=True)
+                    event = await self._validated(spec, payload)
                 ticket = hot.ids.get(event.event_id) if event.event_id is not None else None
-                if ticket is None and event.event_id is not None:
-                    done = await self.store.seen(name, event.event_id)
+                if ticket is not None:
+                    _same_event(event, ticket.digest, ticket.version)
+                elif event.event_id is not None:
+                    done = (await self.store.seen(name, [event.event_id])).get(event.event_id)
                     if done is not None:
-                        return LearnOutcome(None, None, done, False)
+                        _same_event(event, done.digest, done.version)
+                        return LearnOutcome(None, None, done.version, False)
                 if ticket is None:
                     if hot.dead:  # a commit failed while this request waited for Redis
                         raise LeaseLost("the model's cached learner was dropped after a "
                                         "failed commit")
-                    outcome, ticket = self._apply(name, hot, event)
+                    outcome, ticket = await self._apply(name, hot, event, cost_ms)
                     applied = True
             finally:
                 self._leave(hot)
@@ -183,7 +239,8 @@ class Engine:
         events = []
         for i, payload in enumerate(payloads):
             try:
-                events.append((i, canonical_event(spec, payload)))
+                cost_ms = self.budget.request_ms(spec, payload, train=True)
+                events.append((i, await self._validated(spec, payload), cost_ms))
             except InvalidInput as exc:
                 out[i] = exc
         hot = await self._entry(name)
@@ -197,26 +254,34 @@ class Engine:
                     await self._catch_up(name, hot, head)
                 if hot.learner.spec != spec:
                     raise LeaseLost("the model was deleted and re-created meanwhile")
-                inflight = {e.event_id: hot.ids[e.event_id] for _, e in events
+                inflight = {e.event_id: hot.ids[e.event_id] for _, e, _ in events
                             if e.event_id in hot.ids}  # (their commits may land meanwhile)
-                done = await self.store.seen_many(name, [
-                    e.event_id for _, e in events if e.event_id and e.event_id not in inflight])
+                done = await self.store.seen(name, [e.event_id for _, e, _ in events
+                                                    if e.event_id and e.event_id not in inflight])
                 if hot.dead:
                     raise LeaseLost("the model's cached learner was dropped after a failed "
                                     "commit")
-                for i, event in events:
+                for i, event, cost_ms in events:
                     eid = event.event_id
-                    if eid is not None and eid in done:
-                        out[i] = LearnOutcome(None, None, done[eid], False)
-                    elif eid is not None and (eid in inflight or eid in hot.ids):
-                        queued.append((i, None, inflight.get(eid) or hot.ids[eid], False))
-                    else:
-                        try:
-                            outcome, ticket = self._apply(name, hot, event)
-                        except ApiError as exc:  # the update was rejected and rolled back
-                            out[i] = exc
+                    try:
+                        if eid is not None and eid in done:
+                            _same_event(event, done[eid].digest, done[eid].version)
+                            out[i] = LearnOutcome(None, None, done[eid].version, False)
                             continue
-                        queued.append((i, outcome, ticket, True))
+                        if eid is not None and (eid in inflight or eid in hot.ids):
+                            ticket = inflight.get(eid) or hot.ids[eid]
+                            _same_event(event, ticket.digest, ticket.version)
+                            queued.append((i, None, ticket, False))
+                            continue
+                    except ApiError as exc:  # an id reused for another event
+                        out[i] = exc
+                        continue
+                    try:
+                        outcome, ticket = await self._apply(name, hot, event, cost_ms)
+                    except ApiError as exc:  # the update was rejected and rolled back
+                        out[i] = exc
+                        continue
+                    queued.append((i, outcome, ticket, True))
             finally:
                 self._leave(hot)
             for i, outcome, ticket, applied in queued:
@@ -242,11 +307,19 @@ class Engine:
             if hot.wanted and hot.token is not None:
                 await asyncio.sleep(0.001)
 
-    def _apply(self, name: str, hot: Hot, event: Event) -> tuple[LearnOutcome | None, Ticket]:
-        """Run the event on the learner (lock held, no await) and queue its commit."""
+    async def _apply(self, name: str, hot: Hot, event: Event, cost_ms: float
+                     ) -> tuple[LearnOutcome | None, Ticket]:
+        """Run the event on the learner (lock and lease held) and queue its commit; a long
+        computation runs on the compute thread, the lease renewed meanwhile."""
+        if hot.dead:  # a commit failed while this batch was computing
+            raise LeaseLost("the model's cached learner was dropped after a failed commit")
         try:
-            outcome = apply_event(hot.learner, event.body)
-            return outcome, self.writes.queue(name, hot, event)
+            async with self._kept(name, hot, cost_ms):
+                outcome = await self.compute.run(cost_ms, apply_event, hot.learner, event.body)
+                state = None
+                if self.writes.snapshot_due(hot):
+                    state = await self.compute.run(self._state_ms(hot), hot.learner.to_bytes)
+            return outcome, self.writes.queue(name, hot, event, state)
         except UpdateRejected as exc:  # the learner rolled itself back
             m.REJECTED.labels(model=name).inc()
             raise ApiError(422, f"update rejected: {exc}", "y") from exc
@@ -254,9 +327,22 @@ class Engine:
             self.writes.abandon(name, hot)  # it may hold a change Redis will never have
             raise
 
+    def _kept(self, name: str, hot: Hot, cost_ms: float) -> AbstractAsyncContextManager[None]:
+        """The lease renewed meanwhile when the work is long enough to leave the loop."""
+        return self.writes.kept(name, hot) if self.compute.offloaded(cost_ms) else nullcontext()
+
+    async def _validated(self, spec: ModelSpec, payload: dict[str, Any]) -> Event:
+        """``canonical_event`` (a large payload is read on the compute thread)."""
+        return await self.compute.run(_values_ms(spec, payload), canonical_event, spec, payload)
+
+    @staticmethod
+    def _state_ms(hot: Hot) -> float:
+        return _bytes_ms(cost.state_bytes(hot.learner.spec))
+
     async def close(self) -> None:
         """Commit what is queued, snapshot what is ahead, hand back every lease."""
         await self.writes.close(self._hot)
+        self.compute.close()
 
     async def checkpoint(self, names: list[str]) -> int:
         """Snapshot the cached learners of ``names`` that are ahead of their snapshots (a
@@ -337,7 +423,7 @@ class Engine:
         if snap is None:
             raise ApiError(404, f"no model named {name!r}", "name")
         state, head = snap
-        learner = OnlineLearner.from_bytes(state)
+        learner = await self.compute.run(_bytes_ms(len(state)), OnlineLearner.from_bytes, state)
         if learner.spec != spec:
             raise ApiError(409, f"model {name!r} was replaced while loading; retry")
         m.STATE_LOADS.labels(name).inc()
@@ -368,7 +454,8 @@ class Engine:
                     v == hot.version + 1 + i for i, (v, _) in enumerate(entries)):
                 for v, raw in entries:
                     body = json.loads(raw)
-                    apply_event(hot.learner, body)
+                    cost_ms = self.budget.request_ms(hot.learner.spec, body, train=True)
+                    await self.compute.run(cost_ms, apply_event, hot.learner, body)
                     hot.version = hot.committed = v
                     if "stream" in body:
                         hot.moved.add(body["stream"])

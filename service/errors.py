@@ -9,11 +9,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from models import InvalidInput
 from models.state import StateError
 
 from .auth import AccessDenied
+from .schemas import EVENTS_TAGS
 from .store import LeaseLost
 
 __all__ = ["ApiError", "install_handlers"]
@@ -35,11 +37,25 @@ def _body(detail: str, field: str | None) -> dict[str, str | None]:
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
+    """``("body", "many", 3, "x", 2)`` → ``[3].x[2]`` (a body that is not an object: ``body``)."""
     parts = [p for p in loc if p not in ("body", "path", "query", "header")]
+    if loc[:1] == ("body",) and parts[:1] and parts[0] in EVENTS_TAGS:
+        parts = parts[1:]  # which branch of POST /events' body: not a field
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or ".".join(str(p) for p in loc)
+    return out or ("body" if loc[:1] == ("body",) else ".".join(str(p) for p in loc))
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method some route of the app answers on this path (for a 405's ``Allow``)."""
+    routes = request.app.router.routes
+    return [method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+                   for route in routes)]
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -72,7 +88,7 @@ def install_handlers(app: FastAPI) -> None:
                             422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         cause = exc.__cause__
         if exc.status_code == 400 and isinstance(cause, ValueError | RecursionError):
             # FastAPI turns a body json.loads rejects oddly (too many digits, bad UTF-8, deep
@@ -80,8 +96,10 @@ def install_handlers(app: FastAPI) -> None:
             msg = "nested too deeply" if isinstance(cause, RecursionError) else str(cause)[:200]
             return JSONResponse(_body(f"body: invalid JSON: {msg}", "body"), 422)
         field = "body" if exc.status_code == 413 else None
-        return JSONResponse(_body(str(exc.detail), field), exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names only the methods of the first route found
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}
+        return JSONResponse(_body(str(exc.detail), field), exc.status_code, headers=headers)
 
     @app.exception_handler(redis.exceptions.RedisError)
     async def redis_down(_: Request, exc: redis.exceptions.RedisError) -> JSONResponse:

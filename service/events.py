@@ -7,8 +7,10 @@ writer's bit for bit (JSON keeps every float exactly).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from models import InvalidInput, ModelSpec, OnlineLearner
@@ -26,6 +28,11 @@ class Event:
 
     def to_json(self) -> str:
         return json.dumps(self.body, separators=(",", ":"))
+
+    @cached_property
+    def digest(self) -> str:
+        """What identifies the event's content (a repeat of its ``event_id`` must match it)."""
+        return hashlib.blake2b(self.to_json().encode(), digest_size=12).hexdigest()
 
 
 @dataclass(frozen=True)

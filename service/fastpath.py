@@ -21,17 +21,15 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from models.spec import NAME_PATTERN
-
 from . import metrics
 from .auth import Access, authorize
 from .routers.learning import learn_reply, predict_reply
-from .schemas import LearnRequest, PredictRequest
+from .schemas import MODEL_NAME_PATTERN, LearnRequest, PredictRequest
 
 __all__ = ["FastPath"]
 
 
-_PATH = re.compile(r"/models/(" + NAME_PATTERN.strip("^$") + r")/(learn|predict)")
+_PATH = re.compile(r"/models/(" + MODEL_NAME_PATTERN.strip("^$") + r")/(learn|predict)")
 _SCHEMA: dict[str, type[BaseModel]] = {"learn": LearnRequest, "predict": PredictRequest}
 _HEADERS = (b"content-type", b"content-length", b"authorization")
 _ROUTE = {"learn": "/models/{name}/learn", "predict": "/models/{name}/predict"}

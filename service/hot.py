@@ -18,6 +18,7 @@ class Ticket:
     version: int
     event_json: str
     event_id: str | None
+    digest: str  # of the event (``Event.digest``): a repeat of its id must match it
     updates: int
     samples: int
     metrics_json: str

@@ -7,23 +7,32 @@ error names the exact element (``x[2]: must be finite, got nan``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SkipValidation, Tag
 
-from models.spec import NAME_PATTERN
+from models import ModelSpec
 
 __all__ = [
+    "EVENTS_TAGS",
+    "MODEL_NAME_PATTERN",
     "STREAM_PATTERN",
+    "ErrorBody",
     "EventsAccepted",
+    "EventsBody",
     "LearnRequest",
     "LearnResponse",
     "ModelInfo",
+    "NewModel",
     "PredictRequest",
     "PredictResponse",
     "StreamEvent",
+    "errors",
 ]
 
+# a model's name in a path: no leading '.', so no name is '.' or '..', which clients that
+# normalise paths rewrite (models stored under such names before still load; see README)
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 STREAM_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
 EVENT_ID_PATTERN = r"^[!-~]{1,128}$"
 
@@ -35,13 +44,14 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"stream": "sensor-7", "x": [0.1, 0.2, 0.3]},
-        {"stream": "sensor-7", "x": {"temp": 0.1, "load": 0.2, "rpm": 0.3}},
         {"sequence": [[0.1, 0.2, 0.3], [0.0, 0.5, 0.1]]}]})
 
     stream: str | None = Field(None, pattern=STREAM_PATTERN,
                                description="stream key (stream mode; default 'default')")
     x: SkipValidation[Features | None] = Field(
-        None, description="this step's features: a list, or an object keyed by feature name")
+        None, description="this step's features: a list of n_features numbers, or, for a "
+                          "model with `features`, an object keyed by them "
+                          "(`{\"temp\": 0.1, \"load\": 0.2}`)")
     sequence: SkipValidation[list[Features] | None] = Field(
         None, description="sequence mode: every step of one sample; no stream context")
 
@@ -77,7 +87,24 @@ class StreamEvent(LearnRequest):
         {"model": "demo", "stream": "sensor-7", "x": [0.1, 0.2, 0.3], "y": 1.5,
          "event_id": "evt-0001"}]})
 
-    model: str = Field(pattern=NAME_PATTERN, description="the model the event is for")
+    model: str = Field(pattern=MODEL_NAME_PATTERN, description="the model the event is for")
+
+
+class NewModel(ModelSpec):
+    """The body of ``POST /models``: a model spec whose name can be used in a path."""
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN, description="model name: letters, digits, "
+                      "'_', '-', '.' (not first); 1 to 64 characters")
+
+
+MAX_EVENTS = 1000
+EVENTS_TAGS = ("one", "many")  # the branches of EventsBody, left out of error field names
+EventsBody = Annotated[
+    Annotated[StreamEvent, Tag("one")]
+    | Annotated[Annotated[list[StreamEvent], Field(min_length=1, max_length=MAX_EVENTS)],
+                Tag("many")],
+    Discriminator(lambda v: "many" if isinstance(v, list) else "one")]
+"""One event, or a list of 1 to 1,000: errors name ``[3].x`` (the branch the body took)."""
 
 
 class EventsAccepted(BaseModel):
@@ -119,3 +146,51 @@ class ModelInfo(BaseModel):
     updates: int = 0
     samples: int = 0
     metrics: dict[str, Any] | None = None
+
+
+class ErrorItem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: what is wrong and the part of the request it is about (``x[2]``,
+    ``[3].model``, ``authorization``, ``body``…); a 422 of a malformed body lists up to 20."""
+
+    detail: str = Field(description="what is wrong, for a person")
+    field: str | None = Field(description="the part of the request it is about")
+    errors: list[ErrorItem] | None = Field(None, description="every invalid part (422)")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"detail": "x[2]: must be finite, got nan", "field": "x[2]"}]})
+
+
+_WHY = {  # status: (when, an example body)
+    400: ("a malformed request header (Content-Length)",
+          {"detail": "Content-Length is not a number", "field": "content-length"}),
+    401: ("no 'Authorization: Bearer <key>' (only when keys are configured)",
+          {"detail": "this endpoint needs 'Authorization: Bearer <api key>'",
+           "field": "authorization"}),
+    403: ("the key is not valid, or a read key on a write",
+          {"detail": "the API key is not valid", "field": "authorization"}),
+    404: ("no such model", {"detail": "no model named 'demo'", "field": "name"}),
+    409: ("a conflict (the field says which)",
+          {"detail": "a model named 'demo' exists with another spec", "field": "name"}),
+    413: ("the body is larger than STREAMNORM_MAX_BODY_BYTES",
+          {"detail": "request body is larger than 1048576 bytes", "field": "body"}),
+    422: ("invalid input or over a limit (the field is named)",
+          {"detail": "x[2]: must be finite, got nan", "field": "x[2]"}),
+    429: ("the stream is too far behind; retry after Retry-After seconds",
+          {"detail": "the stream is behind: partition(s) [5] hold 100000 unacknowledged "
+                     "events (limit 100000); retry later", "field": "body"}),
+    503: ("Redis unavailable, or the model's write lease busy; retry after Retry-After seconds",
+          {"detail": "Redis is unavailable (ConnectionError); retry later", "field": None}),
+}
+
+
+def errors(*codes: int, **why: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses, all with the ``ErrorBody`` shape and an
+    example; ``why`` overrides a description (``e409="..."``)."""
+    return {code: {"model": ErrorBody, "description": why.get(f"e{code}", _WHY[code][0]),
+                   "content": {"application/json": {"example": _WHY[code][1]}}}
+            for code in codes}

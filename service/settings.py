@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(None, description="serve the worker's Prometheus "
                                             "metrics on this port")
 
+    max_state_bytes: int = Field(64 * 2**20, ge=2**20, le=512 * 2**20, description="a spec "
+                                 "whose state (weights, optimizer moments, statistics) would be "
+                                 "larger is refused")
+    max_steps: int = Field(2048, ge=1, le=10_000, description="steps of one sample: a spec's "
+                           "window, a sequence, each sequence of a mini-batch")
+    max_update_ms: float = Field(2000.0, gt=0, description="estimated compute of one update or "
+                                 "prediction (models.cost); a spec or a request over it is "
+                                 "refused. Keep it well under the lease (lease_ms)")
+    inline_ms: float = Field(5.0, ge=0, description="work estimated under this runs on the "
+                             "event loop; heavier work on the compute thread")
     shutdown_grace_s: float = Field(30.0, gt=0, description="on SIGTERM/SIGINT, time to finish "
                                     "requests and batches in hand before children are killed")
 

@@ -6,7 +6,9 @@ updates, samples, metrics, snapshot_version, uid, state_bytes) · ``sn:{name}:ct
 stream's context as of the latest snapshot (written with it for the streams that moved; the
 snapshot holds every context too, and the log replays them forward) · ``sn:{name}:seen``
 applied event ids (sorted set scored by the version that applied them, trimmed to the newest
-``seen_limit``) · ``sn:{name}:log`` the events applied since (and shortly before) the snapshot
+``seen_limit``) · ``sn:{name}:digest`` each of those ids → a digest of the event it applied (an
+addition to the design's layout: a repeat of an id with another body is a conflict, not a
+repeat) · ``sn:{name}:log`` the events applied since (and shortly before) the snapshot
 (a Redis Stream whose entry ids are ``{version}-0``) · ``sn:{name}:lock`` the lease ·
 ``sn:{name}:wanted`` the writer queued first for a held lease (an addition to the design's
 layout: the holder yields after its next commit, so no process keeps a busy model forever).
@@ -32,7 +34,7 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
-__all__ = ["LeaseLost", "ModelHead", "Store", "model_key"]
+__all__ = ["Applied", "LeaseLost", "ModelHead", "Store", "model_key"]
 
 
 def model_key(name: str, part: str) -> str:
@@ -52,7 +54,14 @@ class ModelHead(NamedTuple):
     snapshot_version: int
 
 
-_HEAD = ("version", "uid", "snapshot_version")  # the meta fields of a ModelHead, in order
+_HEAD = ("version", "uid", "snapshot_version")
+
+
+class Applied(NamedTuple):
+    """An event id found applied: the version that applied it, its event's digest."""
+
+    version: int
+    digest: str | None  # the meta fields of a ModelHead, in order
 
 
 # KEYS: meta lock wanted; ARGV: token lease_ms. ``wanted`` names the writer that queued first
@@ -77,10 +86,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: meta lock log seen wanted; ARGV: token version n updates samples metrics seen_limit
-#       lease_ms uid, then n pairs (event, event_id). Appends the n events as versions
-#       version+1 … version+n of the model incarnation ``uid`` (a model deleted and re-created
-#       meanwhile has another). Returns {last version, whether another writer waits}.
+# KEYS: lock; ARGV: token lease_ms. Extend a lease still held by ``token``: 1, else 0.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: meta lock log seen wanted digest; ARGV: token version n updates samples metrics
+#       seen_limit lease_ms uid, then n triples (event, event_id, digest). Appends the n events
+#       as versions version+1 … version+n of the model incarnation ``uid`` (a model deleted and
+#       re-created meanwhile has another). Returns {last version, whether another writer waits}.
 _COMMIT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 local m = redis.call('HMGET', KEYS[1], 'version', 'uid')
@@ -89,9 +104,11 @@ if v == nil or v ~= tonumber(ARGV[2]) or m[2] ~= ARGV[9] then return -2 end
 local ids = false
 for i = 1, tonumber(ARGV[3]) do
   v = v + 1
-  redis.call('XADD', KEYS[3], v .. '-0', 'event', ARGV[8 + 2 * i])
-  if ARGV[9 + 2 * i] ~= '' then
-    redis.call('ZADD', KEYS[4], v, ARGV[9 + 2 * i])
+  local at = 7 + 3 * i
+  redis.call('XADD', KEYS[3], v .. '-0', 'event', ARGV[at])
+  if ARGV[at + 1] ~= '' then
+    redis.call('ZADD', KEYS[4], v, ARGV[at + 1])
+    redis.call('HSET', KEYS[6], ARGV[at + 1], ARGV[at + 2])
     ids = true
   end
 end
@@ -99,7 +116,12 @@ redis.call('HSET', KEYS[1], 'version', v, 'updates', ARGV[4], 'samples', ARGV[5]
            'metrics', ARGV[6])
 if ids then
   local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[7])
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
+  while extra > 0 do  -- the oldest ids go, with their digests (a bounded unpack per call)
+    local old = redis.call('ZRANGE', KEYS[4], 0, math.min(extra, 1000) - 1)
+    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, #old - 1)
+    redis.call('HDEL', KEYS[6], unpack(old))
+    extra = extra - #old
+  end
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
 return {v, redis.call('EXISTS', KEYS[5])}
@@ -151,6 +173,7 @@ class Store:
         self.seen_limit = seen_limit
         self._acquire = redis.register_script(_ACQUIRE)
         self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
         self._commit = redis.register_script(_COMMIT)
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._create = redis.register_script(_CREATE)
@@ -190,8 +213,8 @@ class Store:
 
     async def delete(self, name: str) -> bool:
         """Remove every key of the model (meta first, so readers see it gone at once)."""
-        fixed = [model_key(name, p) for p in ("meta", "spec", "state", "seen", "log", "lock",
-                                              "wanted")]
+        fixed = [model_key(name, p) for p in ("meta", "spec", "state", "seen", "digest", "log",
+                                              "lock", "wanted")]
         removed = await self.redis.delete(*fixed)
         ctx = [k async for k in self.redis.scan_iter(match=model_key(name, "ctx:*"),
                                                      count=1000)]
@@ -237,29 +260,33 @@ class Store:
     async def release(self, name: str, token: str) -> None:
         await self._release(keys=[model_key(name, "lock")], args=[token])
 
-    async def seen(self, name: str, event_id: str) -> int | None:
-        """The version that applied ``event_id``, if it was applied."""
-        score = await self.redis.zscore(model_key(name, "seen"), event_id)
-        return None if score is None else int(score)
+    async def renew(self, name: str, token: str, lease_ms: int) -> bool:
+        """Extend the lease ``token`` holds; ``False`` when it no longer holds it."""
+        return bool(await self._renew(keys=[model_key(name, "lock")], args=[token, lease_ms]))
 
-    async def seen_many(self, name: str, event_ids: list[str]) -> dict[str, int]:
-        """The versions that applied those of ``event_ids`` that were applied."""
+    async def seen(self, name: str, event_ids: list[str]) -> dict[str, Applied]:
+        """Those of ``event_ids`` that were applied: the version that applied each, and the
+        digest of its event (``None`` for ids recorded before digests were)."""
         if not event_ids:
             return {}
-        scores = await self.redis.zmscore(model_key(name, "seen"), event_ids)
-        return {e: int(s) for e, s in zip(event_ids, scores, strict=True) if s is not None}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zmscore(model_key(name, "seen"), event_ids)
+            pipe.hmget(model_key(name, "digest"), event_ids)
+            scores, digests = await pipe.execute()
+        return {e: Applied(int(s), None if d is None else _str(d))
+                for e, s, d in zip(event_ids, scores, digests, strict=True) if s is not None}
 
     async def commit(self, name: str, token: str, version: int,
-                     events: list[tuple[str, str | None]], *, uid: str, updates: int,
+                     events: list[tuple[str, str | None, str]], *, uid: str, updates: int,
                      samples: int, metrics_json: str, lease_ms: int) -> tuple[int, bool]:
-        """Append applied events ``(event JSON, event id)`` as versions ``version+1 …``
+        """Append applied events ``(event JSON, event id, digest)`` as versions ``version+1 …``
         atomically (see the module docstring), with the meta as of the last one: the new
         version, and whether another writer is waiting for the lease (the holder should yield)."""
-        keys = [model_key(name, p) for p in ("meta", "lock", "log", "seen", "wanted")]
+        keys = [model_key(name, p) for p in ("meta", "lock", "log", "seen", "wanted", "digest")]
         args: list[Any] = [token, version, len(events), updates, samples, metrics_json,
                            self.seen_limit, lease_ms, uid]
-        for event_json, event_id in events:
-            args += (event_json, event_id or "")
+        for event_json, event_id, digest in events:
+            args += (event_json, event_id or "", digest)
         res = await self._commit(keys=keys, args=args)
         if not isinstance(res, list):
             code = _int(res)

@@ -35,13 +35,12 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from models import InvalidInput
-from models.spec import NAME_PATTERN
 
 from . import metrics as m
 from .connect import AnyRedis
 from .engine import Engine, LearnOutcome
 from .errors import ApiError
-from .schemas import LearnRequest
+from .schemas import MODEL_NAME_PATTERN, LearnRequest
 from .settings import Settings
 from .store import LeaseLost, Store
 from .streams import Entry, Streams, partition_of
@@ -49,7 +48,7 @@ from .streams import Entry, Streams, partition_of
 __all__ = ["Worker"]
 
 log = logging.getLogger("streamnorm.worker")
-_NAME = re.compile(NAME_PATTERN)
+_NAME = re.compile(MODEL_NAME_PATTERN)
 _IDLE_MIN_S, _IDLE_MAX_S = 0.005, 0.1  # polling an empty partition: first and longest pause
 
 

@@ -12,11 +12,12 @@ skips two round trips) and yields it after a commit when another process asks fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from . import metrics as m
@@ -42,19 +43,24 @@ class Writes:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lease_s = 0.8 * settings.lease_ms / 1000  # renew well before Redis expires it
 
-    def queue(self, name: str, hot: Hot, event: Event) -> Ticket:
+    def snapshot_due(self, hot: Hot) -> bool:
+        """Whether the next queued update carries a snapshot (every ``snapshot_every``)."""
+        return hot.version + 1 - max(hot.snapshot_version, hot.snapshot_queued) \
+            >= self.settings.snapshot_every
+
+    def queue(self, name: str, hot: Hot, event: Event, state: bytes | None) -> Ticket:
         """Queue the commit of ``event``, just applied to ``hot.learner`` (lock held, no
-        await); a snapshot rides along every ``snapshot_every`` versions."""
+        await), with ``state``, the learner's bytes after it, when ``snapshot_due`` said so."""
         learner, body = hot.learner, event.body
         hot.version += 1
         if "stream" in body:
             hot.moved.add(body["stream"])
         snapshot = None
-        if hot.version - max(hot.snapshot_version, hot.snapshot_queued) \
-                >= self.settings.snapshot_every:
-            snapshot = (learner.to_bytes(), hot.take_moved())
+        if state is not None:
+            snapshot = (state, hot.take_moved())
             hot.snapshot_queued = hot.version
-        ticket = Ticket(hot.version, event.to_json(), event.event_id, learner.updates,
+        ticket = Ticket(hot.version, event.to_json(), event.event_id, event.digest,
+                        learner.updates,
                         learner.samples, json.dumps(learner.metrics.report()), snapshot,
                         asyncio.get_running_loop().create_future())
         ticket.done.add_done_callback(_retrieve)
@@ -101,7 +107,8 @@ class Writes:
                 raise LeaseLost("the model's lease was given up with updates queued")
             version, hot.wanted = await self.store.commit(
                 name, hot.token, batch[0].version - 1,
-                [(t.event_json, t.event_id) for t in batch], uid=hot.uid, updates=last.updates,
+                [(t.event_json, t.event_id, t.digest) for t in batch], uid=hot.uid,
+                updates=last.updates,
                 samples=last.samples, metrics_json=last.metrics_json,
                 lease_ms=self.settings.lease_ms)
         except BaseException as exc:
@@ -250,6 +257,33 @@ class Writes:
                                    headers={"Retry-After": "1"})
                 await asyncio.sleep(min(pause, max(wait_ms, 1) / 1000))
                 pause = min(pause * 2, 0.005)
+
+    @contextlib.asynccontextmanager
+    async def kept(self, name: str, hot: Hot) -> AsyncIterator[None]:
+        """Renew the lease this process holds on ``name`` while a long computation runs (or
+        waits for the compute thread) under it, so it is still held at the commit."""
+
+        stop = asyncio.Event()
+
+        async def renew() -> None:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._lease_s / 4)
+                    return
+                token = hot.token
+                if token is None or not await self.store.renew(name, token,
+                                                                self.settings.lease_ms):
+                    return  # gone: the commit's fencing refuses the update
+                if hot.token == token:
+                    hot.lease_until = time.monotonic() + self._lease_s
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:  # told, not cancelled: a Redis call cut by a cancellation can swallow it
+            stop.set()
+            with contextlib.suppress(Exception):
+                await task
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

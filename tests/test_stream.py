@@ -301,3 +301,37 @@ def test_an_unreadable_model_state_is_dead_lettered_not_retried_forever(
     dead = r.xrange("sn:events:{0}:dead")
     assert len(dead) == 10
     assert all(b"StateError" in fields[b"error"] for _, fields in dead)
+
+
+def test_an_event_id_reused_for_another_event_is_dead_lettered(
+        stream_settings: Settings) -> None:
+    """Finding 4 (stream side): an event whose `event_id` an earlier, different event already
+    used was acknowledged and counted as applied, as a repeat is; it goes to the dead letters
+    with the reason now. A true repeat (same body) is still acknowledged as applied once."""
+    r = redis.Redis.from_url(stream_settings.redis_url)
+    p = partition_of("m1", stream_settings.partitions)
+    first = [event("m1", i) for i in range(6)]
+    reused = {**event("m1", 7), "event_id": first[2]["event_id"]}  # another body, an old id
+    repeat = first[4]  # the very same event again
+
+    async def run() -> None:
+        async with service(stream_settings) as (client, app):
+            assert (await client.post("/models", json={"name": "m1", **SPEC})).status_code \
+                == 201
+            for batch in (first, [reused, repeat, event("m1", 8)]):
+                assert (await client.post("/events", json=batch)).status_code == 202
+                redis_w = connect(stream_settings)
+                try:
+                    await drain(app.state.streams, Worker(stream_settings, redis_w, "w"))
+                finally:
+                    await close(redis_w)
+
+    asyncio.run(run())
+    assert int(r.hget(model_key("m1", "meta"), "updates")) == 7
+    dead = r.xrange(f"sn:events:{{{p}}}:dead")
+    assert len(dead) == 1
+    fields = dead[0][1]
+    assert json.loads(fields[b"event"])["x"] == reused["x"]
+    assert b"409" in fields[b"error"] and b"event_id" in fields[b"error"]
+    assert int(r.get(f"sn:events:{{{p}}}:done")) == 8  # 6 + the repeat + event 8
+    assert r.xlen(f"sn:events:{{{p}}}") == 0

@@ -12,12 +12,11 @@ from models import InvalidInput, ModelSpec
 from ..deps import EngineDep, WriteAccess
 from ..errors import ApiError
 from ..events import canonical_event
-from ..schemas import EventsAccepted, StreamEvent
+from ..schemas import EventsAccepted, EventsBody, errors
 from ..streams import Streams, partition_of
 
 router = APIRouter(tags=["events"])
 
-MAX_EVENTS = 1000
 _EXAMPLE = [{"model": "demo", "stream": "sensor-7", "x": [0.1, 0.2, 0.3], "y": 1.5,
              "event_id": "evt-0001"},
             {"model": "demo", "stream": "sensor-7", "x": [0.2, 0.1, 0.0], "y": 1.2,
@@ -30,19 +29,17 @@ _EXAMPLE = [{"model": "demo", "stream": "sensor-7", "x": [0.1, 0.2, 0.3], "y": 1
                  "example": _EXAMPLE}}}},
              responses={202: {"content": {"application/json": {"example": {
                  "ids": ["1732500000000-0", "1732500000000-1"], "partitions": [5, 5]}}}},
-                 404: {"description": "an event names an unknown model"},
-                 422: {"description": "an event does not fit its model (the field is named)"},
-                 429: {"description": "a partition's backlog is over STREAMNORM_MAX_BACKLOG; "
-                                      "retry after Retry-After seconds"}})
-async def post_events(request: Request, engine: EngineDep, body: StreamEvent | list[StreamEvent]
-                      ) -> dict[str, Any]:
+                 **errors(400, 404, 413, 422, 429, 503,
+                          e404="an event names an unknown model ([i].model)",
+                          e422="an event does not fit its model (the field is named: [i].x)",
+                          e429="a partition's backlog is over STREAMNORM_MAX_BACKLOG; retry "
+                               "after Retry-After seconds")})
+async def post_events(request: Request, engine: EngineDep, body: EventsBody) -> dict[str, Any]:
     """Validate events against their models' specs and append them to the stream (202): a
     worker applies them in order, exactly once per ``event_id`` (events without one get their
     entry id). All or none are appended when valid; 429 when the stream is too far behind."""
     many = isinstance(body, list)
     events = body if isinstance(body, list) else [body]
-    if not 1 <= len(events) <= MAX_EVENTS:
-        raise ApiError(422, f"give 1 to {MAX_EVENTS} events", "body")
     specs: dict[str, ModelSpec] = {}
     out: list[tuple[str, str]] = []
     for i, ev in enumerate(events):

@@ -14,7 +14,13 @@ from fastapi import APIRouter, Response
 from ..deps import EngineDep, ModelName, WriteAccess
 from ..engine import Engine
 from ..errors import ApiError
-from ..schemas import LearnRequest, LearnResponse, PredictRequest, PredictResponse
+from ..schemas import (
+    LearnRequest,
+    LearnResponse,
+    PredictRequest,
+    PredictResponse,
+    errors,
+)
 
 router = APIRouter(prefix="/models/{name}", tags=["learning"])
 
@@ -22,9 +28,8 @@ _PREDICT_OK = {200: {"content": {"application/json": {"example": {
     "prediction": 1.37, "version": 42, "proba": None}}}}}
 _LEARN_OK = {200: {"content": {"application/json": {"example": {
     "prediction": 1.37, "loss": 0.017, "version": 43, "applied": True, "proba": None}}}}}
-_ERRORS = {404: {"description": "unknown model"},
-           422: {"description": "the input does not fit the model (the field is named)"},
-           503: {"description": "Redis unavailable or the model's lease is busy"}}
+_ERRORS = errors(400, 404, 413, 422, 503, e422="the input does not fit the model, or is over "
+                                               "a limit (the field is named)")
 
 
 def _json(content: dict[str, Any]) -> bytes:
@@ -62,7 +67,8 @@ async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> R
 
 
 @router.post("/learn", response_model=LearnResponse, dependencies=[WriteAccess],
-             responses={**_LEARN_OK, **_ERRORS},
+             responses={**_LEARN_OK, **_ERRORS, **errors(
+                 409, e409="event_id names another event already applied")},
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "example": {"stream": "sensor-7", "x": [0.1, 0.2, 0.3], "y": 1.5,
                              "event_id": "evt-0001"}}}}})

@@ -1,0 +1,103 @@
+"""What a model costs, estimated from its spec without allocating it: the bytes of its state, and
+the time of one update or prediction.
+
+A recurrent step at batch size 1 costs a fixed overhead per layer (operator dispatch: it differs
+a lot between cells and methods, from ~10 µs for an LSTM on PyTorch's fused kernel to ~2 ms for a
+GRU with Streaming Norm on the generic autograd path) plus its multiply-adds, which are bound by
+memory bandwidth once the weights leave the cache. So
+
+    ms = fixed + parameters · ns_per_param + steps · num_layers · overhead[cell, method]
+         + Σ_samples steps · madds_per_step · ns_per_madd
+
+for a training update (forward and backward), and a fraction of it for a prediction. A batch of
+equal-length sequences runs as one batch: it pays the overhead once per step. The constants were
+measured on the 2-core x86 VMs this is built on (``python bench/cost.py`` measures them again and
+checks every estimate is at least the measured time), with a margin: the estimate is meant to
+be an upper bound there, good to a factor of ~2, not a prediction.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+
+import torch
+
+from .cells import skip_init
+from .network import Network
+from .spec import ModelSpec
+
+__all__ = ["GATES", "madds_per_step", "predict_ms", "state_bytes", "update_ms", "update_terms"]
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# µs per layer and step of a training update at batch size 1, small hidden size (dispatch-bound):
+# measured medians ×2, bench/cost.py (2026-12-06)
+_OVERHEAD_US: dict[str, dict[str, float]] = {
+    "lstm": {"none": 25, "layer": 70, "streaming": 70, "online": 720, "recurrent_batch": 580,
+             "batch_rnn": 230, "weight": 25, "cosine": 420},
+    "gru": {"none": 180, "layer": 360, "streaming": 3600, "online": 1260, "recurrent_batch": 760,
+            "batch_rnn": 280, "weight": 180, "cosine": 880},
+    "rnn": {"none": 60, "layer": 120, "streaming": 1200, "online": 520, "recurrent_batch": 300,
+            "batch_rnn": 100, "weight": 60, "cosine": 460},
+}
+_NS_PER_MADD = 1.6  # training (forward + backward), per forward multiply-add; memory-bound at H≥512
+_FIXED_MS = 1.5  # per update: loss, head, metrics, the learner's bookkeeping
+_NS_PER_PARAM = 6.0  # per update: save point, gradient clipping, optimizer step, finiteness check
+_PREDICT = 0.6  # a prediction (forward only) against a training update, every term
+_MOMENTS = {"adam": 2, "rmsprop": 1, "sgd": 0}
+_HEADER_BYTES = 16_384  # safetensors header, metrics and spec JSON, and slack
+
+
+def madds_per_step(spec: ModelSpec) -> int:
+    """Multiply-adds of one forward step of one sample: every layer's input and recurrent
+    matrices (``gates · H · (I_l + H)``)."""
+    g, h = GATES[spec.cell], spec.hidden_size
+    first = g * h * (spec.input_size + h)
+    return first + (spec.num_layers - 1) * g * h * (h + h)
+
+
+def _meta_network(spec: ModelSpec) -> Network:
+    """The network of ``spec`` on PyTorch's meta device: shapes only, nothing allocated."""
+    with torch.device("meta"), skip_init():
+        return Network(spec)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sizes(spec: ModelSpec) -> tuple[int, int]:
+    """(parameters, buffer bytes) of ``spec``'s network (~1 ms to build, so cached per spec)."""
+    net = _meta_network(spec)
+    return (sum(p.numel() for p in net.parameters()),
+            sum(b.numel() * b.element_size() for b in net.buffers()))
+
+
+def _parameters(spec: ModelSpec) -> int:
+    return _sizes(spec)[0]
+
+
+def state_bytes(spec: ModelSpec) -> int:
+    """Bytes of the model's stored state without stream contexts: parameters (float32),
+    optimizer moments, normalization buffers."""
+    params, buffers = _sizes(spec)
+    return params * 4 * (1 + _MOMENTS[spec.optimizer.name]) + buffers + _HEADER_BYTES
+
+
+def update_terms(spec: ModelSpec, groups: Iterable[tuple[int, int]]) -> tuple[float, float,
+                                                                               float]:
+    """The three terms of ``update_ms`` (ms): fixed, per-step overhead, multiply-adds."""
+    overhead = _OVERHEAD_US[spec.cell][spec.norm.method] * spec.num_layers / 1000
+    madds = madds_per_step(spec) * _NS_PER_MADD / 1e6
+    fixed = _FIXED_MS + _parameters(spec) * _NS_PER_PARAM / 1e6
+    groups = list(groups)
+    return (fixed, sum(steps * overhead for steps, _ in groups),
+            sum(steps * samples * madds for steps, samples in groups))
+
+
+def update_ms(spec: ModelSpec, groups: Iterable[tuple[int, int]]) -> float:
+    """Estimated ms of one training update over ``groups`` of ``(steps, samples)``: a stream
+    window is ``[(window, 1)]``, a mini-batch one group per distinct sequence length."""
+    return sum(update_terms(spec, groups))
+
+
+def predict_ms(spec: ModelSpec, steps: int) -> float:
+    """Estimated ms of one prediction over ``steps`` steps (forward only)."""
+    return _PREDICT * update_ms(spec, [(steps, 1)])

@@ -1,0 +1,83 @@
+"""The cost budget: what one model may hold and one request may compute, checked where they enter.
+
+Estimates come from the spec and the request's shape (``models.cost``), before anything is
+allocated or validated element by element: a spec whose state or whose stream update is over the
+limits is refused at creation, and a sequence or mini-batch request over them is refused before
+its values are read. Each refusal is ``InvalidInput`` (a 422, or a dead letter on the stream)
+naming the field to change.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from models import InvalidInput, ModelSpec, cost
+
+from .settings import Settings
+
+__all__ = ["Budget"]
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+class Budget:
+    """The limits of ``settings`` applied to specs and requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_state_bytes = settings.max_state_bytes
+        self.max_steps = settings.max_steps
+        self.max_ms = settings.max_update_ms
+
+    def check_spec(self, spec: ModelSpec) -> None:
+        """Refuse a spec whose state, window or stream update is over the limits."""
+        size = max(("n_features", spec.input_size), ("hidden_size", spec.hidden_size),
+                   key=lambda kv: kv[1])[0]  # the wider of the two drives the weights
+        state = cost.state_bytes(spec)
+        if state > self.max_state_bytes:
+            raise InvalidInput(size, f"the model's state would take ~{_mb(state)}, over the "
+                                     f"{_mb(self.max_state_bytes)} limit "
+                                     "(STREAMNORM_MAX_STATE_BYTES): lower hidden_size, "
+                                     "num_layers or n_features")
+        if spec.window > self.max_steps:
+            raise InvalidInput("window", f"{spec.window} steps is over the limit of "
+                                         f"{self.max_steps} (STREAMNORM_MAX_STEPS)")
+        fixed, steps, madds = cost.update_terms(spec, [(spec.window, 1)])
+        ms = fixed + steps + madds
+        if ms > self.max_ms:  # name what drives it: the step overhead, or the weights
+            field = size if madds > steps else "num_layers" if spec.num_layers > 1 else "window"
+            raise InvalidInput(field, f"one update of this model is estimated at {ms:,.0f} ms, "
+                                      f"over the {self.max_ms:,.0f} ms limit "
+                                      "(STREAMNORM_MAX_UPDATE_MS): lower window, hidden_size, "
+                                      "num_layers or n_features")
+
+    def request_ms(self, spec: ModelSpec, payload: dict[str, Any], train: bool) -> float:
+        """The estimated ms of a learn (``train``) or predict payload, refused when its
+        sequences are too long or its cost over the limit. Stream-mode requests were bounded
+        when the model was created; a payload of the wrong shape is left for validation."""
+        seq, batch = payload.get("sequence"), payload.get("batch") if train else None
+        if isinstance(batch, list):
+            lengths = [len(s["sequence"]) for s in batch
+                       if isinstance(s, dict) and isinstance(s.get("sequence"), list)]
+            for i, n in enumerate(lengths):
+                self._steps(n, f"batch[{i}].sequence")
+            groups, field = list(Counter(lengths).items()), "batch"
+        elif isinstance(seq, list):
+            self._steps(len(seq), "sequence")
+            groups, field = [(len(seq), 1)], "sequence"
+        else:
+            groups, field = [(spec.window, 1)], ""
+        ms = cost.update_ms(spec, groups) if train else cost.predict_ms(spec, groups[0][0])
+        if ms > self.max_ms and field:
+            raise InvalidInput(field, f"this request is estimated at {ms:,.0f} ms of compute, "
+                                      f"over the {self.max_ms:,.0f} ms limit "
+                                      "(STREAMNORM_MAX_UPDATE_MS): send fewer or shorter "
+                                      "sequences")
+        return ms
+
+    def _steps(self, n: int, field: str) -> None:
+        if n > self.max_steps:
+            raise InvalidInput(field, f"{n} steps is over the limit of {self.max_steps} "
+                                      "(STREAMNORM_MAX_STEPS)")
