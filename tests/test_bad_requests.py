@@ -192,6 +192,11 @@ CASES: list[Case] = [
     spec("name-empty", "name", name=""),
     spec("name-not-a-string", "name", name=5),
     spec("name-missing", "name", drop=("name",)),
+    # '.' and '..' are path segments clients normalise away: no name may start with '.'
+    spec("name-dot", "name", name="."),
+    spec("name-dotdot", "name", name=".."),
+    spec("name-leading-dot", "name", name=".hidden"),
+    Case("learn/name-leading-dot", "POST", "/models/.hidden/learn", 422, "name", body=OK),
     spec("name-taken", "name", status=409, name="<reg>", n_features=5),
     # -- bad specs -------------------------------------------------------------------------------
     spec("task-unknown", "task", task="ranking"),
