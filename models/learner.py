@@ -229,11 +229,13 @@ class OnlineLearner:
         return results
 
     # serialization lives in models/persist.py to keep this file about learning
-    def to_bytes(self) -> bytes:
-        """Everything this learner holds, as safetensors + JSON (see ``models.persist``)."""
+    def to_bytes(self, *, contexts: bool = True) -> bytes:
+        """Everything this learner holds, as safetensors + JSON (see ``models.persist``);
+        ``contexts=False`` leaves the streams' contexts out (``persist.context_to_bytes``
+        writes each on its own)."""
         from .persist import learner_to_bytes
 
-        return learner_to_bytes(self)
+        return learner_to_bytes(self, contexts=contexts)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, max_bytes: int | None = None) -> OnlineLearner:

@@ -67,10 +67,11 @@ def _context_from(tensors: dict[str, Tensor], prefix: str, learner: OnlineLearne
     return StreamContext(tuple(state), inputs)
 
 
-def learner_to_bytes(learner: OnlineLearner) -> bytes:
-    """Serialize a learner: its flat buffers as they are, contexts packed beside them."""
+def learner_to_bytes(learner: OnlineLearner, *, contexts: bool = True) -> bytes:
+    """Serialize a learner: its flat buffers as they are, contexts packed beside them (or none:
+    a service that keeps each context under its own key)."""
     tensors: dict[str, Tensor] = {}
-    streams = learner.streams
+    streams = learner.streams if contexts else []
     for j, name in enumerate(streams):
         tensors.update(_context_tensors(learner.contexts[name], f"ctx.{j}."))
     for name, values in learner.metrics.recent().items():

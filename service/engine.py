@@ -19,24 +19,35 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from models import InvalidInput, ModelSpec, OnlineLearner, UpdateRejected, cost
+from models.persist import context_from_bytes
 
 from . import metrics as m
 from .budget import Budget
 from .compute import Compute
+from .contexts import ContextBook
 from .errors import ApiError
-from .events import Event, LearnOutcome, apply_event, canonical_event, predict_arguments
+from .events import (
+    Event,
+    LearnOutcome,
+    apply_event,
+    canonical_event,
+    predict,
+    predict_arguments,
+)
 from .hot import Hot, Ticket
 from .settings import Settings
-from .store import LeaseLost, ModelHead, Store
+from .store import LeaseLost, ModelHead, Store, Stored
 from .writes import Writes
 
 __all__ = ["Engine", "Event", "LearnOutcome"]
@@ -50,6 +61,18 @@ def _committed(outcome: LearnOutcome | None, version: int, applied: bool) -> Lea
     if outcome is None:
         return LearnOutcome(None, None, version, applied)
     return LearnOutcome(outcome.prediction, outcome.loss, version, True, outcome.proba)
+
+
+def _loaded(snap: Stored) -> tuple[OnlineLearner, ContextBook]:
+    """The learner of a snapshot with its contexts, and their book. A state written before
+    contexts had keys of their own holds them all: the next snapshot writes each to its key."""
+    learner = OnlineLearner.from_bytes(snap.state)
+    if learner.contexts:
+        now = time.time()
+        return learner, ContextBook.loaded([(s, now) for s in learner.streams], learner.streams)
+    for stream, _, data in snap.contexts:
+        learner.contexts[stream] = context_from_bytes(learner, data)[1]
+    return learner, ContextBook.loaded((s, t) for s, t, _ in snap.contexts)
 
 
 def _bytes_ms(n: int) -> float:
@@ -141,13 +164,10 @@ class Engine:
         hot = await self._enter(name)
         try:
             await self._catch_up(name, hot, head)
-            if spec.task == "regression":
-                pred = await self.compute.run(cost_ms, partial(hot.learner.predict_one, **kwargs))
-                proba = None
-            else:
-                proba = await self.compute.run(
-                    cost_ms, partial(hot.learner.predict_proba_one, **kwargs))
-                pred = max(proba, key=proba.__getitem__)  # first on ties
+            forget = "stream" in kwargs and hot.book.expired(
+                kwargs["stream"], time.time(), self.settings.stream_ttl_s)
+            pred, proba = await self.compute.run(
+                cost_ms, partial(predict, hot.learner, kwargs, forget=forget))
             version, wait = hot.version, hot.in_flight()
         finally:
             self._leave(hot)
@@ -161,7 +181,7 @@ class Engine:
         hot = await self._enter(name)
         try:
             await self._catch_up(name, hot, head)
-            state = await self.compute.run(self._state_ms(hot), hot.learner.to_bytes)
+            state = await self.compute.run(self._state_ms(hot), hot.learner.to_bytes)  # all
             version = hot.version
             wait = hot.in_flight()
         finally:
@@ -313,12 +333,19 @@ class Engine:
         computation runs on the compute thread, the lease renewed meanwhile."""
         if hot.dead:  # a commit failed while this batch was computing
             raise LeaseLost("the model's cached learner was dropped after a failed commit")
+        stream = event.body.get("stream")
+        if stream is not None:  # when, and which contexts go first: decided here, logged
+            now = round(time.time(), 3)
+            event = replace(event, notes={"t": now, "drop": hot.book.to_drop(
+                stream, now, self.settings.stream_ttl_s, self.settings.max_streams)})
+        logged = {**event.body, **event.notes}
         try:
             async with self._kept(name, hot, cost_ms):
-                outcome = await self.compute.run(cost_ms, apply_event, hot.learner, event.body)
+                outcome = await self.compute.run(cost_ms, apply_event, hot.learner, logged)
+                hot.book.applied(stream, event.notes.get("t", 0.0), event.notes.get("drop", ()))
                 state = None
                 if self.writes.snapshot_due(hot):
-                    state = await self.compute.run(self._state_ms(hot), hot.learner.to_bytes)
+                    state = await self.compute.run(self._state_ms(hot), self._state, hot)
             return outcome, self.writes.queue(name, hot, event, state)
         except UpdateRejected as exc:  # the learner rolled itself back
             m.REJECTED.labels(model=name).inc()
@@ -338,6 +365,12 @@ class Engine:
     @staticmethod
     def _state_ms(hot: Hot) -> float:
         return _bytes_ms(cost.state_bytes(hot.learner.spec))
+
+    @staticmethod
+    def _state(hot: Hot) -> bytes:
+        """The snapshot's state: the learner without its contexts (they have keys of their
+        own, written when they moved)."""
+        return hot.learner.to_bytes(contexts=False)
 
     async def close(self) -> None:
         """Commit what is queued, snapshot what is ahead, hand back every lease."""
@@ -422,18 +455,20 @@ class Engine:
         snap = await self.store.snapshot(name)
         if snap is None:
             raise ApiError(404, f"no model named {name!r}", "name")
-        state, head = snap
-        learner = await self.compute.run(_bytes_ms(len(state)), OnlineLearner.from_bytes, state)
+        size = len(snap.state) + sum(len(b) for _, _, b in snap.contexts)
+        learner, book = await self.compute.run(_bytes_ms(size), _loaded, snap)
         if learner.spec != spec:
             raise ApiError(409, f"model {name!r} was replaced while loading; retry")
         m.STATE_LOADS.labels(name).inc()
-        return Hot(learner, head.uid, head.snapshot_version, head.snapshot_version)
+        head = snap.head
+        return Hot(learner, head.uid, head.snapshot_version, head.snapshot_version, book=book)
 
     async def _reload(self, name: str, hot: Hot, spec: ModelSpec) -> None:
         """Replace the entry's learner by the latest snapshot (the replay then continues)."""
         fresh = await self._load(name, spec)
         hot.learner, hot.uid, hot.version = fresh.learner, fresh.uid, fresh.version
         hot.committed, hot.snapshot_version = fresh.version, fresh.snapshot_version
+        hot.book = fresh.book
 
     async def _catch_up(self, name: str, hot: Hot, head: ModelHead) -> None:
         """Bring the cached learner to ``head.version`` (replay, or snapshot + replay)."""
@@ -457,8 +492,8 @@ class Engine:
                     cost_ms = self.budget.request_ms(hot.learner.spec, body, train=True)
                     await self.compute.run(cost_ms, apply_event, hot.learner, body)
                     hot.version = hot.committed = v
-                    if "stream" in body:
-                        hot.moved.add(body["stream"])
+                    hot.book.applied(body.get("stream"), body.get("t", time.time()),
+                                     body.get("drop", ()))
                 m.REPLAYED.labels(name).inc(len(entries))
                 continue
             await self._reload(name, hot, hot.learner.spec)  # the log no longer reaches back

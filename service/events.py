@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from models import InvalidInput, ModelSpec, OnlineLearner
 from models.inputs import to_features, to_sequence, to_target
 
-__all__ = ["Event", "LearnOutcome", "apply_event", "canonical_event", "predict_arguments"]
+__all__ = ["Event", "LearnOutcome", "apply_event", "canonical_event", "predict",
+           "predict_arguments"]
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,17 @@ class Event:
 
     body: dict[str, Any]
     event_id: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)  # set when applied: "t", "drop"
 
     def to_json(self) -> str:
-        return json.dumps(self.body, separators=(",", ":"))
+        """What the log stores and a replay applies: the body and the notes."""
+        return json.dumps({**self.body, **self.notes}, separators=(",", ":"))
 
     @cached_property
     def digest(self) -> str:
         """What identifies the event's content (a repeat of its ``event_id`` must match it)."""
-        return hashlib.blake2b(self.to_json().encode(), digest_size=12).hexdigest()
+        body = json.dumps(self.body, separators=(",", ":"))
+        return hashlib.blake2b(body.encode(), digest_size=12).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,21 @@ def predict_arguments(payload: dict[str, Any]) -> dict[str, Any]:
     return {"x": payload["x"], "stream": payload.get("stream") or "default"}
 
 
+def predict(learner: OnlineLearner, kwargs: dict[str, Any], *, forget: bool = False
+            ) -> tuple[float | int, dict[int, float] | None]:
+    """The prediction (and class probabilities) for ``predict_arguments``; ``forget``: from a
+    zero context, as the next learn of an expired stream will be (nothing changes)."""
+    saved = learner.contexts.pop(kwargs["stream"], None) if forget else None
+    try:
+        if learner.spec.task == "regression":
+            return learner.predict_one(**kwargs), None
+        proba = learner.predict_proba_one(**kwargs)
+        return max(proba, key=proba.__getitem__), proba  # the first on ties
+    finally:
+        if saved is not None:
+            learner.contexts[kwargs["stream"]] = saved
+
+
 def canonical_event(spec: ModelSpec, payload: dict[str, Any]) -> Event:
     """Validate a learn payload against ``spec`` (InvalidInput names the field)."""
     _check_mode(payload, batch=True)
@@ -87,7 +106,18 @@ def canonical_event(spec: ModelSpec, payload: dict[str, Any]) -> Event:
 
 
 def apply_event(learner: OnlineLearner, body: dict[str, Any]) -> LearnOutcome | None:
-    """Run one canonical event on ``learner`` (the same call for a request and a replay)."""
+    """Run one canonical event on ``learner`` (the same call for a request and a replay): drop
+    the contexts its notes name, then learn; a failed update leaves the contexts as they were."""
+    dropped = {s: learner.contexts.pop(s) for s in body.get("drop", ())
+               if s in learner.contexts}
+    try:
+        return _learn(learner, body)
+    except BaseException:
+        learner.contexts.update(dropped)
+        raise
+
+
+def _learn(learner: OnlineLearner, body: dict[str, Any]) -> LearnOutcome | None:
     if "batch" in body:
         items = body["batch"]
         learner.learn_many([s["sequence"] for s in items], [s["y"] for s in items])

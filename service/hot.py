@@ -6,7 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 
 from models import OnlineLearner
-from models.persist import context_to_bytes
+
+from .contexts import ContextBook, ContextWrites
 
 __all__ = ["Hot", "Ticket"]
 
@@ -22,7 +23,7 @@ class Ticket:
     updates: int
     samples: int
     metrics_json: str
-    snapshot: tuple[bytes, dict[str, bytes]] | None  # state + moved contexts at ``version``
+    snapshot: tuple[bytes, ContextWrites] | None  # state + context changes at ``version``
     done: asyncio.Future[int]
 
 
@@ -43,7 +44,7 @@ class Hot:
     learns: int = 0  # learns of this process started on the model so far
     lease_until: float = 0.0  # monotonic time before which the held lease surely holds
     lease_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    moved: set[str] = field(default_factory=set)  # streams whose ctx key the next snapshot writes
+    book: ContextBook = field(default_factory=ContextBook)  # its streams' contexts
     pending: list[Ticket] = field(default_factory=list)  # computed, not yet sent to Redis
     last: Ticket | None = None  # the newest ticket (a reply at ``version`` waits for it)
     ids: dict[str, Ticket] = field(default_factory=dict)  # event ids queued or in flight
@@ -61,11 +62,3 @@ class Hot:
     def in_flight(self) -> Ticket | None:
         """The ticket a reply at ``version`` must wait for, or ``None`` when all is in Redis."""
         return self.last if self.uncommitted() else None
-
-    def take_moved(self) -> dict[str, bytes]:
-        """The contexts of the streams moved since the last snapshot, as bytes (and clear the
-        set: a failed snapshot puts them back)."""
-        contexts = {s: context_to_bytes(self.learner, s) for s in self.moved
-                    if s in self.learner.contexts}
-        self.moved.clear()
-        return contexts

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
                                  "refused. Keep it well under the lease (lease_ms)")
     inline_ms: float = Field(5.0, ge=0, description="work estimated under this runs on the "
                              "event loop; heavier work on the compute thread")
+    max_streams: int = Field(10_000, ge=1, description="stream contexts kept per model; an event "
+                             "for a new stream beyond it drops the least recently moved")
+    stream_ttl_s: float = Field(7 * 86_400.0, gt=0, description="a stream with no event for "
+                                "this long restarts from a zero state")
     shutdown_grace_s: float = Field(30.0, gt=0, description="on SIGTERM/SIGINT, time to finish "
                                     "requests and batches in hand before children are killed")
 

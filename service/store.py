@@ -3,8 +3,10 @@
 Layout (``design.md``): ``sn:{name}:spec`` JSON · ``sn:{name}:state`` the latest snapshot
 (``OnlineLearner.to_bytes``: safetensors + JSON header) · ``sn:{name}:meta`` hash (version,
 updates, samples, metrics, snapshot_version, uid, state_bytes) · ``sn:{name}:ctx:{stream}`` a
-stream's context as of the latest snapshot (written with it for the streams that moved; the
-snapshot holds every context too, and the log replays them forward) · ``sn:{name}:seen``
+stream's context as of the latest snapshot (written with it for the streams that moved, deleted
+with it for those dropped; the state holds none, and the log replays them forward) ·
+``sn:{name}:streams`` the index of those keys: stream → when it last moved (unix s), as of the
+latest snapshot (an addition to the design's layout; see ``service.contexts``) · ``sn:{name}:seen``
 applied event ids (sorted set scored by the version that applied them, trimmed to the newest
 ``seen_limit``) · ``sn:{name}:digest`` each of those ids → a digest of the event it applied (an
 addition to the design's layout: a repeat of an id with another body is a conflict, not a
@@ -34,7 +36,9 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
-__all__ = ["Applied", "LeaseLost", "ModelHead", "Store", "model_key"]
+from .contexts import ContextWrites
+
+__all__ = ["Applied", "LeaseLost", "ModelHead", "Store", "Stored", "model_key"]
 
 
 def model_key(name: str, part: str) -> str:
@@ -55,6 +59,16 @@ class ModelHead(NamedTuple):
 
 
 _HEAD = ("version", "uid", "snapshot_version")
+
+
+class Stored(NamedTuple):
+    """A model's latest snapshot: the state (without contexts, or with all of them if it was
+    written before contexts had keys of their own), its head, and the contexts as of it:
+    ``(stream, when it last moved, bytes)``, least recently moved first."""
+
+    state: bytes
+    head: ModelHead
+    contexts: list[tuple[str, float, bytes]]
 
 
 class Applied(NamedTuple):
@@ -127,12 +141,22 @@ redis.call('PEXPIRE', KEYS[2], ARGV[8])
 return {v, redis.call('EXISTS', KEYS[5])}
 """
 
-# KEYS: meta lock state log ctx...; ARGV: token version keep state ctx_bytes...
+# KEYS: meta lock state log streams, then n_put ctx keys to write, then the ctx keys to delete;
+# ARGV: token version keep state n_put, then n_put (bytes, stream, time) triples, then the
+# streams whose contexts were dropped
 _SNAPSHOT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 if tonumber(redis.call('HGET', KEYS[1], 'version')) ~= tonumber(ARGV[2]) then return -2 end
 redis.call('SET', KEYS[3], ARGV[4])
-for i = 5, #KEYS do redis.call('SET', KEYS[i], ARGV[i]) end
+local n = tonumber(ARGV[5])
+for i = 1, n do
+  redis.call('SET', KEYS[5 + i], ARGV[3 + 3 * i])
+  redis.call('ZADD', KEYS[5], ARGV[5 + 3 * i], ARGV[4 + 3 * i])
+end
+for j = 1, #KEYS - 5 - n do
+  redis.call('DEL', KEYS[5 + n + j])
+  redis.call('ZREM', KEYS[5], ARGV[5 + 3 * n + j])
+end
 redis.call('HSET', KEYS[1], 'snapshot_version', ARGV[2], 'state_bytes', string.len(ARGV[4]))
 local keep_from = math.max(1, tonumber(ARGV[2]) - tonumber(ARGV[3]) + 1)
 redis.call('XTRIM', KEYS[4], 'MINID', keep_from .. '-0')
@@ -214,7 +238,7 @@ class Store:
     async def delete(self, name: str) -> bool:
         """Remove every key of the model (meta first, so readers see it gone at once)."""
         fixed = [model_key(name, p) for p in ("meta", "spec", "state", "seen", "digest", "log",
-                                              "lock", "wanted")]
+                                              "lock", "wanted", "streams")]
         removed = await self.redis.delete(*fixed)
         ctx = [k async for k in self.redis.scan_iter(match=model_key(name, "ctx:*"),
                                                      count=1000)]
@@ -223,17 +247,32 @@ class Store:
         return bool(removed)
 
     # -- snapshot and log ----------------------------------------------------------------------
-    async def snapshot(self, name: str) -> tuple[bytes, ModelHead] | None:
-        """The snapshot bytes (at ``head.snapshot_version``) and the head, read in one
-        transaction."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(model_key(name, "state"))
-            pipe.hmget(model_key(name, "meta"), *_HEAD)
-            state, raw = await pipe.execute()
-        head = _head(raw)
-        if state is None or head is None:
-            return None
-        return bytes(state), head
+    async def snapshot(self, name: str) -> Stored | None:
+        """The latest snapshot: its state bytes, the head, and every stream context as of it
+        (read in transactions, again if a snapshot was written between them)."""
+        for _ in range(5):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.get(model_key(name, "state"))
+                pipe.hmget(model_key(name, "meta"), *_HEAD)
+                pipe.zrange(model_key(name, "streams"), 0, -1, withscores=True)
+                state, raw, index = await pipe.execute()
+            head = _head(raw)
+            if state is None or head is None:
+                return None
+            times = [(_str(s), float(t)) for s, t in index]
+            if not times:
+                return Stored(bytes(state), head, [])
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for at in range(0, len(times), 1000):
+                    pipe.mget([model_key(name, f"ctx:{s}") for s, _ in times[at:at + 1000]])
+                pipe.hmget(model_key(name, "meta"), *_HEAD)
+                *chunks, raw = await pipe.execute()
+            if _head(raw) is None or _head(raw)[1:] != head[1:]:
+                continue  # a snapshot (or a re-created model) landed between the reads
+            blobs = [b for chunk in chunks for b in chunk]
+            return Stored(bytes(state), head, [(s, t, bytes(b)) for (s, t), b
+                                               in zip(times, blobs, strict=True) if b is not None])
+        raise LeaseLost("the model's snapshot kept moving while it was read; retry")
 
     async def log_after(self, name: str, version: int, upto: int) -> list[tuple[int, str]]:
         """Logged events with versions ``version+1 … upto`` (fewer if trimmed: caller checks)."""
@@ -295,11 +334,14 @@ class Store:
         return _int(res[0]), bool(_int(res[1]))
 
     async def write_snapshot(self, name: str, token: str, version: int, state: bytes,
-                             contexts: dict[str, bytes], keep: int = 0) -> bool:
-        """Store the learner at ``version`` with the given streams' contexts, and trim the log
-        to the ``keep`` entries up to it (a process that far behind replays instead of
-        loading the snapshot); lease holders only."""
-        keys = [model_key(name, p) for p in ("meta", "lock", "state", "log")]
-        keys += [model_key(name, f"ctx:{stream}") for stream in contexts]
-        return _int(await self._snapshot(keys=keys, args=[token, version, keep, state,
-                                                          *contexts.values()])) == 1
+                             contexts: ContextWrites, keep: int = 0) -> bool:
+        """Store the learner at ``version``, write the contexts that moved and delete those
+        dropped since the last snapshot, and trim the log to the ``keep`` entries up to it (a
+        process that far behind replays instead of loading the snapshot); lease holders only."""
+        put, drop = list(contexts.put), sorted(contexts.drop)
+        keys = [model_key(name, p) for p in ("meta", "lock", "state", "log", "streams")]
+        keys += [model_key(name, f"ctx:{stream}") for stream in put + drop]
+        args: list[Any] = [token, version, keep, state, len(put)]
+        for stream in put:
+            args += (contexts.put[stream], stream, contexts.times[stream])
+        return _int(await self._snapshot(keys=keys, args=[*args, *drop])) == 1

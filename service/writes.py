@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from . import metrics as m
+from .contexts import ContextWrites
 from .errors import ApiError
 from .events import Event
 from .hot import Hot, Ticket
@@ -51,13 +52,11 @@ class Writes:
     def queue(self, name: str, hot: Hot, event: Event, state: bytes | None) -> Ticket:
         """Queue the commit of ``event``, just applied to ``hot.learner`` (lock held, no
         await), with ``state``, the learner's bytes after it, when ``snapshot_due`` said so."""
-        learner, body = hot.learner, event.body
+        learner = hot.learner
         hot.version += 1
-        if "stream" in body:
-            hot.moved.add(body["stream"])
         snapshot = None
         if state is not None:
-            snapshot = (state, hot.take_moved())
+            snapshot = (state, hot.book.take(learner))
             hot.snapshot_queued = hot.version
         ticket = Ticket(hot.version, event.to_json(), event.event_id, event.digest,
                         learner.updates,
@@ -144,8 +143,9 @@ class Writes:
                     await self._release(name, token)
                     return False  # another process moved the model: this learner is behind
             try:
+                state = hot.learner.to_bytes(contexts=False)
                 await self._snapshot(name, hot, token, hot.version,
-                                     (hot.learner.to_bytes(), hot.take_moved()))
+                                     (state, hot.book.take(hot.learner)))
                 return hot.snapshot_version == hot.version
             finally:
                 if taken:
@@ -160,7 +160,7 @@ class Writes:
             self._background(self._release(name, token))
 
     async def _snapshot(self, name: str, hot: Hot, token: str | None, version: int,
-                        snapshot: tuple[bytes, dict[str, bytes]]) -> None:
+                        snapshot: tuple[bytes, ContextWrites]) -> None:
         """Write the learner's state at ``version`` (committed already) under lease ``token``."""
         state, contexts = snapshot
         try:
@@ -175,9 +175,9 @@ class Writes:
             hot.snapshot_version = max(hot.snapshot_version, version)
             m.STATE_BYTES.labels(name).set(len(state))
             m.SNAPSHOTS.labels(name).inc()
-        else:  # the next update snapshots again, with every context this one carried
+        else:  # the next update snapshots again, with every context change this one carried
             hot.snapshot_queued = 0
-            hot.moved.update(contexts)
+            hot.book.restore(contexts)
 
     async def _yield(self, name: str, hot: Hot) -> None:
         """Another process waits for the lease: hand it over once nothing is queued (the

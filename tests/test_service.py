@@ -106,10 +106,16 @@ def test_snapshots_trim_the_log_and_a_new_process_replays_to_the_same_state(
         # the log keeps the snapshot_every entries up to the snapshot, then what followed it
         assert [e[0] for e in r.xrange(model_key(model_name, "log"))] == [
             f"{v}-0".encode() for v in range(6, 14)]
-        # the stream's context key holds its context as of the snapshot
+        # the state holds no context; the stream's own key holds its context as of the
+        # snapshot (an independent learner fed the first 10 events says what it is)
         at_snapshot = OnlineLearner.from_bytes(r.get(model_key(model_name, "state")))
-        assert at_snapshot.updates == 10
-        assert r.get(model_key(model_name, "ctx:s")) == context_to_bytes(at_snapshot, "s")
+        assert at_snapshot.updates == 10 and at_snapshot.streams == []
+        local = OnlineLearner(at_snapshot.spec)
+        for i, x in enumerate(xs(10)):
+            local.learn_one(x, i, stream="s")
+        assert r.get(model_key(model_name, "ctx:s")) == context_to_bytes(local, "s")
+        assert local.to_bytes(contexts=False) == r.get(model_key(model_name, "state"))
+        assert r.zrange(model_key(model_name, "streams"), 0, -1) == [b"s"]
         # another process (empty cache): loads the snapshot at 10 and replays 11..13
         with TestClient(create_app(settings)) as reader:
             assert reader.get(f"/models/{model_name}/state").content == want
@@ -117,7 +123,9 @@ def test_snapshots_trim_the_log_and_a_new_process_replays_to_the_same_state(
         assert f'streamnorm_replayed_updates_total{{model="{model_name}"}} 3.0' in text
     # on the way out a process snapshots what is ahead of the snapshot: the next replays nothing
     assert int(r.hget(model_key(model_name, "meta"), "snapshot_version")) == 13
-    assert r.get(model_key(model_name, "state")) == want
+    final = OnlineLearner.from_bytes(want)
+    assert r.get(model_key(model_name, "state")) == final.to_bytes(contexts=False)
+    assert r.get(model_key(model_name, "ctx:s")) == context_to_bytes(final, "s")
     assert json.loads(r.get(model_key(model_name, "spec")))["name"] == model_name
 
 

@@ -1,0 +1,141 @@
+"""Bounded stream contexts (finding 5 of the abuse probe: 30,000 stream ids grew the state from
+70 KB to 5.4 MB, never expired, and every snapshot re-serialized all of them): a cap, an idle
+expiry, snapshots that write only the contexts that moved, and replays that drop exactly what
+the writer dropped (``service.contexts``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from models import ModelSpec, OnlineLearner
+from service.settings import Settings
+from service.store import model_key
+from tests.test_writes import SPEC, served
+
+
+@pytest.fixture
+def name(redis_url: str) -> Iterator[str]:
+    model = f"c-{uuid.uuid4().hex[:12]}"
+    yield model
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(match=f"sn:{{{model}}}:*", count=1000))
+    if keys:
+        r.delete(*keys)
+
+
+def event(stream: str, i: int) -> dict[str, Any]:
+    x = [((i * 7) % 11) / 11, ((i * 3) % 5) / 5 - 0.5, (i % 2) * 0.3]
+    return {"stream": stream, "x": x, "y": x[0] - x[1]}
+
+
+def test_a_cap_keeps_the_most_recent_streams_and_snapshots_write_only_what_moved(
+        settings: Settings, name: str, redis_url: str) -> None:
+    cap, every, n = 20, 10, 100
+    settings = settings.model_copy(update={"max_streams": cap, "snapshot_every": every})
+    events = [event(f"user-{i}@example.com", i) for i in range(n)]  # every event a new stream
+    written: list[int] = []
+    sizes: dict[int, int] = {}
+
+    async def run() -> tuple[bytes, bytes]:
+        async with served(settings) as (client, app):
+            store = app.state.engine.store
+            real = store.write_snapshot
+
+            async def counted(*args: Any, **kwargs: Any) -> bool:
+                contexts = args[4] if len(args) > 4 else kwargs["contexts"]
+                written.append(len(contexts.put))
+                sizes[args[2]] = len(args[3])
+                return await real(*args, **kwargs)
+
+            store.write_snapshot = counted
+            assert (await client.post("/models", json={"name": name, **SPEC})).status_code \
+                == 201
+            for ev in events:
+                assert (await client.post(f"/models/{name}/learn", json=ev)).status_code == 200
+            first = (await client.get(f"/models/{name}/state")).content
+        async with served(settings) as (client, _):  # another process: snapshot + contexts
+            second = (await client.get(f"/models/{name}/state")).content
+        return first, second
+
+    first, second = asyncio.run(run())
+    local = OnlineLearner(ModelSpec.model_validate({"name": name, **SPEC}))
+    for ev in events:  # the oracle: the least recently moved context goes beyond the cap
+        if ev["stream"] not in local.contexts and len(local.contexts) == cap:
+            del local.contexts[next(iter(local.contexts))]
+        local.learn_one(ev["x"], ev["y"], stream=ev["stream"])
+    assert first == local.to_bytes() == second
+    assert len(OnlineLearner.from_bytes(first).streams) == cap
+    assert written[:n // every] == [every] * (n // every)  # each snapshot: the 10 that moved
+    one = OnlineLearner(ModelSpec.model_validate({"name": name, **SPEC}))
+    for ev in events:  # the same events on one stream: the same state size, but for the
+        one.learn_one(ev["x"], ev["y"], stream="only")  # digits of the metrics in its header
+    assert sizes[n] == len(local.to_bytes(contexts=False))
+    assert abs(sizes[n] - len(one.to_bytes(contexts=False))) < 100  # 100 contexts: ~15 KB
+    r = redis.Redis.from_url(redis_url)
+    kept = {f"user-{i}@example.com" for i in range(n - cap, n)}
+    assert {m.decode() for m in r.zrange(model_key(name, "streams"), 0, -1)} == kept
+    ctx = {k.decode().split(":ctx:")[1] for k in r.scan_iter(match=model_key(name, "ctx:*"))}
+    assert ctx == kept  # dropped contexts are deleted with the snapshot after their drop
+    logged = [json.loads(f[b"event"]) for _, f in r.xrange(model_key(name, "log"))]
+    assert logged[-1]["drop"] == [f"user-{n - cap - 1}@example.com"]
+
+
+def test_an_idle_stream_restarts_from_a_zero_state_and_replays_agree(
+        settings: Settings, name: str) -> None:
+    settings = settings.model_copy(update={"stream_ttl_s": 0.5, "snapshot_every": 1000})
+    probe = {"x": [0.3, -0.2, 0.1]}
+
+    async def run() -> dict[str, Any]:
+        async with served(settings) as (client, _):
+            assert (await client.post("/models", json={"name": name, **SPEC})).status_code \
+                == 201
+            for i in range(6):
+                ev = event("idle", i)
+                assert (await client.post(f"/models/{name}/learn", json=ev)).status_code == 200
+            out: dict[str, Any] = {}
+            warm = await client.post(f"/models/{name}/predict", json={"stream": "idle", **probe})
+            out["warm"] = warm.json()["prediction"]
+            await asyncio.sleep(0.6)
+            out["fresh"] = (await client.post(f"/models/{name}/predict",
+                                              json={"stream": "never", **probe})).json()
+            out["idle"] = (await client.post(f"/models/{name}/predict",
+                                             json={"stream": "idle", **probe})).json()
+            learned = await client.post(f"/models/{name}/learn",
+                                        json={"stream": "idle", **probe, "y": 0.0})
+            out["learned"] = learned.json()
+            out["state"] = (await client.get(f"/models/{name}/state")).content
+        async with served(settings) as (client, _):  # replays the log, drops included
+            out["replayed"] = (await client.get(f"/models/{name}/state")).content
+        return out
+
+    out = asyncio.run(run())
+    assert out["idle"]["prediction"] == out["fresh"]["prediction"] != out["warm"]
+    assert out["learned"]["prediction"] == out["idle"]["prediction"]  # learn saw a zero state
+    assert out["state"] == out["replayed"]
+    restored = OnlineLearner.from_bytes(out["state"])
+    assert restored.streams == ["idle"] and restored.contexts["idle"].inputs.shape[0] == 1
+
+
+def test_a_prediction_never_changes_the_book(settings: Settings, name: str) -> None:
+    """Predicting an expired stream uses a zero state but keeps its context until a learn
+    drops it (a prediction changes nothing, in memory or in Redis)."""
+    settings = settings.model_copy(update={"stream_ttl_s": 0.3})
+
+    async def run() -> tuple[bytes, bytes]:
+        async with served(settings) as (client, _):
+            await client.post("/models", json={"name": name, **SPEC})
+            await client.post(f"/models/{name}/learn", json=event("a", 1))
+            await asyncio.sleep(0.4)
+            before = (await client.get(f"/models/{name}/state")).content
+            await client.post(f"/models/{name}/predict", json={"stream": "a", "x": [0, 0, 0]})
+            return before, (await client.get(f"/models/{name}/state")).content
+
+    before, after = asyncio.run(run())
+    assert before == after and OnlineLearner.from_bytes(after).streams == ["a"]
