@@ -50,20 +50,21 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 @contextmanager
-def uvicorn_server(redis_url: str, log_path: Path, timeout: float = 90.0
-                   ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """One uvicorn process serving ``service.app:create_app`` over ``redis_url``; yields its
-    base URL and process once ``GET /healthz`` answers, and stops it on exit (also on error)."""
+def uvicorn_server(redis_url: str, log_path: Path, timeout: float = 90.0, root: Path = ROOT,
+                   **env_extra: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """One uvicorn process serving ``service.app:create_app`` over ``redis_url`` (from the
+    checkout ``root``, with ``env_extra``); yields its base URL and process once ``GET
+    /healthz`` answers, and stops it on exit (also on error)."""
     port = free_port()
     env = {**os.environ, "STREAMNORM_REDIS_URL": redis_url, "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    for var in ("STREAMNORM_API_KEYS", "PROMETHEUS_MULTIPROC_DIR"):
+           "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **env_extra}
+    for var in ("STREAMNORM_API_KEYS", "STREAMNORM_READ_KEYS", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(var, None)  # no auth, one process's metrics
     cmd = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
            "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
            "--http", "httptools", "--log-level", "warning"]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

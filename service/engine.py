@@ -27,6 +27,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
+import orjson
 from redis.exceptions import RedisError
 
 from models import InvalidInput, ModelSpec, OnlineLearner, UpdateRejected, cost
@@ -488,7 +489,7 @@ class Engine:
             if entries and entries[0][0] == hot.version + 1 and all(
                     v == hot.version + 1 + i for i, (v, _) in enumerate(entries)):
                 for v, raw in entries:
-                    body = json.loads(raw)
+                    body = orjson.loads(raw)
                     cost_ms = self.budget.request_ms(hot.learner.spec, body, train=True)
                     await self.compute.run(cost_ms, apply_event, hot.learner, body)
                     hot.version = hot.committed = v

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,6 +34,9 @@ _PATH = re.compile(r"/models/(" + MODEL_NAME_PATTERN.strip("^$") + r")/(learn|pr
 _SCHEMA: dict[str, type[BaseModel]] = {"learn": LearnRequest, "predict": PredictRequest}
 _HEADERS = (b"content-type", b"content-length", b"authorization")
 _ROUTE = {"learn": "/models/{name}/learn", "predict": "/models/{name}/predict"}
+# bodies above this are parsed with orjson (~4x faster); below, json.loads, as the full app
+# does, so that even the messages of odd inputs (integers past 64 bits) are the same
+_LARGE = 65_536
 
 
 class FastPath:
@@ -72,8 +76,9 @@ class FastPath:
                 break
         body = b"".join(chunks)
         name, op = match.group(1), match.group(2)
-        try:
-            request = _SCHEMA[op].model_validate(json.loads(body))
+        try:  # a large body: orjson (json.loads of 1 MB holds the GIL, so the loop, ~35 ms)
+            parsed = orjson.loads(body) if len(body) > _LARGE else json.loads(body)
+            request = _SCHEMA[op].model_validate(parsed)
         except Exception:  # the full application names what is wrong
             await self.app(scope, _replay(body, more, receive), send)
             return
