@@ -337,8 +337,9 @@ class Engine:
         stream = event.body.get("stream")
         if stream is not None:  # when, and which contexts go first: decided here, logged
             now = round(time.time(), 3)
-            event = replace(event, notes={"t": now, "drop": hot.book.to_drop(
-                stream, now, self.settings.stream_ttl_s, self.settings.max_streams)})
+            drop = hot.book.to_drop(stream, now, self.settings.stream_ttl_s,
+                                    self.settings.max_streams)
+            event = replace(event, notes={"t": now, "drop": drop} if drop else {"t": now})
         logged = {**event.body, **event.notes}
         try:
             async with self._kept(name, hot, cost_ms):
