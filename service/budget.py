@@ -16,7 +16,7 @@ from models import InvalidInput, ModelSpec, cost
 
 from .settings import Settings
 
-__all__ = ["Budget"]
+__all__ = ["Budget", "estimate_ms", "replay_ms"]
 
 
 def _mb(n: float) -> str:
@@ -57,19 +57,13 @@ class Budget:
         """The estimated ms of a learn (``train``) or predict payload, refused when its
         sequences are too long or its cost over the limit. Stream-mode requests were bounded
         when the model was created; a payload of the wrong shape is left for validation."""
-        seq, batch = payload.get("sequence"), payload.get("batch") if train else None
-        if isinstance(batch, list):
-            lengths = [len(s["sequence"]) for s in batch
-                       if isinstance(s, dict) and isinstance(s.get("sequence"), list)]
-            for i, n in enumerate(lengths):
-                self._steps(n, f"batch[{i}].sequence")
-            groups, field = list(Counter(lengths).items()), "batch"
-        elif isinstance(seq, list):
-            self._steps(len(seq), "sequence")
-            groups, field = [(len(seq), 1)], "sequence"
-        else:
-            groups, field = [(spec.window, 1)], ""
-        ms = cost.update_ms(spec, groups) if train else cost.predict_ms(spec, groups[0][0])
+        groups, field = _groups(spec, payload, train)
+        for n, _ in groups:
+            if field and n > self.max_steps:
+                raise InvalidInput(_longest(payload, field, n),
+                                   f"{n} steps is over the limit of {self.max_steps} "
+                                   "(STREAMNORM_MAX_STEPS)")
+        ms = estimate_ms(spec, groups, train)
         if ms > self.max_ms and field:
             raise InvalidInput(field, f"this request is estimated at {ms:,.0f} ms of compute, "
                                       f"over the {self.max_ms:,.0f} ms limit "
@@ -77,7 +71,35 @@ class Budget:
                                       "sequences")
         return ms
 
-    def _steps(self, n: int, field: str) -> None:
-        if n > self.max_steps:
-            raise InvalidInput(field, f"{n} steps is over the limit of {self.max_steps} "
-                                      "(STREAMNORM_MAX_STEPS)")
+
+def replay_ms(spec: ModelSpec, body: dict[str, Any]) -> float:
+    """The estimated ms of a logged event (never refused: it was accepted once)."""
+    return estimate_ms(spec, _groups(spec, body, True)[0], True)
+
+
+def estimate_ms(spec: ModelSpec, groups: list[tuple[int, int]], train: bool) -> float:
+    return cost.update_ms(spec, groups) if train else cost.predict_ms(spec, groups[0][0])
+
+
+def _groups(spec: ModelSpec, payload: dict[str, Any], train: bool
+            ) -> tuple[list[tuple[int, int]], str]:
+    """``(steps, samples)`` groups of a payload (one per distinct sequence length) and the
+    field they come from (``""``: the stream window)."""
+    seq, batch = payload.get("sequence"), payload.get("batch") if train else None
+    if isinstance(batch, list):
+        lengths = [len(s["sequence"]) for s in batch
+                   if isinstance(s, dict) and isinstance(s.get("sequence"), list)]
+        return list(Counter(lengths).items()), "batch"
+    if isinstance(seq, list):
+        return [(len(seq), 1)], "sequence"
+    return [(spec.window, 1)], ""
+
+
+def _longest(payload: dict[str, Any], field: str, n: int) -> str:
+    """The field of the (first) sequence of ``n`` steps."""
+    if field == "batch":
+        for i, s in enumerate(payload["batch"]):
+            if isinstance(s, dict) and isinstance(s.get("sequence"), list) \
+                    and len(s["sequence"]) == n:
+                return f"batch[{i}].sequence"
+    return field

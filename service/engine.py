@@ -34,7 +34,7 @@ from models import InvalidInput, ModelSpec, OnlineLearner, UpdateRejected, cost
 from models.persist import context_from_bytes
 
 from . import metrics as m
-from .budget import Budget
+from .budget import Budget, replay_ms
 from .compute import Compute
 from .contexts import ContextBook
 from .errors import ApiError
@@ -117,8 +117,9 @@ class Engine:
         the same spec exists (a retry of a create whose reply was lost); 409 for another spec.
         Atomic: one script writes the spec, the state and the meta, or nothing."""
         self.budget.check_spec(spec)
-        learner = await self.compute.run(_bytes_ms(cost.state_bytes(spec)), OnlineLearner, spec)
-        state = await self.compute.run(_bytes_ms(cost.state_bytes(spec)), learner.to_bytes)
+        build_ms = _bytes_ms(cost.state_bytes(spec))
+        learner = await self.compute.run(build_ms, OnlineLearner, spec)
+        state = await self.compute.run(build_ms, learner.to_bytes)
         metrics, uid = json.dumps(learner.metrics.report()), uuid.uuid4().hex
         try:
             if await self.store.create(spec.name, spec.model_dump_json(), state, uid, metrics):
@@ -197,8 +198,7 @@ class Engine:
         cached = self._hot.get(name)
         spec = cached.learner.spec if cached is not None else (await self.spec(name))[0]
         try:  # before any lock: bad input costs nothing
-            cost_ms = self.budget.request_ms(spec, payload, train=True)
-            event = await self._validated(spec, payload)
+            cost_ms, event = await self._prepared(spec, payload)
         except InvalidInput:
             if cached is None:
                 raise
@@ -206,8 +206,7 @@ class Engine:
             if fresh == spec:                 # deleted and re-created by another process
                 raise
             spec = fresh
-            cost_ms = self.budget.request_ms(spec, payload, train=True)
-            event = await self._validated(spec, payload)
+            cost_ms, event = await self._prepared(spec, payload)
         hot = await self._entry(name)
         hot.writers += 1
         hot.learns += 1
@@ -220,8 +219,7 @@ class Engine:
                     await self._catch_up(name, hot, head)
                 if hot.learner.spec != spec:  # the name was deleted and re-created meanwhile
                     spec = hot.learner.spec
-                    cost_ms = self.budget.request_ms(spec, payload, train=True)
-                    event = await self._validated(spec, payload)
+                    cost_ms, event = await self._prepared(spec, payload)
                 ticket = hot.ids.get(event.event_id) if event.event_id is not None else None
                 if ticket is not None:
                     _same_event(event, ticket.digest, ticket.version)
@@ -260,8 +258,8 @@ class Engine:
         events = []
         for i, payload in enumerate(payloads):
             try:
-                cost_ms = self.budget.request_ms(spec, payload, train=True)
-                events.append((i, await self._validated(spec, payload), cost_ms))
+                cost_ms, event = await self._prepared(spec, payload)
+                events.append((i, event, cost_ms))
             except InvalidInput as exc:
                 out[i] = exc
         hot = await self._entry(name)
@@ -360,9 +358,12 @@ class Engine:
         """The lease renewed meanwhile when the work is long enough to leave the loop."""
         return self.writes.kept(name, hot) if self.compute.offloaded(cost_ms) else nullcontext()
 
-    async def _validated(self, spec: ModelSpec, payload: dict[str, Any]) -> Event:
-        """``canonical_event`` (a large payload is read on the compute thread)."""
-        return await self.compute.run(_values_ms(spec, payload), canonical_event, spec, payload)
+    async def _prepared(self, spec: ModelSpec, payload: dict[str, Any]) -> tuple[float, Event]:
+        """A learn payload within the budget (its estimated ms) and validated (a large one on
+        the compute thread); ``InvalidInput`` names what is wrong."""
+        cost_ms = self.budget.request_ms(spec, payload, train=True)
+        event = await self.compute.run(_values_ms(spec, payload), canonical_event, spec, payload)
+        return cost_ms, event
 
     @staticmethod
     def _state_ms(hot: Hot) -> float:
@@ -491,8 +492,8 @@ class Engine:
                     v == hot.version + 1 + i for i, (v, _) in enumerate(entries)):
                 for v, raw in entries:
                     body = orjson.loads(raw)
-                    cost_ms = self.budget.request_ms(hot.learner.spec, body, train=True)
-                    await self.compute.run(cost_ms, apply_event, hot.learner, body)
+                    await self.compute.run(replay_ms(hot.learner.spec, body), apply_event,
+                                           hot.learner, body)
                     hot.version = hot.committed = v
                     hot.book.applied(body.get("stream"), body.get("t", time.time()),
                                      body.get("drop", ()))

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from models import ModelSpec, cost
 from service.app import create_app
@@ -153,3 +154,35 @@ def test_an_update_longer_than_the_lease_is_committed(settings: Settings, fresh:
     status, info, took = asyncio.run(run())
     assert took > 0.2  # the update did outlast the lease
     assert status == 200 and info["version"] == 1 and info["updates"] == 1
+
+
+def test_a_logged_update_over_todays_limits_still_replays(settings: Settings, fresh: str) -> None:
+    """What a process with roomier limits accepted is in the log: a process with tighter ones
+    replays it (the limits refuse requests, never history)."""
+    roomy = settings.model_copy(update={"max_update_ms": 60_000, "snapshot_every": 1000})
+    batch = [{"sequence": [[0.1, 0.2]] * (600 + i), "y": 0.5} for i in range(4)]
+
+    async def run() -> tuple[bytes, bytes]:
+        async with served(roomy) as (client, app):
+            app.state.engine.writes.close = _no_snapshot  # leave the log to replay
+            assert (await client.post("/models", json={"name": fresh, **HEAVY})).status_code \
+                == 201
+            r = await client.post(f"/models/{fresh}/learn", json={"batch": batch})
+            assert r.status_code == 200, r.text
+            await client.post(f"/models/{fresh}/learn", json={"stream": "s", "x": [0.1, 0.2],
+                                                              "y": 0.3})
+            first = (await client.get(f"/models/{fresh}/state")).content
+        tight = settings.model_copy(update={"snapshot_every": 1000})
+        async with served(tight) as (client, _):
+            second = (await client.get(f"/models/{fresh}/state")).content
+            await client.delete(f"/models/{fresh}")
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first == second
+    replayed = REGISTRY.get_sample_value("streamnorm_replayed_updates_total", {"model": fresh})
+    assert replayed == 2  # both logged updates, the batch over today's limit included
+
+
+async def _no_snapshot(*_: Any) -> None:
+    return None
