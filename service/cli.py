@@ -56,7 +56,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int, log_level: st
     import uvicorn
 
     from .embedded import DataDirBusy, EmbeddedRedis
-    from .lifecycle import preexec_child
+    from .lifecycle import preexec_child, stop_child
 
     with ExitStack() as stack:
         if not settings.redis_url:
@@ -76,7 +76,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int, log_level: st
                                       "--name", f"serve-{os.getpid()}-{k}",
                                       "--log-level", log_level], stdin=subprocess.DEVNULL,
                                      preexec_fn=preexec_child(os.getpid()), process_group=0)
-            stack.callback(_stop, child, settings.shutdown_grace_s)
+            stack.callback(stop_child, child, settings.shutdown_grace_s)
         if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="streamnorm-prom-"))
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
@@ -100,17 +100,6 @@ def _stop_on_signals() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
-
-
-def _stop(child: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM (the worker finishes its batch and snapshots), then SIGKILL if it hangs."""
-    if child.poll() is None:
-        child.terminate()
-    try:
-        child.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
 
 
 @app.command()

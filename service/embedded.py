@@ -31,7 +31,7 @@ from typing import IO
 
 import redis
 
-from .lifecycle import preexec_child
+from .lifecycle import preexec_child, stop_child
 
 __all__ = ["DataDirBusy", "EmbeddedRedis", "find_redis_server"]
 
@@ -78,18 +78,6 @@ def _is_redis(pid: int) -> bool:
         return _alive(pid) and not Path("/proc/self").exists()
     except OSError:
         return False
-
-
-def _terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM (Redis flushes its AOF and exits), then SIGKILL if it hangs."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -151,7 +139,7 @@ class EmbeddedRedis:
                 (self.data_dir / "redis.json").write_text(json.dumps(
                     {"pid": self.process.pid, "port": self.port, "owner": os.getpid()}))
                 return self
-            _terminate(self.process)
+            stop_child(self.process, 10.0)
         log = self.data_dir / "redis.log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         raise RuntimeError(f"embedded redis-server ({self.binary}) did not start:\n{tail}")
@@ -221,7 +209,7 @@ class EmbeddedRedis:
         """SIGTERM (Redis flushes its AOF and exits), then SIGKILL if it hangs."""
         process, self.process = self.process, None
         if process is not None:
-            _terminate(process, timeout)
+            stop_child(process, timeout)
             with contextlib.suppress(OSError):
                 (self.data_dir / "redis.json").unlink()
         lock, self._lock = self._lock, None

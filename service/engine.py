@@ -23,7 +23,6 @@ import time
 import uuid
 from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -337,7 +336,7 @@ class Engine:
             now = round(time.time(), 3)
             drop = hot.book.to_drop(stream, now, self.settings.stream_ttl_s,
                                     self.settings.max_streams)
-            event = replace(event, notes={"t": now, "drop": drop} if drop else {"t": now})
+            event = event.noted({"t": now, "drop": drop} if drop else {"t": now})
         logged = {**event.body, **event.notes}
         try:
             async with self._kept(name, hot, cost_ms):

@@ -42,6 +42,10 @@ class Event:
             object.__setattr__(self, "digest", hashlib.blake2b(
                 self.body_json, digest_size=12).hexdigest())
 
+    def noted(self, notes: dict[str, Any]) -> Event:
+        """This event with the notes of its writer (the body's encoding and digest kept)."""
+        return Event(self.body, self.event_id, notes, self.body_json, self.digest)
+
     def to_json(self) -> str:
         """What the log stores and a replay applies: the body and the notes."""
         if not self.notes:

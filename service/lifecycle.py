@@ -15,9 +15,11 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 
-__all__ = ["SUPERVISOR_ENV", "die_with_parent", "follow_supervisor", "preexec_child"]
+__all__ = ["SUPERVISOR_ENV", "die_with_parent", "follow_supervisor", "preexec_child",
+           "stop_child"]
 
 SUPERVISOR_ENV = "STREAMNORM_SUPERVISOR_PID"  # set by `serve` for the processes it starts
 _PR_SET_PDEATHSIG = 1
@@ -62,3 +64,15 @@ def follow_supervisor() -> None:
     die_with_parent()
     if os.getppid() != int(pid):  # the supervisor died before the call: stop now
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def stop_child(child: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM (each child stops cleanly: Redis writes its AOF, a worker finishes its batch and
+    snapshots), then SIGKILL if it is still running after ``grace_s``."""
+    if child.poll() is None:
+        child.terminate()
+    try:
+        child.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
