@@ -344,7 +344,7 @@ class Engine:
                 hot.book.applied(stream, event.notes.get("t", 0.0), event.notes.get("drop", ()))
                 state = None
                 if self.writes.snapshot_due(hot):
-                    state = await self.compute.run(self._state_ms(hot), self._state, hot)
+                    state = await self.compute.run(self._state_ms(hot), hot.snapshot_state)
             return outcome, self.writes.queue(name, hot, event, state)
         except UpdateRejected as exc:  # the learner rolled itself back
             m.REJECTED.labels(model=name).inc()
@@ -367,12 +367,6 @@ class Engine:
     @staticmethod
     def _state_ms(hot: Hot) -> float:
         return _bytes_ms(cost.state_bytes(hot.learner.spec))
-
-    @staticmethod
-    def _state(hot: Hot) -> bytes:
-        """The snapshot's state: the learner without its contexts (they have keys of their
-        own, written when they moved)."""
-        return hot.learner.to_bytes(contexts=False)
 
     async def close(self) -> None:
         """Commit what is queued, snapshot what is ahead, hand back every lease."""

@@ -59,6 +59,11 @@ class Hot:
     def uncommitted(self) -> bool:
         return self.version > self.committed
 
+    def snapshot_state(self) -> bytes:
+        """The learner as a snapshot stores it: without stream contexts (each has a key of its
+        own, written when it moves: ``ContextBook.take``)."""
+        return self.learner.to_bytes(contexts=False)
+
     def in_flight(self) -> Ticket | None:
         """The ticket a reply at ``version`` must wait for, or ``None`` when all is in Redis."""
         return self.last if self.uncommitted() else None

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 # a model's name in a path: no leading '.', so no name is '.' or '..', which clients that
-# normalise paths rewrite (models stored under such names before still load; see README)
+# normalise paths rewrite (ModelSpec keeps the older pattern, so a stored spec still loads)
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 STREAM_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
 EVENT_ID_PATTERN = r"^[!-~]{1,128}$"

@@ -59,9 +59,8 @@ class Writes:
             snapshot = (state, hot.book.take(learner))
             hot.snapshot_queued = hot.version
         ticket = Ticket(hot.version, event.to_json(), event.event_id, event.digest,
-                        learner.updates,
-                        learner.samples, json.dumps(learner.metrics.report()), snapshot,
-                        asyncio.get_running_loop().create_future())
+                        learner.updates, learner.samples, json.dumps(learner.metrics.report()),
+                        snapshot, asyncio.get_running_loop().create_future())
         ticket.done.add_done_callback(_retrieve)
         hot.pending.append(ticket)
         hot.last = ticket
@@ -107,8 +106,7 @@ class Writes:
             version, hot.wanted = await self.store.commit(
                 name, hot.token, batch[0].version - 1,
                 [(t.event_json, t.event_id, t.digest) for t in batch], uid=hot.uid,
-                updates=last.updates,
-                samples=last.samples, metrics_json=last.metrics_json,
+                updates=last.updates, samples=last.samples, metrics_json=last.metrics_json,
                 lease_ms=self.settings.lease_ms)
         except BaseException as exc:
             self.abandon(name, hot)  # the script may still have run and renewed the lease
@@ -143,9 +141,8 @@ class Writes:
                     await self._release(name, token)
                     return False  # another process moved the model: this learner is behind
             try:
-                state = hot.learner.to_bytes(contexts=False)
                 await self._snapshot(name, hot, token, hot.version,
-                                     (state, hot.book.take(hot.learner)))
+                                     (hot.snapshot_state(), hot.book.take(hot.learner)))
                 return hot.snapshot_version == hot.version
             finally:
                 if taken:
