@@ -483,13 +483,17 @@ class Engine:
             entries = await self.store.log_after(name, hot.version, head.version)
             if entries and entries[0][0] == hot.version + 1 and all(
                     v == hot.version + 1 + i for i, (v, _) in enumerate(entries)):
-                for v, raw in entries:
-                    body = orjson.loads(raw)
-                    await self.compute.run(replay_ms(hot.learner.spec, body), apply_event,
-                                           hot.learner, body)
-                    hot.version = hot.committed = v
-                    hot.book.applied(body.get("stream"), body.get("t", time.time()),
-                                     body.get("drop", ()))
+                logged = [(v, orjson.loads(raw)) for v, raw in entries]
+                costs = [replay_ms(hot.learner.spec, body) for _, body in logged]
+                # a long replay under this process's lease (a learn catching up) renews it
+                kept = self._kept(name, hot, sum(costs)) if hot.token is not None \
+                    else nullcontext()
+                async with kept:
+                    for (v, body), cost_ms in zip(logged, costs, strict=True):
+                        await self.compute.run(cost_ms, apply_event, hot.learner, body)
+                        hot.version = hot.committed = v
+                        hot.book.applied(body.get("stream"), body.get("t", time.time()),
+                                         body.get("drop", ()))
                 m.REPLAYED.labels(name).inc(len(entries))
                 continue
             await self._reload(name, hot, hot.learner.spec)  # the log no longer reaches back

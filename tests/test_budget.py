@@ -186,3 +186,31 @@ def test_a_logged_update_over_todays_limits_still_replays(settings: Settings, fr
 
 async def _no_snapshot(*_: Any) -> None:
     return None
+
+
+def test_a_long_replay_under_the_lease_keeps_it(settings: Settings, fresh: str) -> None:
+    """A process far behind on a heavy model replays the log under its lease before its own
+    update: the lease is renewed meanwhile, or its commit would be refused every time (the
+    replay starts again from the snapshot on each retry: 503 forever)."""
+    short = settings.model_copy(update={"lease_ms": 200, "lock_wait_s": 30,
+                                        "snapshot_every": 1000})
+    batch = [{"sequence": [[0.1, 0.2]] * 150, "y": 0.5}]  # ~0.1-0.3 s each: 3 outlast a lease
+
+    async def run() -> tuple[int, int]:
+        async with served(short) as (client, app):
+            app.state.engine.writes.close = _no_snapshot  # the next process replays all
+            assert (await client.post("/models", json={"name": fresh, **HEAVY})).status_code \
+                == 201
+            for _ in range(3):
+                r = await client.post(f"/models/{fresh}/learn", json={"batch": batch})
+                assert r.status_code == 200, r.text
+        async with served(short) as (client, _):
+            start = time.monotonic()
+            r = await client.post(f"/models/{fresh}/learn", json={"stream": "s",
+                                                                  "x": [0.1, 0.2], "y": 0.3})
+            assert time.monotonic() - start > 0.2  # it did replay for longer than a lease
+            version = r.json().get("version", -1)
+            await client.delete(f"/models/{fresh}")
+            return r.status_code, version
+
+    assert asyncio.run(run()) == (200, 4)
