@@ -27,7 +27,8 @@ from .cells import skip_init
 from .network import Network
 from .spec import ModelSpec
 
-__all__ = ["GATES", "madds_per_step", "predict_ms", "state_bytes", "update_ms", "update_terms"]
+__all__ = ["GATES", "context_bytes", "madds_per_step", "predict_ms", "state_bytes", "update_ms",
+           "update_terms"]
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # µs per layer and step of a training update at batch size 1, small hidden size (dispatch-bound):
@@ -46,6 +47,7 @@ _NS_PER_PARAM = 6.0  # per update: save point, gradient clipping, optimizer step
 _PREDICT = 0.6  # a prediction (forward only) against a training update, every term
 _MOMENTS = {"adam": 2, "rmsprop": 1, "sgd": 0}
 _HEADER_BYTES = 16_384  # safetensors header, metrics and spec JSON, and slack
+_CONTEXT_HEADER_BYTES = 512  # a context's safetensors header, its index and stream name
 
 
 def madds_per_step(spec: ModelSpec) -> int:
@@ -79,6 +81,14 @@ def state_bytes(spec: ModelSpec) -> int:
     optimizer moments, normalization buffers."""
     params, buffers = _sizes(spec)
     return params * 4 * (1 + _MOMENTS[spec.optimizer.name]) + buffers + _HEADER_BYTES
+
+
+def context_bytes(spec: ModelSpec) -> int:
+    """Bytes of one stream's stored context: the last ``window - 1`` inputs and the state at
+    the window's start (``h``, and ``c`` for an LSTM, per layer), float32."""
+    states = 2 if spec.cell == "lstm" else 1
+    values = (spec.window - 1) * spec.input_size + spec.num_layers * spec.hidden_size * states
+    return values * 4 + _CONTEXT_HEADER_BYTES
 
 
 def update_terms(spec: ModelSpec, groups: Iterable[tuple[int, int]]) -> tuple[float, float,

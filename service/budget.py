@@ -30,9 +30,12 @@ class Budget:
         self.max_state_bytes = settings.max_state_bytes
         self.max_steps = settings.max_steps
         self.max_ms = settings.max_update_ms
-        # the cost of a stream-mode learn and predict, per spec object (held, so its id is
-        # not reused): the hot path, where hashing a spec for the estimate's cache costs ~5 %
-        self._stream: dict[int, tuple[ModelSpec, float, float]] = {}
+        self.max_streams = settings.max_streams
+        self.max_context_bytes = settings.max_context_bytes
+        # a spec's stream-mode learn and predict estimates and its cap on contexts, per spec
+        # object (held, so its id is not reused): the hot path, where hashing a spec for the
+        # estimate's cache costs ~5 %
+        self._stream: dict[int, tuple[ModelSpec, float, float, int]] = {}
 
     def check_spec(self, spec: ModelSpec) -> None:
         """Refuse a spec whose state, window or stream update is over the limits."""
@@ -47,6 +50,13 @@ class Budget:
         if spec.window > self.max_steps:
             raise InvalidInput("window", f"{spec.window} steps is over the limit of "
                                          f"{self.max_steps} (STREAMNORM_MAX_STEPS)")
+        context = cost.context_bytes(spec)
+        if context > self.max_context_bytes:
+            raise InvalidInput("window", f"one stream's context would take ~{_mb(context)}, "
+                                         f"over the {_mb(self.max_context_bytes)} all of a "
+                                         "model's contexts may take "
+                                         "(STREAMNORM_MAX_CONTEXT_BYTES): lower window or "
+                                         "n_features")
         fixed, steps, madds = cost.update_terms(spec, [(spec.window, 1)])
         ms = fixed + steps + madds
         if ms > self.max_ms:  # name what drives it: the step overhead, or the weights
@@ -77,15 +87,25 @@ class Budget:
         return ms
 
 
+    def streams(self, spec: ModelSpec) -> int:
+        """The stream contexts a model keeps at most: ``STREAMNORM_MAX_STREAMS``, fewer when
+        they would take more than ``STREAMNORM_MAX_CONTEXT_BYTES`` together."""
+        return self._per_spec(spec)[3]
+
     def _stream_ms(self, spec: ModelSpec, train: bool) -> float:
+        known = self._per_spec(spec)
+        return known[1] if train else known[2]
+
+    def _per_spec(self, spec: ModelSpec) -> tuple[ModelSpec, float, float, int]:
         known = self._stream.get(id(spec))
         if known is None or known[0] is not spec:
             if len(self._stream) >= 4096:
                 self._stream.clear()
             groups = [(spec.window, 1)]
+            cap = max(1, min(self.max_streams, self.max_context_bytes // cost.context_bytes(spec)))
             known = self._stream[id(spec)] = (spec, estimate_ms(spec, groups, True),
-                                              estimate_ms(spec, groups, False))
-        return known[1] if train else known[2]
+                                              estimate_ms(spec, groups, False), cap)
+        return known
 
 
 def replay_ms(spec: ModelSpec, body: dict[str, Any]) -> float:

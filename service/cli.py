@@ -96,6 +96,8 @@ def _stop_on_signals() -> None:
     import signal
 
     def stop(*_: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # once: the ordered stop is not cut
+            signal.signal(sig, signal.SIG_IGN)       # short (SIGKILL still can)
         raise _Stop
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -39,17 +39,15 @@ class Compute:
             return fn(*args)
         job = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         cancelled = False
-        while True:
+        while not job.done():
             try:
-                result = await asyncio.shield(job)
-                break
+                await asyncio.wait([job])  # (waiting is cancelled, never the job)
             except asyncio.CancelledError:
-                if job.done():
-                    raise
                 cancelled = True  # the job still uses the learner: wait for it to end
         if cancelled:
             raise asyncio.CancelledError
-        return result
+        return job.result()
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    async def close(self) -> None:
+        """Let the job in hand finish (off the loop) and stop the thread."""
+        await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)

@@ -85,7 +85,8 @@ def _values_ms(spec: ModelSpec, payload: dict[str, Any]) -> float:
     seq, batch = payload.get("sequence"), payload.get("batch")
     steps = len(seq) if isinstance(seq, list) else 1
     if isinstance(batch, list):
-        steps = sum(len(s.get("sequence") or ()) for s in batch if isinstance(s, dict))
+        steps = sum(len(s["sequence"]) for s in batch
+                    if isinstance(s, dict) and isinstance(s.get("sequence"), list))
     return steps * spec.input_size / 2000
 
 
@@ -300,6 +301,8 @@ class Engine:
                         out[i] = exc
                         continue
                     queued.append((i, outcome, ticket, True))
+                    if eid is not None:  # its commit may land (and leave hot.ids) while a
+                        inflight[eid] = ticket  # later event of this batch computes
             finally:
                 self._leave(hot)
             for i, outcome, ticket, applied in queued:
@@ -335,7 +338,7 @@ class Engine:
         if stream is not None:  # when, and which contexts go first: decided here, logged
             now = round(time.time(), 3)
             drop = hot.book.to_drop(stream, now, self.settings.stream_ttl_s,
-                                    self.settings.max_streams)
+                                    self.budget.streams(hot.learner.spec))
             event = event.noted({"t": now, "drop": drop} if drop else {"t": now})
         logged = {**event.body, **event.notes}
         try:
@@ -371,7 +374,7 @@ class Engine:
     async def close(self) -> None:
         """Commit what is queued, snapshot what is ahead, hand back every lease."""
         await self.writes.close(self._hot)
-        self.compute.close()
+        await self.compute.close()
 
     async def checkpoint(self, names: list[str]) -> int:
         """Snapshot the cached learners of ``names`` that are ahead of their snapshots (a
@@ -489,11 +492,15 @@ class Engine:
                 kept = self._kept(name, hot, sum(costs)) if hot.token is not None \
                     else nullcontext()
                 async with kept:
-                    for (v, body), cost_ms in zip(logged, costs, strict=True):
-                        await self.compute.run(cost_ms, apply_event, hot.learner, body)
-                        hot.version = hot.committed = v
-                        hot.book.applied(body.get("stream"), body.get("t", time.time()),
-                                         body.get("drop", ()))
+                    try:
+                        for (v, body), cost_ms in zip(logged, costs, strict=True):
+                            await self.compute.run(cost_ms, apply_event, hot.learner, body)
+                            hot.version = hot.committed = v
+                            hot.book.applied(body.get("stream"), body.get("t", time.time()),
+                                             body.get("drop", ()))
+                    except BaseException:  # stopped mid-entry: the learner may hold an
+                        self.writes.abandon(name, hot)  # update its version does not count
+                        raise
                 m.REPLAYED.labels(name).inc(len(entries))
                 continue
             await self._reload(name, hot, hot.learner.spec)  # the log no longer reaches back

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
                              "event loop; heavier work on the compute thread")
     max_streams: int = Field(10_000, ge=1, description="stream contexts kept per model; an event "
                              "for a new stream beyond it drops the least recently moved")
+    max_context_bytes: int = Field(64 * 2**20, ge=2**16, le=1024 * 2**20, description="the "
+                                   "stream contexts of one model together: a model with large "
+                                   "contexts keeps fewer than max_streams")
     stream_ttl_s: float = Field(7 * 86_400.0, gt=0, description="a stream with no event for "
                                 "this long restarts from a zero state")
     shutdown_grace_s: float = Field(30.0, gt=0, description="on SIGTERM/SIGINT, time to finish "

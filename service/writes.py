@@ -20,6 +20,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from . import metrics as m
 from .contexts import ContextWrites
 from .errors import ApiError
@@ -172,9 +174,15 @@ class Writes:
             hot.snapshot_version = max(hot.snapshot_version, version)
             m.STATE_BYTES.labels(name).set(len(state))
             m.SNAPSHOTS.labels(name).inc()
-        else:  # the next update snapshots again, with every context change this one carried
+        else:  # the next update snapshots again, with every context change this one carried;
+            # a snapshot queued meanwhile was taken without them: it is dropped, its changes
+            # go back to the book too
             hot.snapshot_queued = 0
             hot.book.restore(contexts)
+            for ticket in hot.pending:
+                if ticket.snapshot is not None:
+                    hot.book.restore(ticket.snapshot[1])
+                    ticket.snapshot = None
 
     async def _yield(self, name: str, hot: Hot) -> None:
         """Another process waits for the lease: hand it over once nothing is queued (the
@@ -268,9 +276,14 @@ class Writes:
                     await asyncio.wait_for(stop.wait(), self._lease_s / 4)
                     return
                 token = hot.token
-                if token is None or not await self.store.renew(name, token,
-                                                                self.settings.lease_ms):
-                    return  # gone: the commit's fencing refuses the update
+                if token is None:
+                    return
+                try:
+                    if not await self.store.renew(name, token, self.settings.lease_ms):
+                        return  # gone: the commit's fencing refuses the update
+                except (RedisError, OSError) as exc:  # try again at the next tick
+                    log.warning("could not renew the lease of %s: %r", name, exc)
+                    continue
                 if hot.token == token:
                     hot.lease_until = time.monotonic() + self._lease_s
 

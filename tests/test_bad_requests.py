@@ -275,6 +275,9 @@ CASES: list[Case] = [
     predict("y-not-a-predict-field", {"stream": "s", "x": XYZ, "y": 1}, "y"),
     predict("event_id-not-a-predict-field", {"stream": "s", "x": XYZ, "event_id": "e"},
             "event_id"),
+    learn("batch-sequence-not-a-list", {"batch": [{"sequence": 5, "y": 1}]},
+          "batch[0].sequence"),
+    learn("batch-item-a-list", {"batch": [[[0.1, 0.2, 0.3]]]}, "batch"),
     # -- an update the learner rolls back (non-finite), after the lease was taken -----------------
     learn("update-rejected-huge-values", {"stream": "s", "x": [3e38, -3e38, 3e38], "y": 3e38},
           "y"),

@@ -6,6 +6,7 @@ the writer dropped (``service.contexts``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -139,3 +140,93 @@ def test_a_prediction_never_changes_the_book(settings: Settings, name: str) -> N
 
     before, after = asyncio.run(run())
     assert before == after and OnlineLearner.from_bytes(after).streams == ["a"]
+
+
+def test_a_failed_snapshot_leaves_no_later_one_without_its_contexts(
+        settings: Settings, name: str) -> None:
+    """A snapshot takes the contexts that moved since the last one when it is queued. If one
+    fails after the next was queued, the next must not be written without the failed one's
+    contexts: another process would load a learner missing them (found in review)."""
+    settings = settings.model_copy(update={"snapshot_every": 2})
+
+    async def run() -> tuple[bytes, bytes]:
+        async with served(settings) as (writer, app):
+            store = app.state.engine.store
+            real, calls = store.write_snapshot, {"n": 0}
+
+            async def first_fails(*args: Any, **kwargs: Any) -> bool:
+                calls["n"] += 1
+                if calls["n"] == 1:  # slow, then lost: later snapshots are queued meanwhile
+                    await asyncio.sleep(0.3)
+                    raise redis.exceptions.ConnectionError("lost")
+                return await real(*args, **kwargs)
+
+            store.write_snapshot = first_fails
+            assert (await writer.post("/models", json={"name": name, **SPEC})).status_code \
+                == 201
+            evs = [event(s, i) for i, s in enumerate("abcdef")]  # a, b in the failed one
+            replies = await asyncio.gather(*(writer.post(f"/models/{name}/learn", json=ev)
+                                             for ev in evs))
+            assert all(r.status_code == 200 for r in replies)
+            want = (await writer.get(f"/models/{name}/state")).content
+            async with served(settings) as (reader, _):  # loads while the writer lives
+                got = (await reader.get(f"/models/{name}/state")).content
+        return want, got
+
+    want, got = asyncio.run(run())
+    assert OnlineLearner.from_bytes(want).streams == sorted("abcdef")
+    assert got == want
+
+
+def test_a_model_with_large_contexts_keeps_fewer_streams(settings: Settings, name: str) -> None:
+    """STREAMNORM_MAX_CONTEXT_BYTES bounds the contexts of a model together: ~17 KB each
+    (64 features, window 64) under a 64 KiB bound: 3 streams, not STREAMNORM_MAX_STREAMS."""
+    wide = {**SPEC, "n_features": 64, "window": 64}
+    settings = settings.model_copy(update={"max_context_bytes": 2**16})
+
+    async def run() -> bytes:
+        async with served(settings) as (client, _):
+            assert (await client.post("/models", json={"name": name, **wide})).status_code \
+                == 201
+            for i in range(6):
+                r = await client.post(f"/models/{name}/learn",
+                                      json={"stream": f"s{i}", "x": [0.01 * i] * 64, "y": 0.1})
+                assert r.status_code == 200, r.text
+            return (await client.get(f"/models/{name}/state")).content
+
+    assert OnlineLearner.from_bytes(asyncio.run(run())).streams == ["s3", "s4", "s5"]
+
+
+def test_a_catch_up_cancelled_midway_leaves_no_half_counted_learner(
+        settings: Settings, name: str) -> None:
+    """A request cancelled while the compute thread replays a logged event: the event is in the
+    learner but its version was never counted, so the next catch-up would apply it twice. The
+    learner is dropped instead and loaded afresh (found in review)."""
+    quiet = settings.model_copy(update={"snapshot_every": 1000})
+    offload = quiet.model_copy(update={"inline_ms": 0.0})
+
+    async def run() -> tuple[bytes, bytes]:
+        async with served(quiet) as (client, app):
+            app.state.engine.writes.close = _no_snapshot  # the reader replays all of it
+            assert (await client.post("/models", json={"name": name, **SPEC})).status_code \
+                == 201
+            for i in range(40):
+                await client.post(f"/models/{name}/learn", json=event(f"s{i % 3}", i))
+            want = (await client.get(f"/models/{name}/state")).content
+        async with served(offload) as (client, app):
+            app.state.engine.writes.close = _no_snapshot
+            probe = asyncio.create_task(app.state.engine.predict(
+                name, {"stream": "s0", "x": [0.1, 0.2, 0.3]}))
+            await asyncio.sleep(0.02)  # replaying on the compute thread by now
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+            got = (await client.get(f"/models/{name}/state")).content
+        return want, got
+
+    want, got = asyncio.run(run())
+    assert got == want
+
+
+async def _no_snapshot(*_: Any) -> None:
+    return None

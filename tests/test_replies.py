@@ -117,3 +117,22 @@ def test_an_event_id_reused_inside_one_concurrent_burst_is_a_conflict(
             assert status == 200 and reply["applied"] is False and reply["version"] == 1
         else:
             assert status == 409 and reply["field"] == "event_id"
+
+
+def test_a_repeated_event_id_in_one_worker_batch_is_applied_once_while_it_computes(
+        settings: Settings, fresh: str) -> None:
+    """The stream worker's batch [X, Y, Z, X]: when each update runs on the compute thread,
+    X's commit can land (and leave the in-flight ids) while Y or Z computes; the second X is a
+    repeat all the same, not a fourth update (found in review)."""
+    offload = settings.model_copy(update={"inline_ms": 0.0})
+
+    async def run() -> list[Any]:
+        async with served(offload) as (client, app):
+            assert (await client.post("/models", json={"name": fresh, **SPEC})).status_code \
+                == 201
+            batch = [event(1), event(2), event(3), event(1)]
+            return await app.state.engine.learn_batch(fresh, batch)
+
+    out = asyncio.run(run())
+    assert [o.applied for o in out] == [True, True, True, False]
+    assert [o.version for o in out] == [1, 2, 3, 1]
