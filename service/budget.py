@@ -10,7 +10,7 @@ naming the field to change.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 
 from models import InvalidInput, ModelSpec, cost
 
@@ -32,10 +32,10 @@ class Budget:
         self.max_ms = settings.max_update_ms
         self.max_streams = settings.max_streams
         self.max_context_bytes = settings.max_context_bytes
-        # a spec's stream-mode learn and predict estimates and its cap on contexts, per spec
+        # what a spec's stream-mode requests cost and how many contexts it keeps, per spec
         # object (held, so its id is not reused): the hot path, where hashing a spec for the
         # estimate's cache costs ~5 %
-        self._stream: dict[int, tuple[ModelSpec, float, float, int]] = {}
+        self._stream: dict[int, _PerSpec] = {}
 
     def check_spec(self, spec: ModelSpec) -> None:
         """Refuse a spec whose state, window or stream update is over the limits."""
@@ -86,26 +86,34 @@ class Budget:
                                       "sequences")
         return ms
 
-
     def streams(self, spec: ModelSpec) -> int:
         """The stream contexts a model keeps at most: ``STREAMNORM_MAX_STREAMS``, fewer when
         they would take more than ``STREAMNORM_MAX_CONTEXT_BYTES`` together."""
-        return self._per_spec(spec)[3]
+        return self._per_spec(spec).streams
 
     def _stream_ms(self, spec: ModelSpec, train: bool) -> float:
         known = self._per_spec(spec)
-        return known[1] if train else known[2]
+        return known.learn_ms if train else known.predict_ms
 
-    def _per_spec(self, spec: ModelSpec) -> tuple[ModelSpec, float, float, int]:
+    def _per_spec(self, spec: ModelSpec) -> _PerSpec:
         known = self._stream.get(id(spec))
-        if known is None or known[0] is not spec:
+        if known is None or known.spec is not spec:
             if len(self._stream) >= 4096:
                 self._stream.clear()
             groups = [(spec.window, 1)]
             cap = max(1, min(self.max_streams, self.max_context_bytes // cost.context_bytes(spec)))
-            known = self._stream[id(spec)] = (spec, estimate_ms(spec, groups, True),
-                                              estimate_ms(spec, groups, False), cap)
+            known = self._stream[id(spec)] = _PerSpec(spec, estimate_ms(spec, groups, True),
+                                                      estimate_ms(spec, groups, False), cap)
         return known
+
+
+class _PerSpec(NamedTuple):
+    """What a spec's stream-mode requests cost (ms) and how many contexts it keeps."""
+
+    spec: ModelSpec
+    learn_ms: float
+    predict_ms: float
+    streams: int
 
 
 def replay_ms(spec: ModelSpec, body: dict[str, Any]) -> float:
