@@ -1,8 +1,8 @@
 """Throughput and latency of ``learn`` and ``predict`` through the real HTTP service (uvicorn +
 Redis), against the in-process ``OnlineLearner`` rate measured in the same run.
 
-One run starts a real ``redis-server`` (``service.embedded.EmbeddedRedis``, AOF in a temporary
-folder) and ONE uvicorn process (``service.app:create_app``, uvloop + httptools, one torch
+One run starts a real ``redis-server`` (``service.redis.embedded.EmbeddedRedis``, AOF in a temporary
+folder) and ONE uvicorn process (``service.api.app:create_app``, uvloop + httptools, one torch
 thread), creates one LSTM per norm over ``POST /models`` (hidden 32, window 8, 6 features,
 regression, Adam) and warms each up with 100 learns. Then, in every round and for every norm:
 
@@ -76,7 +76,7 @@ from learner import synthetic_stream as named_stream  # noqa: E402
 
 import models  # noqa: E402
 from models import ModelSpec, OnlineLearner  # noqa: E402
-from service.embedded import EmbeddedRedis  # noqa: E402
+from service.redis.embedded import EmbeddedRedis  # noqa: E402
 
 HIDDEN, WINDOW, N_FEATURES, STREAMS = 32, 8, 6, 4
 NORMS = ("layer", "streaming")

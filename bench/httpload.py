@@ -52,7 +52,7 @@ def cpu_seconds(pid: int | None) -> float:
 @contextmanager
 def uvicorn_server(redis_url: str, log_path: Path, timeout: float = 90.0, root: Path = ROOT,
                    **env_extra: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """One uvicorn process serving ``service.app:create_app`` over ``redis_url`` (from the
+    """One uvicorn process serving ``service.api.app:create_app`` over ``redis_url`` (from the
     checkout ``root``, with ``env_extra``); yields its base URL and process once ``GET
     /healthz`` answers, and stops it on exit (also on error)."""
     port = free_port()
@@ -60,7 +60,7 @@ def uvicorn_server(redis_url: str, log_path: Path, timeout: float = 90.0, root: 
            "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **env_extra}
     for var in ("STREAMNORM_API_KEYS", "STREAMNORM_READ_KEYS", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(var, None)  # no auth, one process's metrics
-    cmd = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
+    cmd = [sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
            "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
            "--http", "httptools", "--log-level", "warning"]
     with open(log_path, "wb") as log:

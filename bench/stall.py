@@ -36,7 +36,7 @@ import httpx
 from httpload import ROOT, RawConnection, percentile, uvicorn_server
 
 from models import ModelSpec, cost
-from service.embedded import EmbeddedRedis
+from service.redis.embedded import EmbeddedRedis
 from service.settings import Settings
 
 MODELS: dict[str, dict[str, Any]] = {

@@ -1,7 +1,7 @@
 """Events per second through ``streamnorm worker`` processes, against the in-process
 ``learn_one`` rate measured in the same run.
 
-One run starts a real ``redis-server`` (``service.embedded.EmbeddedRedis``, AOF everysec in a
+One run starts a real ``redis-server`` (``service.redis.embedded.EmbeddedRedis``, AOF everysec in a
 temporary folder). Each configuration — 1, 2 or 4 workers × 1 or 30 models (LSTM hidden 32,
 window 8, 6 features, regression, Adam; ``--norm`` picks the normalization) — gets fresh models
 and a backlog of events appended to their partitions (16) before its workers start, as a
@@ -50,11 +50,11 @@ from httpload import cpu_seconds  # noqa: E402
 from learner import synthetic_stream  # noqa: E402  (bench/ is sys.path[0])
 
 from models import ModelSpec, OnlineLearner  # noqa: E402
-from service.embedded import EmbeddedRedis  # noqa: E402
 from service.engine import Engine  # noqa: E402
+from service.redis.embedded import EmbeddedRedis  # noqa: E402
+from service.redis.store import Store  # noqa: E402
+from service.redis.streams import partition_of  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.store import Store  # noqa: E402
-from service.streams import partition_of  # noqa: E402
 
 PARTITIONS = 16
 WORKERS, MODELS = (1, 2, 4), (1, 30)

@@ -1,1 +1,1 @@
-"""streamnorm's service: HTTP API, Redis store, stream worker and CLI (being built)."""
+"""streamnorm's service: the HTTP API, the engine, Redis, the stream worker and the command line."""

@@ -55,8 +55,8 @@ def _serve(settings: Settings, host: str, port: int, workers: int, log_level: st
     """Start Redis and the workers if needed, run uvicorn, stop them in reverse order."""
     import uvicorn
 
-    from .embedded import DataDirBusy, EmbeddedRedis
     from .lifecycle import preexec_child, stop_child
+    from .redis.embedded import DataDirBusy, EmbeddedRedis
 
     with ExitStack() as stack:
         if not settings.redis_url:
@@ -80,7 +80,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int, log_level: st
         if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="streamnorm-prom-"))
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
-        uvicorn.run("service.app:create_app", factory=True, host=host, port=port,
+        uvicorn.run("service.api.app:create_app", factory=True, host=host, port=port,
                     workers=workers, loop="uvloop", http="httptools", log_level=log_level,
                     access_log=access_log, timeout_graceful_shutdown=int(settings.shutdown_grace_s))
 
@@ -136,8 +136,8 @@ def worker(name: str | None = typer.Option(None, help="consumer name (default: h
 
         import torch
 
-        from .connect import close, connect
-        from .metrics import serve_metrics
+        from .api.scrape import serve_metrics
+        from .redis.connect import close, connect
         from .worker import Worker
 
         torch.set_num_threads(1)

@@ -5,7 +5,7 @@
 (API first, then workers, then Redis); a parent killed outright (``kill -9``) cannot, so each
 child asks the kernel for a *parent-death signal* (Linux ``prctl(PR_SET_PDEATHSIG)``): SIGTERM
 the moment its parent dies, which every child answers with its own clean shutdown. Elsewhere
-(no ``prctl``) these calls do nothing and the data-directory lock (``service.embedded``) still
+(no ``prctl``) these calls do nothing and the data-directory lock (``service.redis.embedded``) still
 keeps a second Redis off an orphan's AOF.
 """
 

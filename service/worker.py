@@ -7,9 +7,10 @@ of extras when workers join. A partition whose holder died is free once its leas
 taken): its new holder first claims every pending entry (``XAUTOCLAIM``), applies its own pending
 entries, and only then reads new ones, so a model's events keep their order.
 
-A batch of entries is applied per model, in entry order, through ``Engine.learn_batch`` — the
-same engine as HTTP ``learn``; an event without an ``event_id`` gets ``{partition key}/{entry
-id}``, so a redelivered entry is never applied twice. An entry is acknowledged (and deleted) only
+A batch of entries is applied per model, in entry order, through ``Engine.learn`` — the same
+call as HTTP ``learn``, with the entries validated here, where they enter; an event without an
+``event_id`` gets one derived from its entry (``Streams.event_id``), so a redelivered entry is
+never applied twice. An entry is acknowledged (and deleted) only
 after its update is committed. One that cannot apply (bad JSON, unknown model, invalid input,
 NaN) goes to the partition's dead-letter stream with its error, and is acknowledged; a transient
 failure (Redis, a busy lease) leaves the entries pending and retries them first. SIGTERM
@@ -36,14 +37,13 @@ from redis.exceptions import RedisError
 
 from models import InvalidInput
 
-from . import metrics as m
-from .connect import AnyRedis
-from .engine import Engine, LearnOutcome
-from .errors import ApiError
-from .schemas import MODEL_NAME_PATTERN, LearnRequest
+from . import telemetry as m
+from .api.schemas import MODEL_NAME_PATTERN, LearnRequest
+from .engine import Busy, Engine, EngineError, LearnOutcome, Unavailable, UnknownModel
+from .redis.connect import AnyRedis
+from .redis.store import LeaseLost, Store
+from .redis.streams import Entry, Streams, partition_of
 from .settings import Settings
-from .store import LeaseLost, Store
-from .streams import Entry, Streams, partition_of
 
 __all__ = ["Worker"]
 
@@ -59,8 +59,8 @@ class Worker:
         self.settings = settings
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.token = f"{self.name}:{secrets.token_hex(8)}"
-        self.engine = Engine(Store(redis, seen_limit=settings.seen_limit), settings)
         self.streams = Streams(redis, settings.partitions)
+        self.engine = Engine(Store(redis, seen_limit=settings.seen_limit), self.streams, settings)
         self.stopping = asyncio.Event()
         self.held: dict[int, asyncio.Task[None]] = {}
         self.releasing: set[int] = set()  # partitions to hand back after the batch in hand
@@ -180,7 +180,7 @@ class Worker:
                 continue
             groups.setdefault(model, []).append((entry, payload))
         results = await asyncio.gather(*(
-            self.engine.learn_batch(model, [payload for _, payload in items])
+            self._learn(model, [payload for _, payload in items])
             for model, items in groups.items()), return_exceptions=True)
         acked: list[str] = []
         clean, applied = True, 0
@@ -191,7 +191,7 @@ class Worker:
                     clean = False
                 else:  # e.g. an unreadable stored state: retrying would block the partition
                     log.error("model %s: %r (dead-lettered)", model, res)
-                    dead += [(entry, f"500 {type(res).__name__}: {res}") for entry, _ in items]
+                    dead += [(entry, f"{type(res).__name__}: {res}") for entry, _ in items]
                 continue
             for (entry, _), outcome in zip(items, res, strict=True):
                 if isinstance(outcome, LearnOutcome):
@@ -208,6 +208,15 @@ class Worker:
         m.DEAD_LETTERED.inc(len(dead))
         self._rate(applied)
         return clean
+
+    async def _learn(self, model: str, payloads: list[dict[str, Any]]
+                     ) -> list[LearnOutcome | Exception]:
+        """One model's entries validated against its spec, then applied in order."""
+        try:
+            events = await self.engine.prepare(model, payloads)
+        except UnknownModel as exc:
+            return [exc] * len(payloads)
+        return await self.engine.learn(model, events)
 
     def _parse(self, p: int, entry: Entry) -> tuple[str, dict[str, Any]]:
         """The model and learn payload of an entry (ValueError: it can never apply)."""
@@ -228,7 +237,7 @@ class Worker:
             where = ".".join(str(part) for part in first["loc"])
             raise ValueError(f"event.{where}: {first['msg']}") from None
         if not body.get("event_id"):
-            body["event_id"] = f"{self.streams.key(p)}/{entry.id}"
+            body["event_id"] = self.streams.event_id(p, entry)
         return model, body
 
     def _rate(self, applied: int) -> None:
@@ -242,16 +251,17 @@ class Worker:
 
 def _transient(exc: BaseException) -> bool:
     """A failure of the infrastructure (retrying helps), not of the events."""
-    return isinstance(exc, RedisError | LeaseLost | OSError | TimeoutError) or (
-        isinstance(exc, ApiError) and exc.status >= 500)
+    return isinstance(exc, RedisError | LeaseLost | OSError | TimeoutError | Busy | Unavailable)
 
 
 def _permanent(exc: Exception) -> bool:
     """An error the event itself causes (retrying cannot help)."""
-    return isinstance(exc, InvalidInput) or (isinstance(exc, ApiError) and exc.status < 500)
+    return isinstance(exc, InvalidInput) or (
+        isinstance(exc, EngineError) and not isinstance(exc, Busy | Unavailable))
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, ApiError):
-        return f"{exc.status} {exc.detail}" + (f" (field {exc.field})" if exc.field else "")
-    return f"422 {exc}"
+    """A dead letter's ``error``: the kind of error, what is wrong, the field."""
+    field = getattr(exc, "field", None)
+    detail = exc.detail if isinstance(exc, EngineError) else str(exc)
+    return f"{type(exc).__name__}: {detail}" + (f" (field {field})" if field else "")

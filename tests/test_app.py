@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from models import NORMS
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 
 

@@ -1,5 +1,5 @@
 """Access control with keys configured: every route but the health probes needs a key, read keys
-read, admin keys also write (``service.auth``). Through the real app on a real Redis, and a
+read, admin keys also write (``service.api.auth``). Through the real app on a real Redis, and a
 real worker process for its metrics port."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import Route
 
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.test_processes import free_port
 from tests.test_stream_processes import WorkerProcess

@@ -18,9 +18,9 @@ import redis
 from fastapi.testclient import TestClient
 
 from models import ModelSpec, OnlineLearner
-from service.app import create_app
+from service.api.app import create_app
+from service.redis.keys import model_key
 from service.settings import Settings
-from service.store import model_key
 
 KEYS = ("k1", "k2")
 BEARER = f"Bearer {KEYS[0]}"

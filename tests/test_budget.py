@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from models import ModelSpec, cost
-from service.app import create_app
+from service.api.app import create_app
+from service.engine.replica import Replica
 from service.settings import Settings
 from tests.test_writes import served
 
@@ -156,15 +157,17 @@ def test_an_update_longer_than_the_lease_is_committed(settings: Settings, fresh:
     assert status == 200 and info["version"] == 1 and info["updates"] == 1
 
 
-def test_a_logged_update_over_todays_limits_still_replays(settings: Settings, fresh: str) -> None:
+def test_a_logged_update_over_todays_limits_still_replays(
+        settings: Settings, fresh: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """What a process with roomier limits accepted is in the log: a process with tighter ones
     replays it (the limits refuse requests, never history)."""
     roomy = settings.model_copy(update={"max_update_ms": 60_000, "snapshot_every": 1000})
     batch = [{"sequence": [[0.1, 0.2]] * (600 + i), "y": 0.5} for i in range(4)]
 
+    monkeypatch.setattr(Replica, "close", _no_snapshot)  # no snapshot at shutdown
+
     async def run() -> tuple[bytes, bytes]:
-        async with served(roomy) as (client, app):
-            app.state.engine.writes.close = _no_snapshot  # leave the log to replay
+        async with served(roomy) as (client, _):
             assert (await client.post("/models", json={"name": fresh, **HEAVY})).status_code \
                 == 201
             r = await client.post(f"/models/{fresh}/learn", json={"batch": batch})
@@ -188,7 +191,8 @@ async def _no_snapshot(*_: Any) -> None:
     return None
 
 
-def test_a_long_replay_under_the_lease_keeps_it(settings: Settings, fresh: str) -> None:
+def test_a_long_replay_under_the_lease_keeps_it(
+        settings: Settings, fresh: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A process far behind on a heavy model replays the log under its lease before its own
     update: the lease is renewed meanwhile, or its commit would be refused every time (the
     replay starts again from the snapshot on each retry: 503 forever)."""
@@ -196,9 +200,10 @@ def test_a_long_replay_under_the_lease_keeps_it(settings: Settings, fresh: str) 
                                         "snapshot_every": 1000})
     batch = [{"sequence": [[0.1, 0.2]] * 150, "y": 0.5}]  # ~0.1-0.3 s each: 3 outlast a lease
 
+    monkeypatch.setattr(Replica, "close", _no_snapshot)  # no snapshot at shutdown
+
     async def run() -> tuple[int, int]:
-        async with served(short) as (client, app):
-            app.state.engine.writes.close = _no_snapshot  # the next process replays all
+        async with served(short) as (client, _):
             assert (await client.post("/models", json={"name": fresh, **HEAVY})).status_code \
                 == 201
             for _ in range(3):

@@ -1,7 +1,7 @@
 """Bounded stream contexts (finding 5 of the abuse probe: 30,000 stream ids grew the state from
 70 KB to 5.4 MB, never expired, and every snapshot re-serialized all of them): a cap, an idle
 expiry, snapshots that write only the contexts that moved, and replays that drop exactly what
-the writer dropped (``service.contexts``)."""
+the writer dropped (``service.engine.contexts``)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import pytest
 import redis
 
 from models import ModelSpec, OnlineLearner
+from service.engine.replica import Replica
+from service.redis.keys import model_key
 from service.settings import Settings
-from service.store import model_key
 from tests.test_writes import SPEC, served
 
 
@@ -198,23 +199,23 @@ def test_a_model_with_large_contexts_keeps_fewer_streams(settings: Settings, nam
 
 
 def test_a_catch_up_cancelled_midway_leaves_no_half_counted_learner(
-        settings: Settings, name: str) -> None:
+        settings: Settings, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A request cancelled while the compute thread replays a logged event: the event is in the
     learner but its version was never counted, so the next catch-up would apply it twice. The
     learner is dropped instead and loaded afresh (found in review)."""
     quiet = settings.model_copy(update={"snapshot_every": 1000})
     offload = quiet.model_copy(update={"inline_ms": 0.0})
 
+    monkeypatch.setattr(Replica, "close", _no_snapshot)  # no snapshot at shutdown
+
     async def run() -> tuple[bytes, bytes]:
         async with served(quiet) as (client, app):
-            app.state.engine.writes.close = _no_snapshot  # the reader replays all of it
             assert (await client.post("/models", json={"name": name, **SPEC})).status_code \
                 == 201
             for i in range(40):
                 await client.post(f"/models/{name}/learn", json=event(f"s{i % 3}", i))
             want = (await client.get(f"/models/{name}/state")).content
         async with served(offload) as (client, app):
-            app.state.engine.writes.close = _no_snapshot
             probe = asyncio.create_task(app.state.engine.predict(
                 name, {"stream": "s0", "x": [0.1, 0.2, 0.3]}))
             await asyncio.sleep(0.02)  # replaying on the compute thread by now

@@ -20,8 +20,8 @@ import pytest
 import redis
 import yaml
 
-from service.embedded import find_redis_server
-from service.store import model_key
+from service.redis.embedded import find_redis_server
+from service.redis.keys import model_key
 
 from .test_processes import ROOT, free_port, wait_healthy
 from .test_stream_processes import SPEC, assert_nothing_pending, event

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from service.store import model_key
+from service.redis.keys import model_key
 from tests.test_processes import ROOT, SPEC, Server, event, fire, free_port, wait_healthy
 from tests.test_stream_processes import FAST, WorkerProcess
 from tests.test_stream_processes import SPEC as STREAM_SPEC

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from models import ModelSpec, OnlineLearner
-from service.store import model_key
+from service.redis.keys import model_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,13 +46,13 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0)
 
 
 class Server:
-    """One ``uvicorn service.app:create_app`` process (uvloop + httptools)."""
+    """One ``uvicorn service.api.app:create_app`` process (uvloop + httptools)."""
 
     def __init__(self, redis_url: str, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
+            [sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
              "--host", "127.0.0.1", "--port", str(self.port), "--loop", "uvloop",
              "--http", "httptools", "--log-level", "warning"],
             cwd=ROOT, env={**os.environ, "STREAMNORM_REDIS_URL": redis_url,

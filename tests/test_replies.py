@@ -12,8 +12,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from service.redis.keys import model_key
 from service.settings import Settings
-from service.store import model_key
 from tests.test_writes import SPEC, count_calls, event, served
 
 
@@ -131,7 +131,8 @@ def test_a_repeated_event_id_in_one_worker_batch_is_applied_once_while_it_comput
             assert (await client.post("/models", json={"name": fresh, **SPEC})).status_code \
                 == 201
             batch = [event(1), event(2), event(3), event(1)]
-            return await app.state.engine.learn_batch(fresh, batch)
+            engine = app.state.engine
+            return await engine.learn(fresh, await engine.prepare(fresh, batch))
 
     out = asyncio.run(run())
     assert [o.applied for o in out] == [True, True, True, False]

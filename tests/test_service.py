@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from models import ModelSpec, OnlineLearner
 from models.persist import context_to_bytes
+from service.redis.keys import model_key
 from service.settings import Settings
-from service.store import model_key
 
 
 def make(client: TestClient, name: str, **kw: Any) -> dict[str, Any]:
@@ -93,7 +93,7 @@ def test_classifier_sequence_and_batch_modes(client: TestClient, model_name: str
 def test_snapshots_trim_the_log_and_a_new_process_replays_to_the_same_state(
         redis_url: str, model_name: str, client: TestClient) -> None:
     settings = Settings(redis_url=redis_url, snapshot_every=5)
-    from service.app import create_app
+    from service.api.app import create_app
 
     r = redis.Redis.from_url(redis_url)
     with TestClient(create_app(settings)) as writer:
@@ -132,8 +132,8 @@ def test_snapshots_trim_the_log_and_a_new_process_replays_to_the_same_state(
 def test_redis_going_down_answers_503_quickly_and_recovers(tmp_path: Path) -> None:
     """Redis stops mid-service: requests get 503 within the timeouts (no hang, no 500);
     once it is back on the same port with its AOF, the model carries on."""
-    from service.app import create_app
-    from service.embedded import EmbeddedRedis
+    from service.api.app import create_app
+    from service.redis.embedded import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path).start()
     port = server.port
@@ -161,7 +161,7 @@ def test_redis_going_down_answers_503_quickly_and_recovers(tmp_path: Path) -> No
 
 def test_a_model_re_created_elsewhere_is_validated_against_its_new_spec(
         redis_url: str, model_name: str, client: TestClient) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
 
     make(client, model_name)
     with TestClient(create_app(Settings(redis_url=redis_url))) as other:

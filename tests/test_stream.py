@@ -17,11 +17,11 @@ import pytest
 import redis
 
 from models import ModelSpec, OnlineLearner
-from service.app import create_app
-from service.connect import close, connect
+from service.api.app import create_app
+from service.redis.connect import close, connect
+from service.redis.keys import model_key
+from service.redis.streams import GROUP, Streams, partition_of
 from service.settings import Settings
-from service.store import model_key
-from service.streams import GROUP, Streams, partition_of
 from service.worker import Worker
 
 SPEC = {"task": "regression", "n_features": 3, "cell": "gru", "hidden_size": 6,
@@ -190,7 +190,7 @@ def test_worker_applies_in_order_and_dead_letters_poison(stream_settings: Settin
             for fields in poison:
                 r.xadd(f"sn:events:{{{p_a}}}", fields)
             assert (await client.post("/events", json=events[40:])).status_code == 202
-            await drain_with_worker(stream_settings, app.state.streams, "w1")
+            await drain_with_worker(stream_settings, app.state.engine.streams, "w1")
             return {m: (await client.get(f"/models/{m}/state")).content for m in models}
 
     states = asyncio.run(run())
@@ -225,7 +225,7 @@ def test_a_worker_takes_over_entries_a_dead_consumer_held(stream_settings: Setti
                 == 201
             assert (await client.post("/events", json=events)).status_code == 202
             p = partition_of(model, stream_settings.partitions)
-            streams: Streams = app.state.streams
+            streams: Streams = app.state.engine.streams
             await streams.ensure_group(p)
             assert await streams.hold(p, "dead-token", 600)  # its lease, left to expire
             held = await streams.read(p, "dead-one", "dead-token", None, 20, 600)
@@ -234,7 +234,7 @@ def test_a_worker_takes_over_entries_a_dead_consumer_held(stream_settings: Setti
             dead = Worker(stream_settings, app.state.redis, "dead-one")
             first = [dead._parse(p, e)[1] for e in held[:12]]  # applied, then it died
             assert all(not isinstance(o, Exception)
-                       for o in await app.state.engine.learn_batch(model, first))
+                       for o in await dead._learn(model, first))
             await drain_with_worker(stream_settings, streams, "heir")
             return (await client.get(f"/models/{model}/state")).content
 
@@ -266,9 +266,9 @@ def test_a_worker_stops_reading_a_partition_whose_lease_it_lost(
                 events = [event(model, i) for i in range(10)]
                 assert (await client.post("/events", json=events)).status_code == 202
                 await asyncio.sleep(1.0)
-                stats = (await app.state.streams.stats())[p]
+                stats = (await app.state.engine.streams.stats())[p]
                 r.delete(f"sn:events:{{{p}}}:owner")  # the intruder goes away
-                await drain(app.state.streams, worker)
+                await drain(app.state.engine.streams, worker)
                 updates = int(r.hget(model_key(model, "meta"), "updates"))
                 return stats.backlog, stats.pending, updates
             finally:
@@ -295,7 +295,7 @@ def test_an_unreadable_model_state_is_dead_lettered_not_retried_forever(
             r.set(model_key(broken, "state"), b"\x00not safetensors")
             events = [event((good, broken)[i % 2], i) for i in range(20)]
             assert (await client.post("/events", json=events)).status_code == 202
-            await drain_with_worker(stream_settings, app.state.streams, "w")
+            await drain_with_worker(stream_settings, app.state.engine.streams, "w")
 
     asyncio.run(run())
     assert int(r.hget(model_key(good, "meta"), "updates")) == 10
@@ -321,7 +321,7 @@ def test_an_event_id_reused_for_another_event_is_dead_lettered(
                 == 201
             for batch in (first, [reused, repeat, event("m1", 8)]):
                 assert (await client.post("/events", json=batch)).status_code == 202
-                await drain_with_worker(stream_settings, app.state.streams, "w")
+                await drain_with_worker(stream_settings, app.state.engine.streams, "w")
 
     asyncio.run(run())
     assert int(r.hget(model_key("m1", "meta"), "updates")) == 7
@@ -329,6 +329,6 @@ def test_an_event_id_reused_for_another_event_is_dead_lettered(
     assert len(dead) == 1
     fields = dead[0][1]
     assert json.loads(fields[b"event"])["x"] == reused["x"]
-    assert b"409" in fields[b"error"] and b"event_id" in fields[b"error"]
+    assert b"Conflict" in fields[b"error"] and b"event_id" in fields[b"error"]
     assert int(r.get(f"sn:events:{{{p}}}:done")) == 8  # 6 + the repeat + event 8
     assert r.xlen(f"sn:events:{{{p}}}") == 0

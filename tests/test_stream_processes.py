@@ -17,9 +17,9 @@ import httpx
 import redis
 
 from models import ModelSpec, OnlineLearner
-from service.embedded import EmbeddedRedis
-from service.store import model_key
-from service.streams import GROUP
+from service.redis.embedded import EmbeddedRedis
+from service.redis.keys import model_key
+from service.redis.streams import GROUP
 
 from .test_processes import ROOT, Server, free_port
 

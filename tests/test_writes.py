@@ -1,5 +1,6 @@
-"""Group commit (``service.writes``) and the hot-call fast path (``service.fastpath``), through
-the real ASGI app on a real Redis. Orders are checked against an independent replay of the log."""
+"""Group commit (``service.engine.replica``) and the hot-call fast path
+(``service.api.fastpath``), through the real ASGI app on a real Redis. Orders are checked
+against an independent replay of the log."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import redis
 import redis.asyncio
 
 from models import ModelSpec, OnlineLearner
-from service.app import create_app
-from service.fastpath import FastPath
+from service.api.app import create_app
+from service.api.fastpath import FastPath
+from service.redis.keys import model_key
 from service.settings import Settings
-from service.store import model_key
 
 SPEC = {"task": "regression", "n_features": 3, "cell": "lstm", "hidden_size": 8,
         "norm": {"method": "streaming"}, "window": 4, "seed": 5}

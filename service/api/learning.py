@@ -1,0 +1,83 @@
+"""Predict and learn: the two calls on a model's data path.
+
+Replies are encoded here directly (``response_model`` documents them): re-validating a reply
+we just built would cost as much as the HTTP parsing itself on this hot path.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from ..engine import Engine
+from .deps import EngineDep, ModelName, WriteAccess
+from .errors import ApiError
+from .schemas import (
+    LearnRequest,
+    LearnResponse,
+    PredictRequest,
+    PredictResponse,
+    errors,
+)
+
+router = APIRouter(prefix="/models/{name}", tags=["learning"])
+
+_PREDICT_OK = {200: {"content": {"application/json": {"example": {
+    "prediction": 1.37, "version": 42, "proba": None}}}}}
+_LEARN_OK = {200: {"content": {"application/json": {"example": {
+    "prediction": 1.37, "loss": 0.017, "version": 43, "applied": True, "proba": None}}}}}
+_ERRORS = errors(400, 404, 413, 422, 503, e422="the input does not fit the model, or is over "
+                                               "a limit (the field is named)")
+
+
+def _json(content: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:  # finite inputs far outside what the model saw can overflow it
+        raise ApiError(422, "the model's output for this input is not finite (inputs far "
+                            "outside the range it has learned from?)", "x") from None
+
+
+def _proba(proba: dict[int, float] | None) -> dict[str, float] | None:
+    return None if proba is None else {str(k): v for k, v in proba.items()}
+
+
+async def predict_reply(engine: Engine, name: str, body: PredictRequest) -> bytes:
+    """The JSON reply of ``predict`` (also served by ``fastpath``)."""
+    payload = body.model_dump(exclude_unset=True, warnings=False)
+    pred, proba, version = await engine.predict(name, payload)
+    return _json({"prediction": pred, "version": version, "proba": _proba(proba)})
+
+
+async def learn_reply(engine: Engine, name: str, body: LearnRequest) -> bytes:
+    """The JSON reply of ``learn`` (also served by ``fastpath``)."""
+    event = (await engine.prepare(name, [body.model_dump(exclude_unset=True, warnings=False)]))[0]
+    if isinstance(event, Exception):  # refused before any lease: bad input costs nothing
+        raise event
+    out = (await engine.learn(name, [event]))[0]  # a batch of one, as the worker's
+    if isinstance(out, Exception):
+        raise out
+    return _json({"prediction": out.prediction, "loss": out.loss, "version": out.version,
+                  "applied": out.applied, "proba": _proba(out.proba)})
+
+
+@router.post("/predict", response_model=PredictResponse, responses={**_PREDICT_OK, **_ERRORS},
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "example": {"stream": "sensor-7", "x": [0.1, 0.2, 0.3]}}}}})
+async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> Response:
+    """Exactly the prediction ``learn`` would return for this input now; changes nothing."""
+    return Response(await predict_reply(engine, name, body), media_type="application/json")
+
+
+@router.post("/learn", response_model=LearnResponse, dependencies=[WriteAccess],
+             responses={**_LEARN_OK, **_ERRORS, **errors(
+                 409, e409="event_id names another event already applied")},
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "example": {"stream": "sensor-7", "x": [0.1, 0.2, 0.3], "y": 1.5,
+                             "event_id": "evt-0001"}}}}})
+async def learn(name: ModelName, body: LearnRequest, engine: EngineDep) -> Response:
+    """Test-then-train: the prediction before the update, then one optimizer step, committed
+    to Redis before the reply. A repeated ``event_id`` returns ``applied: false``."""
+    return Response(await learn_reply(engine, name, body), media_type="application/json")

@@ -1,0 +1,282 @@
+"""The engine: the one place that applies an event to a model, and the verbs of the service.
+
+HTTP ``learn`` (a batch of one) and the stream worker both call ``Engine.learn`` with events
+validated where they entered (``Engine.prepare``). Each process keeps hot models in memory as
+``Replica`` objects (an LRU of ``STREAMNORM_CACHE_MODELS``) at the version they are at; a request
+first reads the model's version in Redis (one round trip) and, only when it moved, catches the
+replica up by replaying the logged events (or loads the snapshot and replays the tail): a hot
+model is never deserialized per request (``streamnorm_state_loads_total`` counts loads).
+Training is deterministic on one CPU thread, so a replayed learner equals the writer's bit for
+bit. Torch work runs on the event loop thread between awaits (or on the one compute thread):
+requests of one process never touch a learner concurrently, and each replica's lock orders them.
+The engine speaks in domain errors (``service.engine.errors``); it knows no HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from models import InvalidInput, ModelSpec, OnlineLearner, cost
+
+from ..redis.store import LeaseLost, ModelHead, Store
+from ..redis.streams import PartitionStats, Streams, partition_of
+from ..settings import Settings
+from .budget import Budget
+from .compute import Compute
+from .errors import Backlogged, Conflict, UnknownModel
+from .event import Event, predict, predict_arguments
+from .replica import Host, Replica, Written, bytes_ms
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("streamnorm")
+
+Described = tuple[str, dict[str, str]]  # a model's spec JSON and its meta hash
+
+
+class Engine:
+    """Per-process cache of replicas, and the verbs: models, predict, learn, events."""
+
+    def __init__(self, store: Store, streams: Streams, settings: Settings) -> None:
+        self.store, self.streams, self.settings = store, streams, settings
+        self.host = Host(store, settings, Compute(settings.inline_ms), Budget(settings))
+        self._replicas: OrderedDict[str, Replica] = OrderedDict()
+        self._specs: dict[tuple[str, str], ModelSpec] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+
+    # -- models --------------------------------------------------------------------------------
+    async def create(self, spec: ModelSpec) -> bool:
+        """Store a new model at version 0 (``True``). ``False`` when a model of that name and
+        the same spec exists (a retry of a create whose reply was lost); ``Conflict`` for
+        another spec. Atomic: one script writes the spec, the state and the meta, or nothing."""
+        host = self.host
+        host.budget.check_spec(spec)
+        build_ms = bytes_ms(cost.state_bytes(spec))
+        learner = await host.compute.run(build_ms, OnlineLearner, spec)
+        state = await host.compute.run(build_ms, learner.to_bytes)
+        metrics, uid = json.dumps(learner.metrics.report()), uuid.uuid4().hex
+        try:
+            if await self.store.create(spec.name, spec.model_dump_json(), state, uid, metrics):
+                return True
+        except RedisError:  # the script may have run before the reply was lost: look
+            head = await self.store.head(spec.name)
+            if head is None or head.uid != uid:
+                raise
+            return True
+        existing = await self.store.spec(spec.name)
+        if existing is not None and ModelSpec.model_validate_json(existing) == spec:
+            return False
+        raise Conflict(f"a model named {spec.name!r} exists with another spec", "name")
+
+    async def delete(self, name: str) -> None:
+        if not await self.store.delete(name):
+            raise UnknownModel(name)
+        replica = self._replicas.get(name)
+        if replica is not None and not replica.lock.locked():
+            self._forget(name, replica)  # a busy one finds the model gone at its commit
+
+    async def describe(self, name: str) -> Described:
+        """The spec JSON and meta of a model (``UnknownModel`` if there is none)."""
+        found = await self.store.describe(name)
+        if found is None:
+            raise UnknownModel(name)
+        return found
+
+    async def catalogue(self) -> list[Described]:
+        """Every model's spec JSON and meta (a SCAN: listing is rare)."""
+        out = []
+        for name in await self.store.names():
+            found = await self.store.describe(name)
+            if found is not None:
+                out.append(found)
+        return out
+
+    async def spec(self, name: str, head: ModelHead | None = None
+                   ) -> tuple[ModelSpec, ModelHead]:
+        """The model's spec (cached per incarnation) and head; ``UnknownModel`` if none."""
+        head = head or await self.store.head(name)
+        if head is None:
+            raise UnknownModel(name)
+        spec = self._specs.get((name, head.uid))
+        if spec is None:
+            raw = await self.store.spec(name)
+            if raw is None:
+                raise UnknownModel(name)
+            if len(self._specs) >= 4 * self.settings.cache_models:  # re-created names pile up
+                self._specs.clear()
+            spec = self._specs[(name, head.uid)] = ModelSpec.model_validate_json(raw)
+        return spec, head
+
+    # -- the edge's validation -----------------------------------------------------------------
+    async def prepare(self, name: str, payloads: list[dict[str, Any]]
+                      ) -> list[Event | Exception]:
+        """Learn payloads for ``name`` validated against its spec, each an ``Event`` or the
+        ``InvalidInput`` naming what is wrong with it (``UnknownModel`` for them all)."""
+        replica = self._replicas.get(name)
+        if replica is not None and not replica.dead:
+            spec = replica.learner.spec  # no round trip on the hot path
+        else:
+            replica, spec = None, (await self.spec(name))[0]
+        out = await self._prepare_for(spec, payloads)
+        if replica is not None and any(isinstance(e, InvalidInput) for e in out):
+            fresh, _ = await self.spec(name)  # the cached spec is stale if the model was
+            if fresh != spec:                 # deleted and re-created by another process
+                out = await self._prepare_for(fresh, payloads)
+        return out
+
+    async def _prepare_for(self, spec: ModelSpec, payloads: list[dict[str, Any]]
+                           ) -> list[Event | Exception]:
+        out: list[Event | Exception] = []
+        for payload in payloads:
+            try:
+                out.append(await self.host.prepare(spec, payload))
+            except InvalidInput as exc:
+                out.append(exc)
+        return out
+
+    # -- reading -------------------------------------------------------------------------------
+    async def predict(self, name: str, payload: dict[str, Any]
+                      ) -> tuple[float | int, dict[int, float] | None, int]:
+        """The prediction ``learn`` would make now, the class probabilities, the version."""
+        spec, head = await self.spec(name)
+        kwargs = predict_arguments(payload)
+        cost_ms = self.host.budget.request_ms(spec, payload, train=False)
+        ttl = self.settings.stream_ttl_s
+
+        def run(replica: Replica) -> tuple[float | int, dict[int, float] | None]:
+            forget = "stream" in kwargs and replica.book.expired(kwargs["stream"],
+                                                                 time.time(), ttl)
+            return predict(replica.learner, kwargs, forget=forget)
+
+        (pred, proba), version = await (await self._enter(name)).read(head, cost_ms, run)
+        return pred, proba, version
+
+    async def current_state(self, name: str) -> tuple[bytes, int]:
+        """The learner's bytes at the latest version, contexts included (for export)."""
+        spec, head = await self.spec(name)
+        replica = await self._enter(name)
+        return await replica.read(head, self.host.state_ms(spec),
+                                  lambda r: r.learner.to_bytes())
+
+    # -- writing -------------------------------------------------------------------------------
+    async def learn(self, name: str, events: list[Event | Exception]) -> list[Written]:
+        """Apply validated events to one model in their order, each exactly once, and reply
+        once they are committed (``Replica.write``); an HTTP learn is a list of one."""
+        return await (await self._entry(name)).write(events)
+
+    async def submit(self, items: list[tuple[str, dict[str, Any]]], *, numbered: bool
+                     ) -> list[tuple[int, str]]:
+        """Validate ``(model, learn payload)`` items and append them to the event stream, all
+        or none: ``(partition, entry id)`` each. Errors name the item (``[3].x``) when they
+        came as a list (``numbered``); ``Backlogged`` when a partition is too far behind."""
+        out: list[tuple[str, str]] = []
+        specs: dict[str, ModelSpec] = {}
+        for i, (model, payload) in enumerate(items):
+            where = f"[{i}]." if numbered else ""
+            if model not in specs:
+                try:
+                    specs[model] = (await self.spec(model))[0]
+                except UnknownModel as exc:
+                    raise UnknownModel(model, f"{where}model") from exc
+            try:
+                event = await self.host.prepare(specs[model], payload)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{where}{exc.field}", exc.message) from None
+            out.append((model, json.dumps(event.payload(), separators=(",", ":"))))
+        limit = self.settings.max_backlog
+        backlog = await self.streams.backlog({partition_of(model, self.streams.partitions)
+                                              for model, _ in out})
+        full = {p: n for p, n in backlog.items() if n >= limit}
+        if full:
+            raise Backlogged(f"the stream is behind: partition(s) {sorted(full)} hold "
+                             f"{max(full.values())} unacknowledged events (limit {limit}); "
+                             "retry later", "body")
+        return await self.streams.append(out)
+
+    async def checkpoint(self, names: list[str]) -> int:
+        """Snapshot the cached learners of ``names`` that are ahead of their snapshots (a
+        worker handing a partition over): how many were written."""
+        written = 0
+        for name in names:
+            replica = self._replicas.get(name)
+            if replica is not None:
+                try:
+                    written += await replica.checkpoint()
+                except Exception as exc:  # best effort: the next holder replays instead
+                    log.warning("no checkpoint of %s: %r", name, exc)
+        return written
+
+    async def ping(self) -> None:
+        """Raise unless Redis answers (readiness)."""
+        await self.store.ping()
+
+    async def stream_stats(self) -> list[PartitionStats]:
+        """Backlog, pending, dead-letter and applied counts of every event partition."""
+        return await self.streams.stats()
+
+    def cached(self) -> list[str]:
+        """Names of the models this process holds in memory."""
+        return [name for name, replica in self._replicas.items() if not replica.dead]
+
+    async def close(self) -> None:
+        """Commit what is queued, snapshot every learner ahead of its snapshot, hand back
+        every lease this process holds (a restart then waits for nobody, and replays
+        nothing), and stop the compute thread."""
+        timeout = self.settings.redis_timeout_s
+        flushers = [r.flusher for r in self._replicas.values() if r.flusher is not None]
+        if flushers:
+            await asyncio.wait(flushers, timeout=timeout)
+        for replica in list(self._replicas.values()):
+            await replica.close()
+        if self.host.tasks:
+            await asyncio.wait(list(self.host.tasks), timeout=2.0)
+        await self.host.compute.close()
+
+    # -- the cache -----------------------------------------------------------------------------
+    async def _entry(self, name: str) -> Replica:
+        """The replica of ``name`` (loaded once, however many requests wait for it)."""
+        replica = self._replicas.get(name)
+        if replica is None or replica.dead:
+            loading = self._loading.setdefault(name, asyncio.Lock())
+            async with loading:
+                replica = self._replicas.get(name)
+                if replica is None or replica.dead:
+                    spec, _ = await self.spec(name)
+                    replica = await Replica.load(name, self.host, spec)
+                    self._replicas[name] = replica
+                    self._evict()
+            if not loading.locked():  # waiters find the entry cached: forget the lock
+                self._loading.pop(name, None)
+        self._replicas.move_to_end(name)
+        return replica
+
+    async def _enter(self, name: str) -> Replica:
+        """The replica of ``name`` with its lock held (loaded if needed)."""
+        while True:
+            replica = await self._entry(name)
+            try:
+                await replica.enter()
+            except LeaseLost:  # dropped while this request waited: take a fresh one
+                continue
+            return replica
+
+    def _forget(self, name: str, replica: Replica) -> None:
+        replica.drop()
+        if self._replicas.get(name) is replica:
+            del self._replicas[name]
+
+    def _evict(self) -> None:
+        """Forget the least recently used idle replicas beyond ``cache_models``."""
+        extra = len(self._replicas) - self.settings.cache_models
+        for old_name in list(self._replicas)[:max(0, extra)]:
+            old = self._replicas[old_name]
+            if old.dead or old.evictable():
+                self._forget(old_name, old)

@@ -1,0 +1,57 @@
+"""Every Redis key streamnorm uses, and nothing else: the one module that spells them.
+
+A model's keys share the hash tag ``{name}``, so one model lives in one Redis Cluster slot and a
+script or MULTI over its keys is legal on a cluster (``design.md``, "Redis layout"):
+``sn:{name}:spec`` JSON · ``sn:{name}:state`` the latest snapshot (``OnlineLearner.to_bytes``
+without contexts) · ``sn:{name}:meta`` hash (version, updates, samples, metrics,
+snapshot_version, uid, state_bytes) · ``sn:{name}:ctx:{stream}`` a stream's context as of the
+latest snapshot · ``sn:{name}:streams`` the index of those: stream → when it last moved (unix s)
+· ``sn:{name}:seen`` applied event ids scored by the version that applied them ·
+``sn:{name}:digest`` each of those ids → its event's digest · ``sn:{name}:log`` the events
+applied since (and shortly before) the snapshot, a Redis Stream with entry ids ``{version}-0`` ·
+``sn:{name}:lock`` the write lease · ``sn:{name}:wanted`` the writer queued first for it.
+(``streams``, ``digest`` and ``wanted`` are additions to the design's layout.)
+
+The event streams, per partition ``p`` (the tag ``{p}`` keeps a partition in one slot):
+``sn:events:{p}`` the stream · ``:dead`` its dead letters · ``:owner`` its lease · ``:done`` how
+many entries were applied, ever; ``sn:workers`` the live workers by heartbeat expiry.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MODEL_PARTS", "SPEC_PATTERN", "WORKERS", "context_key", "context_pattern",
+           "model_key", "name_of_spec_key", "partition_key", "stream_event_id"]
+
+MODEL_PARTS = ("meta", "spec", "state", "seen", "digest", "log", "lock", "wanted", "streams")
+SPEC_PATTERN = "sn:{*}:spec"  # matches every model's spec key (a SCAN lists models)
+WORKERS = "sn:workers"
+
+
+def model_key(name: str, part: str) -> str:
+    """``sn:{name}:part`` (the braces are the Redis Cluster hash tag)."""
+    return f"sn:{{{name}}}:{part}"
+
+
+def context_key(name: str, stream: str) -> str:
+    """The key of one stream's context as of the model's latest snapshot."""
+    return model_key(name, f"ctx:{stream}")
+
+
+def context_pattern(name: str) -> str:
+    """A SCAN pattern matching every context key of ``name``."""
+    return model_key(name, "ctx:*")
+
+
+def name_of_spec_key(key: str) -> str:
+    """The model name in a key matched by ``SPEC_PATTERN``."""
+    return key[len("sn:{"):-len("}:spec")]
+
+
+def partition_key(p: int, part: str = "") -> str:
+    """``sn:events:{p}`` (the stream) or ``sn:events:{p}:part`` (dead, owner, done)."""
+    return f"sn:events:{{{p}}}" + (f":{part}" if part else "")
+
+
+def stream_event_id(p: int, entry_id: str) -> str:
+    """The event id given to a stream entry that names none: a redelivery carries the same."""
+    return f"{partition_key(p)}/{entry_id}"

@@ -1,0 +1,347 @@
+"""Models in Redis: create, read, the lease, the fenced commit of updates, snapshots.
+
+The key layout is ``service.redis.keys``.
+
+Concurrency: **a lease lock with a fencing check**. A writer takes ``lock`` with ``SET NX PX``
+and a random token, applies events to its in-memory learner, and commits them (one or several,
+in order: ``service.engine.replica`` groups the updates computed while the previous commit was
+in flight) with one Lua script that first checks that the lock still holds its token and
+that ``meta.version`` is the version the first of them extends, then appends the log entries,
+bumps version/updates/metrics, records the event ids, and renews the lease — all or nothing.
+Redis runs a script as one atomic unit, like MULTI/EXEC; a script is used instead of WATCH +
+MULTI/EXEC because the fencing check must happen inside the transaction and WATCH would add two
+round trips per update.
+Why a lease and not a bare version CAS: computing an update costs ~1 ms of CPU, so under
+contention a CAS loop would throw most of that work away; a lease makes writers wait (cheaply)
+instead, and the fencing check still refuses a commit from a writer whose lease expired
+(a paused or partitioned process), so an update is never applied twice or on a stale learner.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from redis.asyncio import Redis
+
+from .keys import (
+    MODEL_PARTS,
+    SPEC_PATTERN,
+    context_key,
+    context_pattern,
+    model_key,
+    name_of_spec_key,
+)
+
+__all__ = ["Applied", "ContextWrites", "LeaseLost", "ModelHead", "Store", "Stored"]
+
+
+class ContextWrites(NamedTuple):
+    """What a snapshot writes besides the state: contexts (stream → bytes, and when each last
+    moved) and the streams whose contexts were dropped."""
+
+    put: dict[str, bytes]
+    times: dict[str, float]
+    drop: set[str]
+
+
+class LeaseLost(RuntimeError):
+    """The commit was refused: the lease expired or the model changed underneath."""
+
+
+class ModelHead(NamedTuple):
+    """The small part of a model's meta every request reads."""
+
+    version: int
+    uid: str
+    snapshot_version: int
+
+
+_HEAD = ("version", "uid", "snapshot_version")
+
+
+class Stored(NamedTuple):
+    """A model's latest snapshot: the state (without contexts, or with all of them if it was
+    written before contexts had keys of their own), its head, and the contexts as of it:
+    ``(stream, when it last moved, bytes)``, least recently moved first."""
+
+    state: bytes
+    head: ModelHead
+    contexts: list[tuple[str, float, bytes]]
+
+
+class Applied(NamedTuple):
+    """An event id found applied: the version that applied it, its event's digest."""
+
+    version: int
+    digest: str | None  # the meta fields of a ModelHead, in order
+
+
+# KEYS: meta lock wanted; ARGV: token lease_ms. ``wanted`` names the writer that queued first
+# for a held lease: others let it go first, and the holder yields after its next commit.
+_ACQUIRE = """
+local w = redis.call('GET', KEYS[3])
+if w and w ~= ARGV[1] and redis.call('EXISTS', KEYS[2]) == 0 then return {0, 1} end
+local ok = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+if not ok then
+  if not w then redis.call('SET', KEYS[3], ARGV[1], 'PX', 250)
+  elseif w == ARGV[1] then redis.call('PEXPIRE', KEYS[3], 250) end
+  return {0, redis.call('PTTL', KEYS[2])}
+end
+if w == ARGV[1] then redis.call('DEL', KEYS[3]) end
+local m = redis.call('HMGET', KEYS[1], 'version', 'uid', 'snapshot_version')
+if not m[1] then redis.call('DEL', KEYS[2]) return {-1} end
+return {1, m[1], m[2], m[3]}
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: lock; ARGV: token lease_ms. Extend a lease still held by ``token``: 1, else 0.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: meta lock log seen wanted digest; ARGV: token version n updates samples metrics
+#       seen_limit lease_ms uid, then n triples (event, event_id, digest). Appends the n events
+#       as versions version+1 … version+n of the model incarnation ``uid`` (a model deleted and
+#       re-created meanwhile has another). Returns {last version, whether another writer waits}.
+_COMMIT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+local m = redis.call('HMGET', KEYS[1], 'version', 'uid')
+local v = tonumber(m[1])
+if v == nil or v ~= tonumber(ARGV[2]) or m[2] ~= ARGV[9] then return -2 end
+local ids = false
+for i = 1, tonumber(ARGV[3]) do
+  v = v + 1
+  local at = 7 + 3 * i
+  redis.call('XADD', KEYS[3], v .. '-0', 'event', ARGV[at])
+  if ARGV[at + 1] ~= '' then
+    redis.call('ZADD', KEYS[4], v, ARGV[at + 1])
+    redis.call('HSET', KEYS[6], ARGV[at + 1], ARGV[at + 2])
+    ids = true
+  end
+end
+redis.call('HSET', KEYS[1], 'version', v, 'updates', ARGV[4], 'samples', ARGV[5],
+           'metrics', ARGV[6])
+if ids then
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[7])
+  while extra > 0 do  -- the oldest ids go, with their digests (a bounded unpack per call)
+    local old = redis.call('ZRANGE', KEYS[4], 0, math.min(extra, 1000) - 1)
+    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, #old - 1)
+    redis.call('HDEL', KEYS[6], unpack(old))
+    extra = extra - #old
+  end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+return {v, redis.call('EXISTS', KEYS[5])}
+"""
+
+# KEYS: meta lock state log streams, then n_put ctx keys to write, then the ctx keys to delete;
+# ARGV: token version keep state n_put, then n_put (bytes, stream, time) triples, then the
+# streams whose contexts were dropped
+_SNAPSHOT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+if tonumber(redis.call('HGET', KEYS[1], 'version')) ~= tonumber(ARGV[2]) then return -2 end
+redis.call('SET', KEYS[3], ARGV[4])
+local n = tonumber(ARGV[5])
+for i = 1, n do
+  redis.call('SET', KEYS[5 + i], ARGV[3 + 3 * i])
+  redis.call('ZADD', KEYS[5], ARGV[5 + 3 * i], ARGV[4 + 3 * i])
+end
+for j = 1, #KEYS - 5 - n do
+  redis.call('DEL', KEYS[5 + n + j])
+  redis.call('ZREM', KEYS[5], ARGV[5 + 3 * n + j])
+end
+redis.call('HSET', KEYS[1], 'snapshot_version', ARGV[2], 'state_bytes', string.len(ARGV[4]))
+local keep_from = math.max(1, tonumber(ARGV[2]) - tonumber(ARGV[3]) + 1)
+redis.call('XTRIM', KEYS[4], 'MINID', keep_from .. '-0')
+return 1
+"""
+
+# KEYS: spec state meta; ARGV: spec state uid metrics
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], 'version', 0, 'updates', 0, 'samples', 0, 'snapshot_version', 0,
+           'uid', ARGV[3], 'metrics', ARGV[4], 'state_bytes', string.len(ARGV[2]))
+return 1
+"""
+
+
+def _int(value: Any) -> int:
+    return int(value.decode() if isinstance(value, bytes) else value)
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _head(raw: list[Any]) -> ModelHead | None:
+    """A ModelHead from the ``_HEAD`` fields as Redis returns them (``None``: no model)."""
+    if raw[0] is None:
+        return None
+    return ModelHead(_int(raw[0]), _str(raw[1]), _int(raw[2]))
+
+
+class Store:
+    """Async access to models in Redis (one client with a connection pool per process)."""
+
+    def __init__(self, redis: Redis, *, seen_limit: int = 100_000) -> None:
+        self.redis = redis
+        self.seen_limit = seen_limit
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
+        self._commit = redis.register_script(_COMMIT)
+        self._snapshot = redis.register_script(_SNAPSHOT)
+        self._create = redis.register_script(_CREATE)
+
+    async def ping(self) -> None:
+        """Raise unless Redis answers."""
+        await self.redis.ping()
+
+    # -- models --------------------------------------------------------------------------------
+    async def create(self, name: str, spec_json: str, state: bytes, uid: str,
+                     metrics_json: str) -> bool:
+        """Store a new model at version 0; ``False`` if the name is taken."""
+        keys = [model_key(name, p) for p in ("spec", "state", "meta")]
+        return bool(await self._create(keys=keys, args=[spec_json, state, uid, metrics_json]))
+
+    async def spec(self, name: str) -> str | None:
+        raw = await self.redis.get(model_key(name, "spec"))
+        return None if raw is None else _str(raw)
+
+    async def head(self, name: str) -> ModelHead | None:
+        """Version, uid and snapshot version (one round trip)."""
+        return _head(await self.redis.hmget(model_key(name, "meta"), *_HEAD))
+
+    async def describe(self, name: str) -> tuple[str, dict[str, str]] | None:
+        """The spec JSON and the whole meta hash."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(model_key(name, "spec"))
+            pipe.hgetall(model_key(name, "meta"))
+            spec, meta = await pipe.execute()
+        if spec is None or not meta:
+            return None
+        return _str(spec), {_str(k): _str(v) for k, v in meta.items()}
+
+    async def names(self) -> list[str]:
+        """Every model name (a SCAN over ``sn:{*}:spec``; listing is rare)."""
+        out = set()
+        async for key in self.redis.scan_iter(match=SPEC_PATTERN, count=1000):
+            out.add(name_of_spec_key(_str(key)))
+        return sorted(out)
+
+    async def delete(self, name: str) -> bool:
+        """Remove every key of the model (meta first, so readers see it gone at once)."""
+        fixed = [model_key(name, p) for p in MODEL_PARTS]  # meta first
+        removed = await self.redis.delete(*fixed)
+        ctx = [k async for k in self.redis.scan_iter(match=context_pattern(name),
+                                                     count=1000)]
+        if ctx:
+            await self.redis.delete(*ctx)
+        return bool(removed)
+
+    # -- snapshot and log ----------------------------------------------------------------------
+    async def snapshot(self, name: str) -> Stored | None:
+        """The latest snapshot: its state bytes, the head, and every stream context as of it
+        (read in transactions, again if a snapshot was written between them)."""
+        for _ in range(5):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.get(model_key(name, "state"))
+                pipe.hmget(model_key(name, "meta"), *_HEAD)
+                pipe.zrange(model_key(name, "streams"), 0, -1, withscores=True)
+                state, raw, index = await pipe.execute()
+            head = _head(raw)
+            if state is None or head is None:
+                return None
+            times = [(_str(s), float(t)) for s, t in index]
+            if not times:
+                return Stored(bytes(state), head, [])
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for at in range(0, len(times), 1000):
+                    pipe.mget([context_key(name, s) for s, _ in times[at:at + 1000]])
+                pipe.hmget(model_key(name, "meta"), *_HEAD)
+                *chunks, raw = await pipe.execute()
+            if _head(raw) is None or _head(raw)[1:] != head[1:]:
+                continue  # a snapshot (or a re-created model) landed between the reads
+            blobs = [b for chunk in chunks for b in chunk]
+            return Stored(bytes(state), head, [(s, t, bytes(b)) for (s, t), b
+                                               in zip(times, blobs, strict=True) if b is not None])
+        raise LeaseLost("the model's snapshot kept moving while it was read; retry")
+
+    async def log_after(self, name: str, version: int, upto: int) -> list[tuple[int, str]]:
+        """Logged events with versions ``version+1 … upto`` (fewer if trimmed: caller checks)."""
+        if upto <= version:
+            return []
+        entries = await self.redis.xrange(model_key(name, "log"), min=f"{version + 1}-0",
+                                          max=f"{upto}-0")
+        return [(int(_str(eid).split("-")[0]), _str(fields[b"event"]))
+                for eid, fields in entries]
+
+    # -- the write path ------------------------------------------------------------------------
+    async def acquire(self, name: str, token: str, lease_ms: int
+                      ) -> tuple[ModelHead | None, int]:
+        """Try to take the lease: ``(head, 0)`` when taken, ``(None, pttl)`` when held by
+        another writer, ``(None, -1)`` when the model does not exist."""
+        keys = [model_key(name, p) for p in ("meta", "lock", "wanted")]
+        res = await self._acquire(keys=keys, args=[token, lease_ms])
+        if _int(res[0]) == 1:
+            return _head(res[1:]), 0
+        if _int(res[0]) == -1:
+            return None, -1
+        return None, max(_int(res[1]), 0)
+
+    async def release(self, name: str, token: str) -> None:
+        await self._release(keys=[model_key(name, "lock")], args=[token])
+
+    async def renew(self, name: str, token: str, lease_ms: int) -> bool:
+        """Extend the lease ``token`` holds; ``False`` when it no longer holds it."""
+        return bool(await self._renew(keys=[model_key(name, "lock")], args=[token, lease_ms]))
+
+    async def seen(self, name: str, event_ids: list[str]) -> dict[str, Applied]:
+        """Those of ``event_ids`` that were applied: the version that applied each, and the
+        digest of its event (``None`` for ids recorded before digests were)."""
+        if not event_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zmscore(model_key(name, "seen"), event_ids)
+            pipe.hmget(model_key(name, "digest"), event_ids)
+            scores, digests = await pipe.execute()
+        return {e: Applied(int(s), None if d is None else _str(d))
+                for e, s, d in zip(event_ids, scores, digests, strict=True) if s is not None}
+
+    async def commit(self, name: str, token: str, version: int,
+                     events: list[tuple[str, str | None, str]], *, uid: str, updates: int,
+                     samples: int, metrics_json: str, lease_ms: int) -> tuple[int, bool]:
+        """Append applied events ``(event JSON, event id, digest)`` as versions ``version+1 …``
+        atomically (see the module docstring), with the meta as of the last one: the new
+        version, and whether another writer is waiting for the lease (the holder should yield)."""
+        keys = [model_key(name, p) for p in ("meta", "lock", "log", "seen", "wanted", "digest")]
+        args: list[Any] = [token, version, len(events), updates, samples, metrics_json,
+                           self.seen_limit, lease_ms, uid]
+        for event_json, event_id, digest in events:
+            args += (event_json, event_id or "", digest)
+        res = await self._commit(keys=keys, args=args)
+        if not isinstance(res, list):
+            code = _int(res)
+            raise LeaseLost("the lease expired" if code == -1
+                            else "the model's version (or incarnation) moved")
+        return _int(res[0]), bool(_int(res[1]))
+
+    async def write_snapshot(self, name: str, token: str, version: int, state: bytes,
+                             contexts: ContextWrites, keep: int = 0) -> bool:
+        """Store the learner at ``version``, write the contexts that moved and delete those
+        dropped since the last snapshot, and trim the log to the ``keep`` entries up to it (a
+        process that far behind replays instead of loading the snapshot); lease holders only."""
+        put, drop = list(contexts.put), sorted(contexts.drop)
+        keys = [model_key(name, p) for p in ("meta", "lock", "state", "log", "streams")]
+        keys += [context_key(name, stream) for stream in put + drop]
+        args: list[Any] = [token, version, keep, state, len(put)]
+        for stream in put:
+            args += (contexts.put[stream], stream, contexts.times[stream])
+        return _int(await self._snapshot(keys=keys, args=[*args, *drop])) == 1
