@@ -53,7 +53,7 @@ from models import ModelSpec, OnlineLearner  # noqa: E402
 from service.engine import Engine  # noqa: E402
 from service.redis.embedded import EmbeddedRedis  # noqa: E402
 from service.redis.store import Store  # noqa: E402
-from service.redis.streams import partition_of  # noqa: E402
+from service.redis.streams import Streams, partition_of  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 PARTITIONS = 16
@@ -81,11 +81,13 @@ async def create_models(url: str, specs: list[dict[str, Any]]) -> None:
     from redis.asyncio import Redis
 
     client = Redis.from_url(url)
-    engine = Engine(Store(client), Settings(redis_url=url))
+    settings = Settings(redis_url=url)
+    engine = Engine(Store(client), Streams(client, settings.partitions), settings)
     try:
         for body in specs:
             await engine.create(ModelSpec.model_validate(body))
     finally:
+        await engine.close()
         await client.aclose()
 
 

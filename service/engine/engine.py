@@ -33,7 +33,8 @@ from .budget import Budget
 from .compute import Compute
 from .errors import Backlogged, Conflict, UnknownModel
 from .event import Event, predict, predict_arguments
-from .replica import Host, Replica, Written, bytes_ms
+from .host import Host, bytes_ms
+from .replica import Replica, Written
 
 __all__ = ["Engine"]
 

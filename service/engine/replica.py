@@ -13,92 +13,46 @@ asks for it.
 A replica is in one of four named states (``Phase``): idle (no lease here, nothing in hand),
 held (the lease kept a moment after the last write), writing (writes under way, or commits
 queued or in flight), dropped (never used again: the engine loads a fresh one).
+
+(Over 400 lines, for a reason: this is one object's state machine. The lease is its own object
+(``service.engine.lease``); splitting the commit queue from the learner and versions it commits
+would bring back the flags shared by two classes that this replaced.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
-from redis.exceptions import RedisError
 
-from models import ModelSpec, OnlineLearner, UpdateRejected, cost
+from models import ModelSpec, OnlineLearner, UpdateRejected
 from models.persist import context_from_bytes
 
 from .. import telemetry as m
-from ..redis.store import ContextWrites, LeaseLost, ModelHead, Store, Stored
-from ..settings import Settings
-from .budget import Budget, replay_ms
-from .compute import Compute
+from ..redis.store import ContextWrites, LeaseLost, ModelHead, Stored
+from .budget import replay_ms
 from .contexts import ContextBook
-from .errors import Busy, Conflict, Rejected, Unavailable, UnknownModel
-from .event import Event, LearnOutcome, apply_event, canonical_event
+from .errors import Conflict, Rejected, Unavailable, UnknownModel
+from .event import Event, LearnOutcome, apply_event
+from .host import Host, bytes_ms
+from .lease import Lease
 
-__all__ = ["Host", "Phase", "Replica", "Ticket", "Written"]
+__all__ = ["Phase", "Replica", "Ticket", "Written"]
 
 log = logging.getLogger("streamnorm")
 _MAX_BATCH = 64  # queued updates committed per Redis call at most
 _LINGER_S = 0.005  # an idle process keeps a model's lease this long before handing it back
 _T = TypeVar("_T")
 Written = LearnOutcome | Exception  # what a write gives back for each of its events
-
-
-def bytes_ms(n: int) -> float:
-    """Estimated ms to build, serialize or load a state of ``n`` bytes (~2 ms per MB here)."""
-    return n / 500_000
-
-
-def _values_ms(spec: ModelSpec, payload: dict[str, Any]) -> float:
-    """Estimated ms to validate a payload's numbers one by one (~0.5 µs each)."""
-    seq, batch = payload.get("sequence"), payload.get("batch")
-    steps = len(seq) if isinstance(seq, list) else 1
-    if isinstance(batch, list):
-        steps = sum(len(s["sequence"]) for s in batch
-                    if isinstance(s, dict) and isinstance(s.get("sequence"), list))
-    return steps * spec.input_size / 2000
-
-
-@dataclass
-class Host:
-    """What the replicas of one process share: Redis, the limits, the compute thread."""
-
-    store: Store
-    settings: Settings
-    compute: Compute
-    budget: Budget
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    @property
-    def lease_s(self) -> float:
-        """How long a lease surely holds after it was taken or renewed (renewed well before
-        Redis expires it)."""
-        return 0.8 * self.settings.lease_ms / 1000
-
-    async def prepare(self, spec: ModelSpec, payload: dict[str, Any]) -> Event:
-        """A learn payload validated against ``spec`` and within the budget (a large one
-        validated on the compute thread); ``InvalidInput`` names what is wrong."""
-        cost_ms = self.budget.request_ms(spec, payload, train=True)
-        event = await self.compute.run(_values_ms(spec, payload), canonical_event, spec, payload)
-        return event.priced(spec, cost_ms)
-
-    def background(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` without waiting for it (``Engine.close`` does)."""
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def state_ms(self, spec: ModelSpec) -> float:
-        return bytes_ms(cost.state_bytes(spec))
 
 
 @dataclass
@@ -183,13 +137,10 @@ class Replica:
         self.snapshot_queued = 0  # version of the latest snapshot queued with a ticket
         self.lock = asyncio.Lock()
         self.waiting = 0  # requests holding or waiting for the lock
-        self.token: str | None = None  # the lease, while this process holds it
-        self.lease_until = 0.0  # monotonic time before which the held lease surely holds
-        self.lease_lock = asyncio.Lock()
+        self.lease = Lease(name, host)
         self.dead = False
         self.writers = 0  # writes of this process in progress (they share the lease)
         self.writes = 0  # writes of this process started so far
-        self.wanted = False  # another process waits for the lease (the last commit said so)
         self.pending: list[Ticket] = []  # computed, not yet sent to Redis
         self.last: Ticket | None = None  # the newest ticket (a reply at ``version`` waits)
         self.ids: dict[str, Ticket] = {}  # event ids queued or in flight
@@ -222,7 +173,7 @@ class Replica:
             return Phase.DROPPED
         if self.writers or self.flusher is not None or self.pending:
             return Phase.WRITING
-        return Phase.HELD if self.token is not None else Phase.IDLE
+        return Phase.HELD if self.lease.token is not None else Phase.IDLE
 
     def evictable(self) -> bool:
         """Idle and nobody waiting for it: the cache may forget it."""
@@ -242,7 +193,8 @@ class Replica:
 
     def drop(self) -> None:
         """Never serve again (the engine loads a fresh replica on the next request)."""
-        self.dead, self.token = True, None
+        self.dead = True
+        self.lease.give_up()
 
     # -- the lock ------------------------------------------------------------------------------
     async def enter(self) -> None:
@@ -345,16 +297,16 @@ class Replica:
         """Hold the model's lease and its lock: the head read when the lease was taken, or
         ``None`` when this process already held it."""
         while True:
-            head = await self.lease()  # polls without holding the lock
-            token = self.token
+            head = await self.lease.take(self.flusher)  # polls without holding the lock
+            token = self.lease.token
             await self.enter()
-            if self.token is not None and self.token == token and not self.wanted:
+            if token is not None and self.lease.token == token and not self.lease.wanted:
                 return head
             # handed over to another process, or the lease lapsed and was taken afresh
             # (whoever took it caught the learner up), or another process asked for it: this
             # one computes nothing more until it has handed it over, then queues up again
             self.leave()
-            if self.wanted and self.token is not None:
+            if self.lease.wanted and self.lease.token is not None:
                 await asyncio.sleep(0.001)
 
     async def _apply(self, event: Event) -> tuple[LearnOutcome | None, Ticket]:
@@ -390,7 +342,7 @@ class Replica:
 
     def _kept_for(self, cost_ms: float) -> AbstractAsyncContextManager[None]:
         """The lease renewed meanwhile when the work is long enough to leave the loop."""
-        return self.kept() if self.host.compute.offloaded(cost_ms) else nullcontext()
+        return self.lease.kept() if self.host.compute.offloaded(cost_ms) else nullcontext()
 
     # -- catching up ---------------------------------------------------------------------------
     async def catch_up(self, head: ModelHead) -> None:
@@ -423,7 +375,7 @@ class Replica:
     async def _replay(self, logged: list[tuple[int, dict[str, Any]]]) -> None:
         costs = [replay_ms(self.learner.spec, body) for _, body in logged]
         # a long replay under this process's lease (a write catching up) renews it
-        kept = self._kept_for(sum(costs)) if self.token is not None else nullcontext()
+        kept = self._kept_for(sum(costs)) if self.lease.token is not None else nullcontext()
         async with kept:
             try:
                 for (v, body), cost_ms in zip(logged, costs, strict=True):
@@ -486,8 +438,9 @@ class Replica:
                 except Exception:  # the tickets carry the error; the replica is dropped
                     break
                 if batch[-1].snapshot is not None:
-                    await self._snapshot(self.token, batch[-1].version, batch[-1].snapshot)
-                if self.wanted and not self.dead:
+                    await self._snapshot(self.lease.token, batch[-1].version,
+                                         batch[-1].snapshot)
+                if self.lease.wanted and not self.dead:
                     await self._hand_over()
         finally:
             self.flusher = None
@@ -500,10 +453,11 @@ class Replica:
     async def _commit(self, batch: list[Ticket]) -> None:
         last, settings = batch[-1], self.host.settings
         try:
-            if self.token is None:
+            token = self.lease.token
+            if token is None:
                 raise LeaseLost("the model's lease was given up with updates queued")
-            version, self.wanted = await self.host.store.commit(
-                self.name, self.token, batch[0].version - 1,
+            version, self.lease.wanted = await self.host.store.commit(
+                self.name, token, batch[0].version - 1,
                 [(t.event_json, t.event_id, t.digest) for t in batch], uid=self.uid,
                 updates=last.updates, samples=last.samples, metrics_json=last.metrics_json,
                 lease_ms=settings.lease_ms)
@@ -513,7 +467,7 @@ class Replica:
             raise
         assert version == last.version
         self.committed = version
-        self.lease_until = time.monotonic() + self.host.lease_s  # the commit renewed it
+        self.lease.renewed()  # the commit renewed it
         for ticket in batch:
             if ticket.event_id is not None:
                 self.ids.pop(ticket.event_id, None)
@@ -529,7 +483,7 @@ class Replica:
         async with self.lock:
             if self.dead or self.uncommitted() or self.version <= self.snapshot_version:
                 return False
-            token, taken = self.token, False
+            token, taken = self.lease.token, False
             store, settings = self.host.store, self.host.settings
             if token is None:
                 token = secrets.token_hex(16)
@@ -538,7 +492,7 @@ class Replica:
                     return False
                 taken = True
                 if head.uid != self.uid or head.version != self.version:
-                    await self._release(token)
+                    await self.lease.release(token)
                     return False  # another process moved the model: this learner is behind
             try:
                 await self._snapshot(token, self.version,
@@ -546,15 +500,15 @@ class Replica:
                 return self.snapshot_version == self.version
             finally:
                 if taken:
-                    await self._release(token)
+                    await self.lease.release(token)
 
     def abandon(self) -> None:
         """Drop a learner that holds updates Redis does not (it must never serve again) and
         hand its lease back."""
-        token = self.token
+        token = self.lease.token
         self.drop()
         if token is not None:
-            self.host.background(self._release(token))
+            self.host.background(self.lease.release(token))
 
     async def _snapshot(self, token: str | None, version: int,
                         snapshot: tuple[bytes, ContextWrites]) -> None:
@@ -590,8 +544,8 @@ class Replica:
         await self.lock.acquire()
         try:
             if not self.pending and not self.dead:
-                self.wanted = False
-                await self.hand_back()
+                self.lease.wanted = False
+                await self.lease.hand_back()
         finally:
             self.lock.release()
 
@@ -601,98 +555,16 @@ class Replica:
         trips saved; a process waiting for it polls at least that often anyway). A write that
         changed nothing hands it back at once, so a refused request leaves Redis as it was."""
         if self.phase is Phase.HELD:
-            if self.wanted or not linger:
-                await self.hand_back()
+            if self.lease.wanted or not linger:
+                await self.lease.hand_back()
                 return
-            asyncio.get_running_loop().call_later(_LINGER_S, self._linger_over, self.token,
-                                                  self.writes)
+            asyncio.get_running_loop().call_later(_LINGER_S, self._linger_over,
+                                                  self.lease.token, self.writes)
 
     def _linger_over(self, token: str, writes: int) -> None:
-        if self.phase is Phase.HELD and self.token == token and self.writes == writes:
-            self.token = None
-            self.host.background(self._release(token))
-
-    async def hand_back(self) -> None:
-        """Give up the lease this process holds, if it holds one."""
-        if self.token is not None:
-            token, self.token = self.token, None
-            await self._release(token)
-
-    async def _release(self, token: str) -> None:
-        """Hand a lease back; if Redis cannot be reached it simply expires."""
-        try:
-            await self.host.store.release(self.name, token)
-        except Exception as exc:  # never turn a committed update into an error
-            log.warning("could not release the lease of %s (it will expire): %r", self.name,
-                        exc)
-
-    async def lease(self) -> ModelHead | None:
-        """Hold the model's lease: ``None`` when this process already holds it (no other
-        writer can have moved the model), else the head read when it was taken."""
-        settings = self.host.settings
-        async with self.lease_lock:  # one poller per process; the others share its lease
-            if self.token is not None and self.flusher is not None \
-                    and time.monotonic() >= self.lease_until:
-                await asyncio.shield(self.flusher)  # its commits renew the lease (or fail)
-            if self.token is not None and time.monotonic() < self.lease_until:
-                return None
-            self.token = None  # lapsed (no commit renewed it in time): take it afresh
-            token = secrets.token_hex(16)
-            start = time.perf_counter()
-            deadline = start + settings.lock_wait_s
-            pause = 0.0005
-            while True:
-                try:
-                    head, wait_ms = await self.host.store.acquire(self.name, token,
-                                                                  settings.lease_ms)
-                except BaseException:
-                    # the SET may still land after a timeout: make sure it does not linger
-                    self.host.background(self._release(token))
-                    raise
-                if head is not None:
-                    self.token = token
-                    self.lease_until = time.monotonic() + self.host.lease_s
-                    m.LOCK_WAIT.observe(time.perf_counter() - start)
-                    return head
-                if wait_ms < 0:
-                    raise UnknownModel(self.name)
-                if time.perf_counter() >= deadline:
-                    raise Busy(f"model {self.name!r} is busy: its write lease was not free "
-                               f"within {settings.lock_wait_s} s")
-                await asyncio.sleep(min(pause, max(wait_ms, 1) / 1000))
-                pause = min(pause * 2, 0.005)
-
-    @contextlib.asynccontextmanager
-    async def kept(self) -> AsyncIterator[None]:
-        """Renew the lease this process holds while a long computation runs (or waits for the
-        compute thread) under it, so it is still held at the commit."""
-        stop = asyncio.Event()
-        store, lease_s = self.host.store, self.host.lease_s
-
-        async def renew() -> None:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), lease_s / 4)
-                    return
-                token = self.token
-                if token is None:
-                    return
-                try:
-                    if not await store.renew(self.name, token, self.host.settings.lease_ms):
-                        return  # gone: the commit's fencing refuses the update
-                except (RedisError, OSError) as exc:  # try again at the next tick
-                    log.warning("could not renew the lease of %s: %r", self.name, exc)
-                    continue
-                if self.token == token:
-                    self.lease_until = time.monotonic() + lease_s
-
-        task = asyncio.create_task(renew())
-        try:
-            yield
-        finally:  # told, not cancelled: a Redis call cut by a cancellation can swallow it
-            stop.set()
-            with contextlib.suppress(Exception):
-                await task
+        if self.phase is Phase.HELD and self.lease.token == token and self.writes == writes:
+            self.lease.give_up()
+            self.host.background(self.lease.release(token))
 
     async def close(self) -> None:
         """Snapshot the learner if it is ahead and hand the lease back (at shutdown, after
@@ -702,5 +574,5 @@ class Replica:
             await asyncio.wait_for(self.checkpoint(), settings.redis_timeout_s)
         except Exception as exc:  # a later load replays instead
             log.warning("no snapshot of %s at shutdown: %r", self.name, exc)
-        await self.hand_back()
+        await self.lease.hand_back()
 
