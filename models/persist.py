@@ -4,16 +4,20 @@ The learner's parameters, normalization buffers and optimizer moments already li
 buffer per dtype (``models.flat``): those buffers are stored as they are (``F32``, ``I64``) with
 their layout (``[name, dtype, shape, offset]`` for ``model.*`` and ``optim.{key}``), and the
 stream contexts (``ctx.{j}.inputs`` / ``ctx.{j}.state.{k}``) are packed into ``CF32`` with an
-index, by the codec of ``models.state``. Spec, counters, metrics and stream names go in the
+index, by the codec of ``models.codec``. Spec, counters, metrics and stream names go in the
 safetensors header. Loading checks size, format tag,
 schema, spec, layout and every indexed tensor's name, shape, dtype and bounds before anything
-changes, and never unpickles: malformed bytes raise ``StateError``.
+changes, and never unpickles: malformed bytes raise ``StateError``. A state of an older schema
+is decoded, upgraded (``models.upgrades``) and rewritten in today's layout first; then the same
+checks run.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import torch
@@ -21,9 +25,11 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from .clone import copy_structure, template_for
+from .codec import StateError, Stored, decode, load_packed, pack, read_header, unpack
+from .flat import FlatState
 from .metrics import Metrics
 from .spec import ModelSpec
-from .state import StateError, load_packed, pack, read_header, unpack
+from .upgrades import CONTEXT, LEARNER, refuse_newer, upgrade, upgraded
 
 if TYPE_CHECKING:
     from .learner import OnlineLearner, StreamContext
@@ -33,7 +39,7 @@ __all__ = ["MAX_STATE_BYTES", "context_from_bytes", "context_to_bytes", "learner
 
 SCHEMA = 3
 MAX_STATE_BYTES = 512 * 1024 * 1024
-_LEARNER, _CONTEXT = "streamnorm.learner", "streamnorm.context"
+_LEARNER, _CONTEXT = LEARNER, CONTEXT
 _T = TypeVar("_T")
 
 
@@ -154,6 +160,9 @@ def _apply(learner: OnlineLearner, parsed: _Parsed, *, copy: bool = True) -> Non
 def load_into(learner: OnlineLearner, data: bytes, *, max_bytes: int | None = None) -> None:
     """Load ``data`` into ``learner`` (same spec), validating everything before any change."""
     info = read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
+    if info["schema"] != str(SCHEMA):
+        state = _upgraded_learner(data, info)
+        data, info = _rewritten(state, _spec_text(state), learner.flat)
     _apply(learner, _parse(learner, data, info))
 
 
@@ -161,11 +170,73 @@ def learner_from_bytes(data: bytes, *, max_bytes: int | None = None) -> OnlineLe
     """A new learner from ``learner_to_bytes`` output: a structural copy of a per-spec template
     whose flat buffers are the ones just read (``models.clone``)."""
     info = read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
-    template = _stored_spec(info.get("spec"), template_for)
+    if info["schema"] != str(SCHEMA):
+        state = _upgraded_learner(data, info)
+        text = _spec_text(state)
+        template = _stored_spec(text, template_for)
+        data, info = _rewritten(state, text, template.flat)
+    else:
+        template = _stored_spec(info.get("spec"), template_for)
     parsed = _parse(template, data, info)
     learner = copy_structure(template, flats={c: parsed.flats[c] for c in template.flat.flats})
     _apply(learner, parsed, copy=False)
     return learner
+
+
+# -- older schemas -------------------------------------------------------------------------------
+def _upgraded_learner(data: bytes, info: dict[str, Any]) -> Stored:
+    """A learner state of another schema, decoded, then upgraded to today's."""
+    refuse_newer(info, SCHEMA)
+    return upgrade(_decoded_learner(data, info), SCHEMA)
+
+
+def _decoded_learner(data: bytes, info: dict[str, Any]) -> Stored:
+    """Names and metadata of a learner state of any schema, in one shape where the schemas'
+    bytes differ but not what they say: the spec as a dict in ``meta["spec"]`` (schemas 1 and 2
+    kept it there; 3 keeps its JSON text beside ``meta``) and the metric windows as float64
+    tensors ``metrics.{name}.recent`` (from 5481e78 on; before, lists in the metadata)."""
+    state = decode(data, info)
+    meta = copy.deepcopy(state.meta)
+    try:
+        if "spec" in info:
+            meta["spec"] = json.loads(info["spec"])
+        for name, score in meta["metrics"]["scores"].items():
+            if "recent" in score:
+                state.tensors[f"metrics.{name}.recent"] = torch.tensor(
+                    [float(v) for v in score.pop("recent")], dtype=torch.float64)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StateError(f"invalid learner state: {exc}") from exc
+    return replace(state, meta=meta)
+
+
+def _spec_text(state: Stored) -> str:
+    """The canonical JSON text of an upgraded state's spec (what today's states store)."""
+    spec = state.meta.get("spec")
+    try:
+        if not isinstance(spec, dict):
+            raise TypeError("the stored spec must be a JSON object")
+        return ModelSpec.model_validate(spec).model_dump_json()
+    except (ValidationError, TypeError) as exc:
+        raise StateError(f"invalid spec in state: {exc}") from exc
+
+
+def _rewritten(state: Stored, spec: str, flat: FlatState) -> tuple[bytes, dict[str, Any]]:
+    """An upgraded learner state as today's bytes for ``flat``'s layout, and their header:
+    every ``model.*`` and ``optim.*`` tensor placed at its offset, the rest packed."""
+    tensors = dict(state.tensors)
+    meta = {k: v for k, v in state.meta.items() if k != "spec"}
+    flats = {code: torch.empty_like(f) for code, f in flat.flats.items()}
+    for name, code, shape, offset in flat.entries:
+        t = tensors.pop(name, None)
+        if t is None or list(t.shape) != shape or t.dtype != flats[code].dtype:
+            raise StateError(f"the upgraded state's {name!r} is missing or does not fit")
+        flats[code][offset:offset + t.numel()].copy_(t.reshape(-1))
+    unknown = sorted(n for n in tensors if not n.startswith(("ctx.", "metrics.")))
+    if unknown:
+        raise StateError(f"the upgraded state holds tensors this model has not: {unknown[:4]}")
+    data = pack(tensors, _LEARNER, SCHEMA, meta, group="C", fixed=flats,
+                encoded={"spec": json.dumps(spec), "layout": flat.layout_json})
+    return data, read_header(data, _LEARNER, SCHEMA, len(data))
 
 
 def context_to_bytes(learner: OnlineLearner, stream: str) -> bytes:
@@ -179,7 +250,12 @@ def context_from_bytes(learner: OnlineLearner, data: bytes, *,
                        max_bytes: int | None = None) -> tuple[str, StreamContext]:
     """Parse and validate a stream context for ``learner``; returns ``(stream, context)``."""
     info = read_header(data, _CONTEXT, SCHEMA, max_bytes or MAX_STATE_BYTES)
-    stream = info["meta"].get("stream")
+    if info["schema"] == str(SCHEMA):
+        meta, tensors = info["meta"], unpack(load_packed(data), info["index"])
+    else:
+        state = upgraded(data, info, SCHEMA)
+        meta, tensors = state.meta, state.tensors
+    stream = meta.get("stream")
     if not isinstance(stream, str) or not stream:
         raise StateError("context has no stream name")
-    return stream, _context_from(unpack(load_packed(data), info["index"]), "", learner)
+    return stream, _context_from(tensors, "", learner)
