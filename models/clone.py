@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -20,46 +21,61 @@ from torch._utils import _unflatten_dense_tensors as unflatten_dense_tensors
 
 from .flat import FlatState
 from .metrics import Metrics
+from .optim import FlatOptimizer
 from .spec import ModelSpec
 
-if TYPE_CHECKING:
-    from .learner import OnlineLearner
+__all__ = ["MAX_TEMPLATE_BYTES", "Structured", "copy_structure", "template_for"]
 
-__all__ = ["MAX_TEMPLATE_BYTES", "copy_structure", "template_for"]
 
+class Structured(Protocol):
+    """What a structural copy is made of: a learner's attributes (``models.OnlineLearner``;
+    named here, not imported, so this machinery sits below the learner that uses it)."""
+
+    spec: ModelSpec
+    spec_json: str
+    net: nn.Module
+    flat: FlatState
+    optimizer: FlatOptimizer
+    _notify: list[nn.Module]
+    metrics: Metrics
+    contexts: dict[str, Any]
+    updates: int
+    samples: int
+
+
+L = TypeVar("L", bound=Structured)
 MAX_TEMPLATE_BYTES = 256 * 1024 * 1024  # all cached templates together (each holds its buffers)
-_templates: OrderedDict[str, tuple[OnlineLearner, int]] = OrderedDict()
+_templates: OrderedDict[tuple[Callable[[ModelSpec], Any], str], tuple[Any, int]] = OrderedDict()
 _lock = threading.Lock()
 
 
-def template_for(spec_json: str) -> OnlineLearner:
-    """The cached blank learner for the spec given as JSON (validated and built on first use;
-    never handed out). Only canonical texts (``spec.model_dump_json()``, what states store) are
-    cache keys; the cache keeps the most recently used templates up to ``MAX_TEMPLATE_BYTES``.
-    Raises pydantic's ``ValidationError`` for an invalid spec."""
-    from .learner import OnlineLearner
-
+def template_for(spec_json: str, build: Callable[[ModelSpec], L]) -> L:
+    """The cached blank learner ``build(spec)`` for the spec given as JSON (validated and built
+    on first use; never handed out). Only canonical texts (``spec.model_dump_json()``, what
+    states store) are cache keys, with ``build`` (a stable callable: a class's method); the
+    cache keeps the most recently used templates up to ``MAX_TEMPLATE_BYTES``. Raises
+    pydantic's ``ValidationError`` for an invalid spec."""
+    key = (build, spec_json)
     with _lock:
-        hit = _templates.get(spec_json)
+        hit = _templates.get(key)
         if hit is not None:
-            _templates.move_to_end(spec_json)
+            _templates.move_to_end(key)
             return hit[0]
     spec = ModelSpec.model_validate_json(spec_json)
     canonical = spec.model_dump_json()
     if canonical != spec_json:
-        return template_for(canonical)
-    template = OnlineLearner(spec, _blank=True)
+        return template_for(canonical, build)
+    template = build(spec)
     size = sum(f.nbytes for f in template.flat.flats.values()) + template.flat.grad.nbytes
     with _lock:
-        _templates[spec_json] = (template, size)
+        _templates[key] = (template, size)
         total = sum(n for _, n in _templates.values())
         while total > MAX_TEMPLATE_BYTES and len(_templates) > 1:
             total -= _templates.popitem(last=False)[1][1]
     return template
 
 
-def copy_structure(src: OnlineLearner, *, flats: dict[str, Tensor] | None = None
-                   ) -> OnlineLearner:
+def copy_structure(src: L, *, flats: dict[str, Tensor] | None = None) -> L:
     """A learner shaped like ``src`` sharing nothing mutable with it: its values live in
     ``flats`` (taken over, shaped as ``src.flat.flats``) or are uninitialised; gradients zero,
     no contexts, fresh metrics and counters."""
@@ -145,7 +161,7 @@ class _Plan:
     notify: list[int]
 
 
-def _plan(src: OnlineLearner) -> _Plan:
+def _plan(src: Structured) -> _Plan:
     flat = src.flat
     plan = flat.__dict__.get("_clone_plan")
     if plan is not None:

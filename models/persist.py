@@ -18,29 +18,43 @@ import copy
 import json
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from .clone import copy_structure, template_for
+from .clone import Structured, copy_structure, template_for
 from .codec import StateError, Stored, decode, load_packed, pack, read_header, unpack
+from .context import StreamContext
 from .flat import FlatState
 from .metrics import Metrics
+from .network import Network
 from .spec import ModelSpec
-from .upgrades import CONTEXT, LEARNER, refuse_newer, upgrade, upgraded
+from .upgrades import CONTEXT as _CONTEXT
+from .upgrades import LEARNER as _LEARNER
+from .upgrades import refuse_newer, upgrade, upgraded
 
-if TYPE_CHECKING:
-    from .learner import OnlineLearner, StreamContext
-
-__all__ = ["MAX_STATE_BYTES", "context_from_bytes", "context_to_bytes", "learner_from_bytes",
-           "learner_to_bytes", "load_into"]
+__all__ = ["MAX_STATE_BYTES", "Persisted", "context_from_bytes", "context_to_bytes",
+           "learner_from_bytes", "learner_to_bytes", "load_into"]
 
 SCHEMA = 3
 MAX_STATE_BYTES = 512 * 1024 * 1024
-_LEARNER, _CONTEXT = LEARNER, CONTEXT
 _T = TypeVar("_T")
+
+
+class Persisted(Structured, Protocol):
+    """What these bytes hold of a learner (``models.OnlineLearner``; named here, not imported:
+    the learner imports this module)."""
+
+    net: Network
+    contexts: dict[str, StreamContext]
+
+    @property
+    def streams(self) -> list[str]: ...
+
+
+_L = TypeVar("_L", bound=Persisted)
 
 
 # -- learner -------------------------------------------------------------------------------------
@@ -51,10 +65,8 @@ def _context_tensors(ctx: StreamContext, prefix: str) -> dict[str, Tensor]:
     return out
 
 
-def _context_from(tensors: dict[str, Tensor], prefix: str, learner: OnlineLearner
+def _context_from(tensors: dict[str, Tensor], prefix: str, learner: Persisted
                   ) -> StreamContext:
-    from .learner import StreamContext
-
     spec = learner.spec
     inputs = tensors.get(f"{prefix}inputs")
     if inputs is None or inputs.dim() != 2 or inputs.shape[1] != spec.input_size \
@@ -73,7 +85,7 @@ def _context_from(tensors: dict[str, Tensor], prefix: str, learner: OnlineLearne
     return StreamContext(tuple(state), inputs)
 
 
-def learner_to_bytes(learner: OnlineLearner, *, contexts: bool = True) -> bytes:
+def learner_to_bytes(learner: Persisted, *, contexts: bool = True) -> bytes:
     """Serialize a learner: its flat buffers as they are, contexts packed beside them (or none:
     a service that keeps each context under its own key)."""
     tensors: dict[str, Tensor] = {}
@@ -108,7 +120,7 @@ class _Parsed(NamedTuple):
     samples: int
 
 
-def _parse(learner: OnlineLearner, data: bytes, info: dict[str, Any]) -> _Parsed:
+def _parse(learner: Persisted, data: bytes, info: dict[str, Any]) -> _Parsed:
     """Validate ``data`` against ``learner`` (its spec and layout) without changing it."""
     meta = info["meta"]
     try:
@@ -147,7 +159,7 @@ def _parse(learner: OnlineLearner, data: bytes, info: dict[str, Any]) -> _Parsed
         raise StateError(f"invalid learner state: {exc}") from exc
 
 
-def _apply(learner: OnlineLearner, parsed: _Parsed, *, copy: bool = True) -> None:
+def _apply(learner: Persisted, parsed: _Parsed, *, copy: bool = True) -> None:
     if copy:
         with torch.no_grad():
             for code, own in learner.flat.flats.items():
@@ -157,7 +169,7 @@ def _apply(learner: OnlineLearner, parsed: _Parsed, *, copy: bool = True) -> Non
                                                          parsed.samples)
 
 
-def load_into(learner: OnlineLearner, data: bytes, *, max_bytes: int | None = None) -> None:
+def load_into(learner: Persisted, data: bytes, *, max_bytes: int | None = None) -> None:
     """Load ``data`` into ``learner`` (same spec), validating everything before any change."""
     info = read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
     if info["schema"] != str(SCHEMA):
@@ -166,17 +178,19 @@ def load_into(learner: OnlineLearner, data: bytes, *, max_bytes: int | None = No
     _apply(learner, _parse(learner, data, info))
 
 
-def learner_from_bytes(data: bytes, *, max_bytes: int | None = None) -> OnlineLearner:
+def learner_from_bytes(data: bytes, build: Callable[[ModelSpec], _L], *,
+                       max_bytes: int | None = None) -> _L:
     """A new learner from ``learner_to_bytes`` output: a structural copy of a per-spec template
-    whose flat buffers are the ones just read (``models.clone``)."""
+    ``build(spec)`` (a blank learner, made once per spec: ``models.clone``) whose flat buffers
+    are the ones just read."""
     info = read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
     if info["schema"] != str(SCHEMA):
         state = _upgraded_learner(data, info)
         text = _spec_text(state)
-        template = _stored_spec(text, template_for)
+        template = _stored_spec(text, lambda t: template_for(t, build))
         data, info = _rewritten(state, text, template.flat)
     else:
-        template = _stored_spec(info.get("spec"), template_for)
+        template = _stored_spec(info.get("spec"), lambda t: template_for(t, build))
     parsed = _parse(template, data, info)
     learner = copy_structure(template, flats={c: parsed.flats[c] for c in template.flat.flats})
     _apply(learner, parsed, copy=False)
@@ -239,14 +253,14 @@ def _rewritten(state: Stored, spec: str, flat: FlatState) -> tuple[bytes, dict[s
     return data, read_header(data, _LEARNER, SCHEMA, len(data))
 
 
-def context_to_bytes(learner: OnlineLearner, stream: str) -> bytes:
+def context_to_bytes(learner: Persisted, stream: str) -> bytes:
     """One stream's context on its own (the service stores each under its own key)."""
     return pack(_context_tensors(learner.contexts[stream], ""), _CONTEXT, SCHEMA,
                 {"stream": stream})
 
 
 
-def context_from_bytes(learner: OnlineLearner, data: bytes, *,
+def context_from_bytes(learner: Persisted, data: bytes, *,
                        max_bytes: int | None = None) -> tuple[str, StreamContext]:
     """Parse and validate a stream context for ``learner``; returns ``(stream, context)``."""
     info = read_header(data, _CONTEXT, SCHEMA, max_bytes or MAX_STATE_BYTES)
