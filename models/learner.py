@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import fastlstm
 from .cells import skip_init
 from .context import StreamContext
-from .flat import FlatState
+from .fast import lstm_kernel
+from .fast.flat import FlatState
+from .fast.optim import FlatOptimizer
 from .inputs import InvalidInput, to_features, to_sequence, to_target
 from .metrics import Metrics
 from .network import Network
-from .optim import FlatOptimizer
 from .persist import learner_from_bytes, learner_to_bytes, load_into
 from .spec import ModelSpec
 
@@ -175,7 +175,7 @@ class OnlineLearner:
         kernels), then every statistic put back from the flat save point."""
         self.flat.save_point()
         try:
-            with fastlstm.forward_only():
+            with lstm_kernel.forward_only():
                 return self.net(window, state, capture=capture).logits.detach()
         finally:
             self.flat.rollback()

@@ -1,15 +1,14 @@
 """A learner's whole state as bytes: safetensors holding packed tensors, JSON metadata.
 
 The learner's parameters, normalization buffers and optimizer moments already live in one flat
-buffer per dtype (``models.flat``): those buffers are stored as they are (``F32``, ``I64``) with
-their layout (``[name, dtype, shape, offset]`` for ``model.*`` and ``optim.{key}``), and the
-stream contexts (``ctx.{j}.inputs`` / ``ctx.{j}.state.{k}``) are packed into ``CF32`` with an
-index, by the codec of ``models.codec``. Spec, counters, metrics and stream names go in the
-safetensors header. Loading checks size, format tag,
-schema, spec, layout and every indexed tensor's name, shape, dtype and bounds before anything
-changes, and never unpickles: malformed bytes raise ``StateError``. A state of an older schema
-is decoded, upgraded (``models.upgrades``) and rewritten in today's layout first; then the same
-checks run.
+buffer per dtype (``models.fast.flat``): those buffers are stored as they are (``F32``,
+``I64``) with their layout (``[name, dtype, shape, offset]`` for ``model.*`` and
+``optim.{key}``), and the stream contexts (``ctx.{j}.inputs`` / ``ctx.{j}.state.{k}``) are packed
+into ``CF32`` with an index, by the codec of ``models.codec``. Spec, counters, metrics and stream
+names go in the safetensors header. Loading checks size, format tag, schema, spec, layout and
+every indexed tensor's name, shape, dtype and bounds before anything changes, and never
+unpickles: malformed bytes raise ``StateError``. A state of an older schema is decoded, upgraded
+(``models.upgrades``) and rewritten in today's layout first; then the same checks run.
 """
 
 from __future__ import annotations
@@ -24,16 +23,14 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from .clone import Structured, copy_structure, template_for
 from .codec import StateError, Stored, decode, load_packed, pack, read_header, unpack
 from .context import StreamContext
-from .flat import FlatState
+from .fast.clone import Structured, copy_structure, template_for
+from .fast.flat import FlatState
 from .metrics import Metrics
 from .network import Network
 from .spec import ModelSpec
-from .upgrades import CONTEXT as _CONTEXT
-from .upgrades import LEARNER as _LEARNER
-from .upgrades import refuse_newer, upgrade, upgraded
+from .upgrades import CONTEXT, LEARNER, refuse_newer, upgrade, upgraded
 
 __all__ = ["MAX_STATE_BYTES", "Persisted", "context_from_bytes", "context_to_bytes",
            "learner_from_bytes", "learner_to_bytes", "load_into"]
@@ -97,7 +94,7 @@ def learner_to_bytes(learner: Persisted, *, contexts: bool = True) -> bytes:
             if values else torch.empty(0, dtype=torch.float64)
     meta = {"updates": learner.updates, "samples": learner.samples,
             "metrics": learner.metrics.to_dict(recent=False), "streams": streams}
-    return pack(tensors, _LEARNER, SCHEMA, meta, group="C", fixed=learner.flat.flats,
+    return pack(tensors, LEARNER, SCHEMA, meta, group="C", fixed=learner.flat.flats,
                 encoded={"spec": json.dumps(learner.spec_json),
                          "layout": learner.flat.layout_json})
 
@@ -171,7 +168,7 @@ def _apply(learner: Persisted, parsed: _Parsed, *, copy: bool = True) -> None:
 
 def load_into(learner: Persisted, data: bytes, *, max_bytes: int | None = None) -> None:
     """Load ``data`` into ``learner`` (same spec), validating everything before any change."""
-    info = read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
+    info = read_header(data, LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
     if info["schema"] != str(SCHEMA):
         state = _upgraded_learner(data, info)
         data, info = _rewritten(state, _spec_text(state), learner.flat)
@@ -181,9 +178,9 @@ def load_into(learner: Persisted, data: bytes, *, max_bytes: int | None = None) 
 def learner_from_bytes(data: bytes, build: Callable[[ModelSpec], _L], *,
                        max_bytes: int | None = None) -> _L:
     """A new learner from ``learner_to_bytes`` output: a structural copy of a per-spec template
-    ``build(spec)`` (a blank learner, made once per spec: ``models.clone``) whose flat buffers
+    ``build(spec)`` (a blank learner, made once per spec: ``models.fast.clone``) whose flat buffers
     are the ones just read."""
-    info = read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
+    info = read_header(data, LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
     if info["schema"] != str(SCHEMA):
         state = _upgraded_learner(data, info)
         text = _spec_text(state)
@@ -248,14 +245,14 @@ def _rewritten(state: Stored, spec: str, flat: FlatState) -> tuple[bytes, dict[s
     unknown = sorted(n for n in tensors if not n.startswith(("ctx.", "metrics.")))
     if unknown:
         raise StateError(f"the upgraded state holds tensors this model has not: {unknown[:4]}")
-    data = pack(tensors, _LEARNER, SCHEMA, meta, group="C", fixed=flats,
+    data = pack(tensors, LEARNER, SCHEMA, meta, group="C", fixed=flats,
                 encoded={"spec": json.dumps(spec), "layout": flat.layout_json})
-    return data, read_header(data, _LEARNER, SCHEMA, len(data))
+    return data, read_header(data, LEARNER, SCHEMA, len(data))
 
 
 def context_to_bytes(learner: Persisted, stream: str) -> bytes:
     """One stream's context on its own (the service stores each under its own key)."""
-    return pack(_context_tensors(learner.contexts[stream], ""), _CONTEXT, SCHEMA,
+    return pack(_context_tensors(learner.contexts[stream], ""), CONTEXT, SCHEMA,
                 {"stream": stream})
 
 
@@ -263,7 +260,7 @@ def context_to_bytes(learner: Persisted, stream: str) -> bytes:
 def context_from_bytes(learner: Persisted, data: bytes, *,
                        max_bytes: int | None = None) -> tuple[str, StreamContext]:
     """Parse and validate a stream context for ``learner``; returns ``(stream, context)``."""
-    info = read_header(data, _CONTEXT, SCHEMA, max_bytes or MAX_STATE_BYTES)
+    info = read_header(data, CONTEXT, SCHEMA, max_bytes or MAX_STATE_BYTES)
     if info["schema"] == str(SCHEMA):
         meta, tensors = info["meta"], unpack(load_packed(data), info["index"])
     else:

@@ -165,3 +165,15 @@ def test_models_never_import_the_service_or_its_transport(name: str) -> None:
     for target, line in imported(name, path, modules("models")):
         top = target.split(".")[0]
         assert top not in MODELS_NEVER_IMPORT, f"{path.relative_to(ROOT)}:{line} imports {target}"
+
+
+@pytest.mark.parametrize("name", sorted(modules("models")))
+def test_models_take_no_private_name_from_another_module(name: str) -> None:
+    """A name with a leading underscore belongs to its module: a module that needs another's
+    private piece shows a cut in the wrong place (style.md: split by concept)."""
+    path = modules("models")[name]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(
+                PACKAGES)):
+            private = [a.name for a in node.names if a.name.startswith("_")]
+            assert not private, f"{path.relative_to(ROOT)}:{node.lineno} imports {private}"

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import torch
 
-from models import ModelSpec, OnlineLearner, RecurrentStack, clone, fastlstm, persist, upgrades
+from models import ModelSpec, OnlineLearner, RecurrentStack, persist, upgrades
 from models import state as module_state
 from models.codec import Stored, decode, read_header
+from models.fast import clone, lstm_kernel
 from models.norms.layer import LayerNormSite
 from models.persist import context_from_bytes, context_to_bytes
 from models.state import StateError, module_from_bytes, module_to_bytes, read_meta
@@ -179,7 +180,7 @@ def test_a_stored_module_state_computes_what_its_writer_computed(item: tuple[Pat
     net = RecurrentStack(*expected["args"])
     assert module_from_bytes(net, blob) == expected["meta"] == read_meta(blob)
     if folder.name in BEFORE_THE_KERNEL:
-        with fastlstm.disabled():
+        with lstm_kernel.disabled():
             assert stack_outputs(net) == expected["outputs"]
         module_from_bytes(net, blob)
         kernel = stack_outputs(net)

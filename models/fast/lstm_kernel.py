@@ -7,7 +7,7 @@ memory, and the weight gradients are one matmul over the window. It computes wha
 path computes: outputs, gradients, and Streaming Norm's buffer updates (fold, ``S``/``n`` in the
 forward, ``GS``/``m`` in the backward, each site called in the order autograd calls it: per step
 the ``c`` site then the ``h`` site, last step first, then the ``x`` site, last step first). The
-per-site workers are in ``_fastsites``.
+per-site workers are in ``models.fast.sites``.
 
 Working arrays are kept per cell and window shape and reused by the next window once the
 previous one's backward has run (a window whose graph is still pending gets fresh ones); a second
@@ -29,11 +29,12 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._fastsites import Arr, _add, _const, _mul, _Row, _Site, _sub
-from .norms.layer import LayerNormSite
-from .norms.streaming import StreamingSite
+from ..norms.layer import LayerNormSite
+from ..norms.streaming import StreamingSite
+from .arrays import Arr, add, const, mul, sub
+from .sites import RowSite, WindowSite
 
-__all__ = ["disabled", "is_enabled", "try_window"]
+__all__ = ["disabled", "forward_only", "is_enabled", "try_window"]
 
 State = tuple[Tensor, ...]
 _ENABLED = [True]
@@ -78,7 +79,7 @@ class _Kernel:
     """Forward and backward of a window of one ``LSTMCell`` (gate order i, f, g, o) in arrays
     (and per-step views) reused from window to window while no graph still needs them.
 
-    At batch size 1 the arrays drop the batch axis (``[T, F]``) and the sites are ``_Row``s.
+    At batch size 1 the arrays drop the batch axis (``[T, F]``) and the sites are ``RowSite``s.
     """
 
     def __init__(self, cell: Any, steps: int, batch: int, dt: Any) -> None:
@@ -86,7 +87,7 @@ class _Kernel:
         self.mods = (m["nx"], m["nh"], m["nc"])
         row = batch == 1 and all(isinstance(s, LayerNormSite) or (s.axes, s.stats) == (
             "unit", "moments") for s in self.mods)
-        self.rows = tuple(_Row(s, T, dt) for s in self.mods) if row else None
+        self.rows = tuple(RowSite(s, T, dt) for s in self.mods) if row else None
         self.bs = bs = () if row else (batch,)
         self.busy, self.gen, self.req_key = False, 0, None
         self.Hs, self.Cs = np.zeros((2, T + 1, *bs, H), dt)
@@ -116,7 +117,7 @@ class _Kernel:
             self.sx, self.sh, self.sc = (r.reset(w, b) for r, w, b in zip(self.rows, ws, bs,
                                                                             strict=True))
         else:
-            self.sx, self.sh, self.sc = (_Site(s, w, b) for s, w, b in zip(self.mods, ws, bs,
+            self.sx, self.sh, self.sc = (WindowSite(s, w, b) for s, w, b in zip(self.mods, ws, bs,
                                                                             strict=True))
         self.state = h0 is not None and c0 is not None
         if self.state:
@@ -148,23 +149,23 @@ class _Kernel:
         """Run the window; returns the outputs ``[T, (B,) H]`` and the cell states."""
         Wh, sh, sc, bs, st, H = self.Wh, self.sh, self.sc, self.bs, self.state, self.tmp.shape[-1]
         T, dt, tmp = len(self.fv), Wh.dtype, self.tmp
-        scale = _const(4 * H, dt, 0.5, 2 * H)  # σ(a) = (1 + tanh(a/2))/2: one tanh for 4 gates
+        scale = const(4 * H, dt, 0.5, 2 * H)  # σ(a) = (1 + tanh(a/2))/2: one tanh for 4 gates
         gx = self.sx.run(np.matmul(self.X, self.Wx.T).reshape((T, *bs, 4 * H)))
         if self.rows is None:  # (a row site writes into GX itself)
             self.GX[...] = gx
-        _mul(_add(self.GX, self.bias, self.GX), scale, self.GX)
+        mul(add(self.GX, self.bias, self.GX), scale, self.GX)
         sh.wf = sh.w * scale
-        WhT, half = Wh.T, _const(1, dt, 0.5)[0, ...]
+        WhT, half = Wh.T, const(1, dt, 0.5)[0, ...]
         for t, (gx, z, sg, zg, sgi, sgf, sgo, cprev, c, hprev, h, tc) in enumerate(self.fv):
             if t or st:
-                np.tanh(_add(gx, sh.step_mm(hprev, WhT), z), z)
+                np.tanh(add(gx, sh.step_mm(hprev, WhT), z), z)
             else:
                 np.tanh(gx, z)
-            _add(_mul(z, half, sg), half, sg)
-            _mul(sgi, zg, c)
+            add(mul(z, half, sg), half, sg)
+            mul(sgi, zg, c)
             if t or st:
-                _add(c, _mul(sgf, cprev, tmp), c)
-            _mul(sgo, np.tanh(sc.step(c), tc), h)
+                add(c, mul(sgf, cprev, tmp), c)
+            mul(sgo, np.tanh(sc.step(c), tc), h)
         for s in (self.sx, sh, sc):
             s.sync_forward()
         return self.Hs[1:], self.Cs[1:]
@@ -176,9 +177,9 @@ class _Kernel:
         Wh, Hs, TC, sh, sc, dh, dc = self.Wh, self.Hs, self.TC, self.sh, self.sc, self.dh, self.dc
         T, H = TC.shape[0], TC.shape[-1]
         SG = self.ZS[..., 4:, :]
-        _mul(_sub(1.0, SG, self.der), SG, self.der)  # σ' for i, f, o; σ(2g)' = tanh'(g)/4
+        mul(sub(1.0, SG, self.der), SG, self.der)  # σ' for i, f, o; σ(2g)' = tanh'(g)/4
         self.der[..., 2, :] *= 4.0
-        _mul(_sub(1.0, _mul(TC, TC, self.dtc), self.dtc), SG[..., 3, :], self.dtc)
+        mul(sub(1.0, mul(TC, TC, self.dtc), self.dtc), SG[..., 3, :], self.dtc)
         if dout is None:
             self.DO.fill(0.0)
         else:
@@ -191,19 +192,19 @@ class _Kernel:
         sc.begin(self.DCN, self.cs_req)
         for t in range(T - 1, -1, -1):
             dp, do, dpo, dcn, dtc, zgsi, dpig, dpf, cprev, der, fc, dah = self.bv[t]
-            _add(dh, do, dh)
+            add(dh, do, dh)
             if dC is not None:
-                _add(dc, dC[t], dc)
-            _mul(dh, TC[t], dpo)
+                add(dc, dC[t], dc)
+            mul(dh, TC[t], dpo)
             if dout is None and t == T - 1:
                 dcn.fill(0.0)
                 sc.skip()
             else:
-                _add(dc, sc.step_back(_mul(dh, dtc, dcn), self.cs_req[t]), dc)
-            _mul(dc3, zgsi, dpig)
-            _mul(dc, cprev, dpf)
-            _mul(dp, der, dp)
-            _mul(dc, fc, dc)
+                add(dc, sc.step_back(mul(dh, dtc, dcn), self.cs_req[t]), dc)
+            mul(dc3, zgsi, dpig)
+            mul(dc, cprev, dpf)
+            mul(dp, der, dp)
+            mul(dc, fc, dc)
             if t >= first:
                 np.matmul(sh.step_back(dp, self.hs_req[t - first], dah), Wh, dh)
         g: list[Arr | None] = [None] * 10
@@ -246,9 +247,9 @@ class _Window(torch.autograd.Function):
         _ = ctx.saved_tensors
         kernel = ctx.kernel
         if kernel.gen != ctx.gen:
-            raise RuntimeError("models.fastlstm: this window's buffers were reused by a later "
-                               "forward; run backward before the next window of this cell, or "
-                               "use models.fastlstm.disabled()")
+            raise RuntimeError("models.fast.lstm_kernel: this window's buffers were reused by a "
+                               "later forward; run backward before the next window of this "
+                               "cell, or use models.fast.lstm_kernel.disabled()")
         grads = kernel.backward(None if dout is None else dout.numpy(),
                                 None if dc is None else dc.numpy(), ctx.needs_input_grad[3:])
         kernel.busy = False

@@ -19,10 +19,10 @@ import torch
 from torch import Tensor, nn
 from torch._utils import _unflatten_dense_tensors as unflatten_dense_tensors
 
+from ..metrics import Metrics
+from ..spec import ModelSpec
 from .flat import FlatState
-from .metrics import Metrics
 from .optim import FlatOptimizer
-from .spec import ModelSpec
 
 __all__ = ["MAX_TEMPLATE_BYTES", "Structured", "copy_structure", "template_for"]
 

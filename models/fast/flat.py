@@ -3,7 +3,7 @@
 Parameters, normalization buffers and the optimizer's step count and moments are re-homed into
 one float32 and one int64 buffer. Saving is then one copy of each, loading one ``copy_`` each, a
 save point for rollback one clone, a finiteness check one op, and an optimizer step one update
-(``models.optim``); the layout (names, shapes, offsets) is fixed by the spec, so a JSON
+(``models.fast.optim``); the layout (names, shapes, offsets) is fixed by the spec, so a JSON
 string of it identifies states that fit.
 """
 
@@ -69,7 +69,7 @@ class FlatState:
             raise TypeError("every parameter must be float32")
         # parameters come first: their values are one flat view, which the optimizer updates
         self.params = self.flats["F32"][:n_params] if params else torch.empty(0)
-        # what owns each entry's values (the Parameter itself for parameters): ``models.clone``
+        # what owns each entry's values (the Parameter itself for parameters): ``models.fast.clone``
         # maps these objects onto a copy's new buffers
         self.owners: list[Tensor] = params + views[len(params):]
         # gradients as views of one buffer too (as DDP's gradient_as_bucket_view): autograd

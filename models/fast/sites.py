@@ -1,6 +1,6 @@
-"""The per-site numpy workers of ``fastlstm``'s LSTM window: one Layer Norm or Streaming Norm
-site over a whole window (K calls at once) or one call at a time, forward and backward, on views
-of the site's own buffers, with the shared constant and cumulative-sum helpers they use."""
+"""The per-site numpy workers of the fast LSTM kernel (``models.fast.lstm_kernel``): one Layer
+Norm or Streaming Norm site over a whole window (K calls at once: ``WindowSite``) or one call at a
+time at batch size 1 (``RowSite``), forward and backward, on views of the site's own buffers."""
 
 from __future__ import annotations
 
@@ -11,16 +11,15 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from .norms.layer import LayerNormSite
-from .norms.streaming import COUNTERS, MEMORIES, StreamingSite
+from ..norms.layer import LayerNormSite
+from ..norms.streaming import COUNTERS, MEMORIES, StreamingSite
+from .arrays import Arr, add, const, cumsum, mul, sub, tri
 
-Arr = np.ndarray
+__all__ = ["RowSite", "WindowSite"]
+
 Mod = LayerNormSite | StreamingSite
-_mul, _add, _sub = np.multiply, np.add, np.subtract  # positional ``out``: the cheapest calls
 _VIEWS: weakref.WeakKeyDictionary[Any, tuple[dict[str, Tensor], dict[str, Arr]]] = (
     weakref.WeakKeyDictionary())
-_TRI: dict[tuple[int, str], Arr] = {}
-_CONST: dict[tuple[Any, ...], Arr] = {}
 
 
 def _views(mod: StreamingSite) -> dict[str, Arr]:
@@ -41,35 +40,7 @@ def _views(mod: StreamingSite) -> dict[str, Arr]:
     return views
 
 
-def _tri(k: int, dt: Any) -> Arr:
-    """Lower-triangular ones ``[k, k]``: ``tri @ a`` is the cumulative sum of ``a``'s rows."""
-    key = (k, np.dtype(dt).str)
-    if key not in _TRI:
-        if k > 256:
-            return np.tril(np.ones((k, k), dt))
-        _TRI[key] = np.tril(np.ones((k, k), dt))
-    return _TRI[key]
-
-
-def _const(n: int, dt: Any, value: float, ones_at: int | None = None) -> Arr:
-    """A cached read-only vector of ``value`` (ones at ``[ones_at, ones_at + n/4)`` if given)."""
-    key = (n, np.dtype(dt).str, value, ones_at)
-    if key not in _CONST:
-        v = np.full(n, value, dt)
-        if ones_at is not None:
-            v[ones_at:ones_at + n // 4] = 1.0
-        v.flags.writeable = False
-        _CONST[key] = v
-    return _CONST[key]
-
-
-def _cumsum(a: Arr) -> Arr:
-    """Cumulative sum over axis 1 of ``[2, K, ...]`` (a matmul: ``np.cumsum`` there is slow)."""
-    k = a.shape[1]
-    return np.matmul(_tri(k, a.dtype), a.reshape(2, k, -1)).reshape(a.shape)
-
-
-class _Site:
+class WindowSite:
     """One site over one window, any batch size: K calls at once or one call at a time.
 
     Arrays are ``a [K, B, F]``; statistics ``[2, K, Bs, Fs]`` (unit axes ``[2, K, 1, F]``,
@@ -115,7 +86,7 @@ class _Site:
         n0, S = c["n"], self.S
         pooled = s if self.ax == -2 else s.mean(2, keepdims=True)
         cnt = np.arange(n0, n0 + k + 1, dtype=s.dtype).reshape(1, -1, 1, 1)
-        cum = _cumsum(pooled)
+        cum = cumsum(pooled)
         prev = np.concatenate([S + 0 * pooled[:, :1], (n0 * S + cum[:, :-1]) / cnt[:, 1:-1]], 1)
         short = prev + (s - prev) / cnt[:, 1:]
         S[...] = (n0 * S + cum[:, -1:]) / (n0 + k)
@@ -130,7 +101,7 @@ class _Site:
         m0, GS = c["m"], self.GS
         pooled = g if self.ax == -2 else g.mean(2, keepdims=True)
         cnt = np.arange(m0 + 1, m0 + k + 1, dtype=g.dtype).reshape(1, -1, 1, 1)
-        gs = ((m0 * GS + _cumsum(pooled[:, ::-1])) / cnt)[:, ::-1]
+        gs = ((m0 * GS + cumsum(pooled[:, ::-1])) / cnt)[:, ::-1]
         GS[...] = gs[:, :1]
         c["m"] = m0 + k
         b1, b2, b3 = self.mod.beta
@@ -254,7 +225,7 @@ class _Site:
         return dw, (None if self.b is None else dy.sum(0))
 
 
-class _Row(_Site):
+class RowSite(WindowSite):
     """A site at batch size 1 for LN or per-unit raw moments: 1-D rows, as few numpy calls as we
     can, in arrays (and per-step views of them) kept from window to window.
 
@@ -277,12 +248,12 @@ class _Row(_Site):
                                self.SH[:, 1], self.RR, self.XC, self.XH, self.Y,
                                [self.coa[i, ...] for i in range(steps)], strict=True))
         else:
-            self.ones = _const(f, dt, 1.0 / f)
+            self.ones = const(f, dt, 1.0 / f)
             self.lv = list(zip(self.XC, self.XH, self.Y, strict=True))
 
-    def reset(self, w: Arr, b: Arr | None) -> _Row:
+    def reset(self, w: Arr, b: Arr | None) -> RowSite:
         """Start a window with these weights (and the module's current statistics)."""
-        _Site.__init__(self, self.mod, w, b)
+        WindowSite.__init__(self, self.mod, w, b)
         if self.stream:
             self.A, self.M1, self.M2s = self.Q[:, 0], self.SH[:, 0], self.SH[:, 1]
         return self
@@ -295,7 +266,7 @@ class _Row(_Site):
         self.n0, self.R = c["n"], self.S[:, 0, 0] * c["n"]
         self.aL = a1 * self.L[:, 0, 0]
         self.aL[1] += self.eps  # so that m̂2 − m̂1² comes out as var̂ + ε
-        np.divide(a2, _add(self.ar, self.n0, self.coa), self.coa)
+        np.divide(a2, add(self.ar, self.n0, self.coa), self.coa)
 
     def step_mm(self, h: Arr, WT: Arr) -> Arr:
         if not self.stream:
@@ -308,9 +279,9 @@ class _Row(_Site):
         self.calls = i + 1
         if not self.stream:
             xc, xh, y = self.lv[i]
-            _sub(a, np.dot(a, self.ones), xc)
+            sub(a, np.dot(a, self.ones), xc)
             r = self.rs[i] = 1.0 / math.sqrt(float(np.dot(xc, xc)) * self.inv + self.eps)
-            _mul(xc, r, xh)
+            mul(xc, r, xh)
         else:
             q, a0, a2, sh, s0, s1, v, xc, xh, y, co = self.sv[i]
             if i == 0:
@@ -318,39 +289,39 @@ class _Row(_Site):
             if a is not a0:
                 a0[...] = a
             R = self.R
-            _mul(a, a, a2)
-            _add(R, q, R)
-            _add(_mul(R, co, sh), self.aL, sh)
-            _sub(s1, _mul(s0, s0, v), v)
+            mul(a, a, a2)
+            add(R, q, R)
+            add(mul(R, co, sh), self.aL, sh)
+            sub(s1, mul(s0, s0, v), v)
             np.maximum(v, self.eps0, out=v)  # clamp_min(0) of the variance, plus ε
-            np.divide(_sub(a, s0, xc), np.sqrt(v, v), xh)
-        _mul(xh, self.wf, y)
-        return y if self.b is None else _add(y, self.b, y)
+            np.divide(sub(a, s0, xc), np.sqrt(v, v), xh)
+        mul(xh, self.wf, y)
+        return y if self.b is None else add(y, self.b, y)
 
     def run(self, a: Arr) -> Arr:
         k, a = a.shape[0], a.reshape(a.shape[0], -1)
         xc, xh, y = self.XC[:k], self.XH[:k], self.Y[:k]
         if not self.stream:
-            _sub(a, np.matmul(a, self.ones)[:, None], xc)
+            sub(a, np.matmul(a, self.ones)[:, None], xc)
             r = 1.0 / np.sqrt(np.einsum("kf,kf->k", xc, xc) * self.inv + self.eps)
             self.rs[:k] = r.tolist()
-            _mul(xc, r[:, None], xh)
+            mul(xc, r[:, None], xh)
         else:
             self._start()
             q = np.empty((2, k, a.shape[1]), a.dtype)
             q[0] = a
-            _mul(a, a, q[1])
-            sh, v = np.matmul(_tri(k, a.dtype), q), self.RR[:k]
-            _add(sh, self.R[:, None], sh)
+            mul(a, a, q[1])
+            sh, v = np.matmul(tri(k, a.dtype), q), self.RR[:k]
+            add(sh, self.R[:, None], sh)
             self.R = sh[:, -1].copy()
-            _add(_mul(sh, self.coa[:k, None], sh), self.aL[:, None], sh)
-            _sub(sh[1], _mul(sh[0], sh[0], v), v)
+            add(mul(sh, self.coa[:k, None], sh), self.aL[:, None], sh)
+            sub(sh[1], mul(sh[0], sh[0], v), v)
             np.maximum(v, self.eps0, out=v)
-            np.divide(_sub(a, sh[0], xc), np.sqrt(v, v), xh)
+            np.divide(sub(a, sh[0], xc), np.sqrt(v, v), xh)
             self.A, self.M1, self.M2s = a, sh[0], sh[1]
         self.calls = k
-        _mul(xh, self.wf, y)
-        return y if self.b is None else _add(y, self.b, y)
+        mul(xh, self.wf, y)
+        return y if self.b is None else add(y, self.b, y)
 
     def sync_forward(self) -> None:
         if self.stream and self.calls:
@@ -368,15 +339,15 @@ class _Row(_Site):
             self.RW = np.array(self.rs[:k], w.dtype)[:, None] * w
             self.M2 = np.empty((k, w.shape[0], 2), w.dtype)  # dy @ M2 = (mean dy·w, mean dy·w·x̂)
             self.M2[..., 0] = w * self.inv
-            _mul(self.XH[:k], w * self.inv, self.M2[..., 1])
+            mul(self.XH[:k], w * self.inv, self.M2[..., 1])
             return
         self.rmask, self.linear = list(routed), False
         if not k:
             return
         r = self.r = np.reciprocal(self.RR[:k])
         q = self.q = r * r  # g = (dy·w)·(−r − 2μ̂q, q): the statistic's gradient
-        _mul(q, self.XH[:k], q)
-        _mul(q, -0.5, q)
+        mul(q, self.XH[:k], q)
+        mul(q, -0.5, q)
         if self.RR[:k].min() <= math.sqrt(self.eps) * (1 + 1e-6):  # some variance was clamped
             m1 = self.M1[:k]
             q[self.M2s[:k] - m1 * m1 < self.eps] = 0.0  # clamp_min passes no gradient
@@ -384,10 +355,10 @@ class _Row(_Site):
         self.linear = b2 == 0.0 and bool(self.cnt["gl_init"])
         if self.linear:
             gl = self.GL[:, 0, 0]
-            V = self.V = _mul(self.XC[:k], q)
-            _mul(V, w * (2.0 * b3), V)
-            _add(V, _mul(r, w * (1.0 - b3)), V)
-            self.Zc = _add(_mul(self.A[:k], 2.0 * b1 * gl[1]), b1 * gl[0])
+            V = self.V = mul(self.XC[:k], q)
+            mul(V, w * (2.0 * b3), V)
+            add(V, mul(r, w * (1.0 - b3)), V)
+            self.Zc = add(mul(self.A[:k], 2.0 * b1 * gl[1]), b1 * gl[0])
 
     def skip(self) -> None:
         self.pos -= 1
@@ -401,17 +372,17 @@ class _Row(_Site):
         if not self.stream:
             m1, m2 = np.dot(dy, self.M2[k]).tolist()
             r = self.rs[k]
-            _mul(dy, self.RW[k], da)
-            _sub(da, _mul(self.XH[k], r * m2, self.Y[k]), da)
-            return _sub(da, r * m1, da)
+            mul(dy, self.RW[k], da)
+            sub(da, mul(self.XH[k], r * m2, self.Y[k]), da)
+            return sub(da, r * m1, da)
         if self.linear and route:
-            return _add(_mul(dy, self.V[k], da), self.Zc[k], da)
+            return add(mul(dy, self.V[k], da), self.Zc[k], da)
         if not route:  # autograd would not reach the statistic: its input needs no gradient
-            return _mul(dy * self.w, self.r[k], da)
+            return mul(dy * self.w, self.r[k], da)
         dyh, qk = dy * self.w, self.q[k]
         u = np.stack([-self.r[k] - 2.0 * self.M1[k] * qk, qk])
         gh = self._route((dyh * u)[:, None, None, :])[:, 0, 0]
-        _mul(dyh, self.r[k], da)
+        mul(dyh, self.r[k], da)
         da += gh[0]
         da += 2.0 * self.A[k] * gh[1]
         return da

@@ -1,6 +1,6 @@
 """The optimizers (Adam, RMSprop, SGD) as one update over the flat parameter buffer.
 
-Every parameter is a view of one flat buffer and so is every gradient (``models.flat``); these
+Every parameter is a view of one flat buffer and so is every gradient (``models.fast.flat``); these
 optimizers are elementwise, so one update over the flat buffers computes what
 ``torch.optim.Adam(fused=True)`` / ``SGD(fused=True)`` / ``RMSprop()`` compute per parameter, with
 the same kernels (equal up to an ulp where a vector lane rounds unlike a per-tensor scalar tail;
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .spec import OptimizerSpec
+from ..spec import OptimizerSpec
 
 __all__ = ["FlatOptimizer"]
 
@@ -43,7 +43,7 @@ class FlatOptimizer:
         self.params, self.grad = params, grad
 
     def copy(self, state: dict[str, Tensor], params: Tensor, grad: Tensor) -> FlatOptimizer:
-        """An optimizer like this one over other buffers (``models.clone``)."""
+        """An optimizer like this one over other buffers (``models.fast.clone``)."""
         new = object.__new__(FlatOptimizer)
         new.spec, new.state = self.spec, state
         new.bind(params, grad)
