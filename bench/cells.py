@@ -39,7 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models
-from models import fastlstm
+from models.fast import lstm_kernel
 
 TORCH_CELLS: dict[str, type[nn.Module]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 TARGETS = (("layer", "none", 2.5), ("streaming", "none", 2.5), ("none", "torch", 1.5))
@@ -147,7 +147,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="hidden 64, window 16, 5 rounds of 0.03 s unless given otherwise")
     p.add_argument("--generic", action="store_true",
-                   help="switch off the fast LSTM kernel (models.fastlstm) for comparison")
+                   help="switch off the fast LSTM kernel (models.fast.lstm_kernel) for comparison")
     args = p.parse_args(argv)
     quick = args.quick
     args.hidden = args.hidden or ([64] if quick else [32, 64, 128])
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
          f"~{args.seconds:g} s, median")
     results: dict[tuple[str, int, int], dict[str, tuple[float, float]]] = {}
     start = time.perf_counter()
-    with fastlstm.disabled() if args.generic else contextlib.nullcontext():
+    with lstm_kernel.disabled() if args.generic else contextlib.nullcontext():
         for cell in args.cells:
             for hidden in args.hidden:
                 for window in args.windows:

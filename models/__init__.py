@@ -5,8 +5,9 @@ Pure PyTorch: no HTTP and no Redis here, so a user can build, train and load mod
 
 from . import norms
 from .cells import CELLS, GRUCell, LSTMCell, RecurrentStack, RNNCell
+from .context import StreamContext
 from .inputs import InvalidInput
-from .learner import LearnResult, OnlineLearner, StreamContext, UpdateRejected
+from .learner import LearnResult, OnlineLearner, UpdateRejected
 from .norms import NORMS, notify_optimizer_step
 from .spec import ModelSpec, OptimizerSpec
 from .state import StateError

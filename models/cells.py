@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import fastlstm, norms
+from . import norms
+from .fast import lstm_kernel
 from .norms import NormMethod, NormParams
 
 __all__ = ["CELLS", "GRUCell", "LSTMCell", "RNNCell", "RecurrentCell", "RecurrentStack",
@@ -202,8 +203,9 @@ class LSTMCell(RecurrentCell):
 
     def forward_window(self, x: Tensor, state: State | None = None, t0: int = 0,
                        capture: int | None = None) -> tuple[Tensor, State, State | None]:
-        """As ``RecurrentCell.forward_window``; ``layer``/``streaming`` run ``fastlstm``."""
-        fast = fastlstm.try_window(self, x, state, t0, capture)
+        """As ``RecurrentCell.forward_window``; ``layer``/``streaming`` run the fast kernel
+        (``models.fast.lstm_kernel``)."""
+        fast = lstm_kernel.try_window(self, x, state, t0, capture)
         return fast if fast is not None else super().forward_window(x, state, t0, capture)
 
     def step(self, gx: Tensor, state: State | None, t: int) -> State:

@@ -18,13 +18,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import fastlstm
 from .cells import skip_init
-from .flat import FlatState
+from .context import StreamContext
+from .fast import lstm_kernel
+from .fast.flat import FlatState
+from .fast.optim import FlatOptimizer
 from .inputs import InvalidInput, to_features, to_sequence, to_target
 from .metrics import Metrics
 from .network import Network
-from .optim import FlatOptimizer
+from .persist import learner_from_bytes, learner_to_bytes, load_into
 from .spec import ModelSpec
 
 __all__ = ["LearnResult", "OnlineLearner", "StreamContext", "UpdateRejected"]
@@ -34,15 +36,6 @@ DEFAULT_STREAM = "default"
 
 class UpdateRejected(RuntimeError):
     """The update would have made the model non-finite; it was rolled back."""
-
-
-@dataclass
-class StreamContext:
-    """A stream's recurrent context: the state at the start of its window (``None``: zero) and
-    the inputs since then (at most ``window − 1``; the next ``x`` completes the window)."""
-
-    state: tuple[Tensor, ...] | None
-    inputs: Tensor  # [k, I]
 
 
 @dataclass(frozen=True)
@@ -182,7 +175,7 @@ class OnlineLearner:
         kernels), then every statistic put back from the flat save point."""
         self.flat.save_point()
         try:
-            with fastlstm.forward_only():
+            with lstm_kernel.forward_only():
                 return self.net(window, state, capture=capture).logits.detach()
         finally:
             self.flat.rollback()
@@ -233,19 +226,19 @@ class OnlineLearner:
         """Everything this learner holds, as safetensors + JSON (see ``models.persist``);
         ``contexts=False`` leaves the streams' contexts out (``persist.context_to_bytes``
         writes each on its own)."""
-        from .persist import learner_to_bytes
-
         return learner_to_bytes(self, contexts=contexts)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, max_bytes: int | None = None) -> OnlineLearner:
         """A learner equal to the one that wrote ``data``; never executes code."""
-        from .persist import learner_from_bytes
+        return learner_from_bytes(data, cls.blank, max_bytes=max_bytes)
 
-        return learner_from_bytes(data, max_bytes=max_bytes)
+    @classmethod
+    def blank(cls, spec: ModelSpec) -> OnlineLearner:
+        """A learner of ``spec`` whose values are about to be loaded: no seeded initialisation
+        (``from_bytes`` copies the structure of one of these per spec)."""
+        return cls(spec, _blank=True)
 
     def load_bytes(self, data: bytes, *, max_bytes: int | None = None) -> None:
         """Replace this learner's state with ``data`` (same spec); unchanged if invalid."""
-        from .persist import load_into
-
         load_into(self, data, max_bytes=max_bytes)

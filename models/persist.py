@@ -1,40 +1,57 @@
 """A learner's whole state as bytes: safetensors holding packed tensors, JSON metadata.
 
 The learner's parameters, normalization buffers and optimizer moments already live in one flat
-buffer per dtype (``models.flat``): those buffers are stored as they are (``F32``, ``I64``) with
-their layout (``[name, dtype, shape, offset]`` for ``model.*`` and ``optim.{key}``), and the
-stream contexts (``ctx.{j}.inputs`` / ``ctx.{j}.state.{k}``) are packed into ``CF32`` with an
-index, by the codec of ``models.state``. Spec, counters, metrics and stream names go in the
-safetensors header. Loading checks size, format tag,
-schema, spec, layout and every indexed tensor's name, shape, dtype and bounds before anything
-changes, and never unpickles: malformed bytes raise ``StateError``.
+buffer per dtype (``models.fast.flat``): those buffers are stored as they are (``F32``,
+``I64``) with their layout (``[name, dtype, shape, offset]`` for ``model.*`` and
+``optim.{key}``), and the stream contexts (``ctx.{j}.inputs`` / ``ctx.{j}.state.{k}``) are packed
+into ``CF32`` with an index, by the codec of ``models.codec``. Spec, counters, metrics and stream
+names go in the safetensors header. Loading checks size, format tag, schema, spec, layout and
+every indexed tensor's name, shape, dtype and bounds before anything changes, and never
+unpickles: malformed bytes raise ``StateError``. A state of an older schema is decoded, upgraded
+(``models.upgrades``) and rewritten in today's layout first; then the same checks run.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from dataclasses import replace
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from .clone import copy_structure, template_for
+from .codec import StateError, Stored, decode, load_packed, pack, read_header, unpack
+from .context import StreamContext
+from .fast.clone import Structured, copy_structure, template_for
+from .fast.flat import FlatState
 from .metrics import Metrics
+from .network import Network
 from .spec import ModelSpec
-from .state import StateError, load_packed, pack, read_header, unpack
+from .upgrades import CONTEXT, LEARNER, refuse_newer, upgrade, upgraded
 
-if TYPE_CHECKING:
-    from .learner import OnlineLearner, StreamContext
-
-__all__ = ["MAX_STATE_BYTES", "context_from_bytes", "context_to_bytes", "learner_from_bytes",
-           "learner_to_bytes", "load_into"]
+__all__ = ["MAX_STATE_BYTES", "Persisted", "context_from_bytes", "context_to_bytes",
+           "learner_from_bytes", "learner_to_bytes", "load_into"]
 
 SCHEMA = 3
 MAX_STATE_BYTES = 512 * 1024 * 1024
-_LEARNER, _CONTEXT = "streamnorm.learner", "streamnorm.context"
 _T = TypeVar("_T")
+
+
+class Persisted(Structured, Protocol):
+    """What these bytes hold of a learner (``models.OnlineLearner``; named here, not imported:
+    the learner imports this module)."""
+
+    net: Network
+    contexts: dict[str, StreamContext]
+
+    @property
+    def streams(self) -> list[str]: ...
+
+
+_L = TypeVar("_L", bound=Persisted)
 
 
 # -- learner -------------------------------------------------------------------------------------
@@ -45,10 +62,8 @@ def _context_tensors(ctx: StreamContext, prefix: str) -> dict[str, Tensor]:
     return out
 
 
-def _context_from(tensors: dict[str, Tensor], prefix: str, learner: OnlineLearner
+def _context_from(tensors: dict[str, Tensor], prefix: str, learner: Persisted
                   ) -> StreamContext:
-    from .learner import StreamContext
-
     spec = learner.spec
     inputs = tensors.get(f"{prefix}inputs")
     if inputs is None or inputs.dim() != 2 or inputs.shape[1] != spec.input_size \
@@ -67,7 +82,7 @@ def _context_from(tensors: dict[str, Tensor], prefix: str, learner: OnlineLearne
     return StreamContext(tuple(state), inputs)
 
 
-def learner_to_bytes(learner: OnlineLearner, *, contexts: bool = True) -> bytes:
+def learner_to_bytes(learner: Persisted, *, contexts: bool = True) -> bytes:
     """Serialize a learner: its flat buffers as they are, contexts packed beside them (or none:
     a service that keeps each context under its own key)."""
     tensors: dict[str, Tensor] = {}
@@ -79,7 +94,7 @@ def learner_to_bytes(learner: OnlineLearner, *, contexts: bool = True) -> bytes:
             if values else torch.empty(0, dtype=torch.float64)
     meta = {"updates": learner.updates, "samples": learner.samples,
             "metrics": learner.metrics.to_dict(recent=False), "streams": streams}
-    return pack(tensors, _LEARNER, SCHEMA, meta, group="C", fixed=learner.flat.flats,
+    return pack(tensors, LEARNER, SCHEMA, meta, group="C", fixed=learner.flat.flats,
                 encoded={"spec": json.dumps(learner.spec_json),
                          "layout": learner.flat.layout_json})
 
@@ -102,7 +117,7 @@ class _Parsed(NamedTuple):
     samples: int
 
 
-def _parse(learner: OnlineLearner, data: bytes, info: dict[str, Any]) -> _Parsed:
+def _parse(learner: Persisted, data: bytes, info: dict[str, Any]) -> _Parsed:
     """Validate ``data`` against ``learner`` (its spec and layout) without changing it."""
     meta = info["meta"]
     try:
@@ -141,7 +156,7 @@ def _parse(learner: OnlineLearner, data: bytes, info: dict[str, Any]) -> _Parsed
         raise StateError(f"invalid learner state: {exc}") from exc
 
 
-def _apply(learner: OnlineLearner, parsed: _Parsed, *, copy: bool = True) -> None:
+def _apply(learner: Persisted, parsed: _Parsed, *, copy: bool = True) -> None:
     if copy:
         with torch.no_grad():
             for code, own in learner.flat.flats.items():
@@ -151,35 +166,107 @@ def _apply(learner: OnlineLearner, parsed: _Parsed, *, copy: bool = True) -> Non
                                                          parsed.samples)
 
 
-def load_into(learner: OnlineLearner, data: bytes, *, max_bytes: int | None = None) -> None:
+def load_into(learner: Persisted, data: bytes, *, max_bytes: int | None = None) -> None:
     """Load ``data`` into ``learner`` (same spec), validating everything before any change."""
-    info = read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
+    info = read_header(data, LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
+    if info["schema"] != str(SCHEMA):
+        state = _upgraded_learner(data, info)
+        data, info = _rewritten(state, _spec_text(state), learner.flat)
     _apply(learner, _parse(learner, data, info))
 
 
-def learner_from_bytes(data: bytes, *, max_bytes: int | None = None) -> OnlineLearner:
+def learner_from_bytes(data: bytes, build: Callable[[ModelSpec], _L], *,
+                       max_bytes: int | None = None) -> _L:
     """A new learner from ``learner_to_bytes`` output: a structural copy of a per-spec template
-    whose flat buffers are the ones just read (``models.clone``)."""
-    info = read_header(data, _LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
-    template = _stored_spec(info.get("spec"), template_for)
+    ``build(spec)`` (a blank learner, made once per spec: ``models.fast.clone``) whose flat buffers
+    are the ones just read."""
+    info = read_header(data, LEARNER, SCHEMA, max_bytes or MAX_STATE_BYTES)
+    if info["schema"] != str(SCHEMA):
+        state = _upgraded_learner(data, info)
+        text = _spec_text(state)
+        template = _stored_spec(text, lambda t: template_for(t, build))
+        data, info = _rewritten(state, text, template.flat)
+    else:
+        template = _stored_spec(info.get("spec"), lambda t: template_for(t, build))
     parsed = _parse(template, data, info)
     learner = copy_structure(template, flats={c: parsed.flats[c] for c in template.flat.flats})
     _apply(learner, parsed, copy=False)
     return learner
 
 
-def context_to_bytes(learner: OnlineLearner, stream: str) -> bytes:
+# -- older schemas -------------------------------------------------------------------------------
+def _upgraded_learner(data: bytes, info: dict[str, Any]) -> Stored:
+    """A learner state of another schema, decoded, then upgraded to today's."""
+    refuse_newer(info, SCHEMA)
+    return upgrade(_decoded_learner(data, info), SCHEMA)
+
+
+def _decoded_learner(data: bytes, info: dict[str, Any]) -> Stored:
+    """Names and metadata of a learner state of any schema, in one shape where the schemas'
+    bytes differ but not what they say: the spec as a dict in ``meta["spec"]`` (schemas 1 and 2
+    kept it there; 3 keeps its JSON text beside ``meta``) and the metric windows as float64
+    tensors ``metrics.{name}.recent`` (from 5481e78 on; before, lists in the metadata)."""
+    state = decode(data, info)
+    meta = copy.deepcopy(state.meta)
+    try:
+        if "spec" in info:
+            meta["spec"] = json.loads(info["spec"])
+        for name, score in meta["metrics"]["scores"].items():
+            if "recent" in score:
+                state.tensors[f"metrics.{name}.recent"] = torch.tensor(
+                    [float(v) for v in score.pop("recent")], dtype=torch.float64)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StateError(f"invalid learner state: {exc}") from exc
+    return replace(state, meta=meta)
+
+
+def _spec_text(state: Stored) -> str:
+    """The canonical JSON text of an upgraded state's spec (what today's states store)."""
+    spec = state.meta.get("spec")
+    try:
+        if not isinstance(spec, dict):
+            raise TypeError("the stored spec must be a JSON object")
+        return ModelSpec.model_validate(spec).model_dump_json()
+    except (ValidationError, TypeError) as exc:
+        raise StateError(f"invalid spec in state: {exc}") from exc
+
+
+def _rewritten(state: Stored, spec: str, flat: FlatState) -> tuple[bytes, dict[str, Any]]:
+    """An upgraded learner state as today's bytes for ``flat``'s layout, and their header:
+    every ``model.*`` and ``optim.*`` tensor placed at its offset, the rest packed."""
+    tensors = dict(state.tensors)
+    meta = {k: v for k, v in state.meta.items() if k != "spec"}
+    flats = {code: torch.empty_like(f) for code, f in flat.flats.items()}
+    for name, code, shape, offset in flat.entries:
+        t = tensors.pop(name, None)
+        if t is None or list(t.shape) != shape or t.dtype != flats[code].dtype:
+            raise StateError(f"the upgraded state's {name!r} is missing or does not fit")
+        flats[code][offset:offset + t.numel()].copy_(t.reshape(-1))
+    unknown = sorted(n for n in tensors if not n.startswith(("ctx.", "metrics.")))
+    if unknown:
+        raise StateError(f"the upgraded state holds tensors this model has not: {unknown[:4]}")
+    data = pack(tensors, LEARNER, SCHEMA, meta, group="C", fixed=flats,
+                encoded={"spec": json.dumps(spec), "layout": flat.layout_json})
+    return data, read_header(data, LEARNER, SCHEMA, len(data))
+
+
+def context_to_bytes(learner: Persisted, stream: str) -> bytes:
     """One stream's context on its own (the service stores each under its own key)."""
-    return pack(_context_tensors(learner.contexts[stream], ""), _CONTEXT, SCHEMA,
+    return pack(_context_tensors(learner.contexts[stream], ""), CONTEXT, SCHEMA,
                 {"stream": stream})
 
 
 
-def context_from_bytes(learner: OnlineLearner, data: bytes, *,
+def context_from_bytes(learner: Persisted, data: bytes, *,
                        max_bytes: int | None = None) -> tuple[str, StreamContext]:
     """Parse and validate a stream context for ``learner``; returns ``(stream, context)``."""
-    info = read_header(data, _CONTEXT, SCHEMA, max_bytes or MAX_STATE_BYTES)
-    stream = info["meta"].get("stream")
+    info = read_header(data, CONTEXT, SCHEMA, max_bytes or MAX_STATE_BYTES)
+    if info["schema"] == str(SCHEMA):
+        meta, tensors = info["meta"], unpack(load_packed(data), info["index"])
+    else:
+        state = upgraded(data, info, SCHEMA)
+        meta, tensors = state.meta, state.tensors
+    stream = meta.get("stream")
     if not isinstance(stream, str) or not stream:
         raise StateError("context has no stream name")
-    return stream, _context_from(unpack(load_packed(data), info["index"]), "", learner)
+    return stream, _context_from(tensors, "", learner)

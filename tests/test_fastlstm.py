@@ -1,4 +1,4 @@
-"""The fast LSTM window (``models.fastlstm``) computes what the generic autograd loop computes.
+"""The fast LSTM window (``models.fast.lstm_kernel``) computes what the generic autograd loop does.
 
 Outputs, final and captured states, every gradient and every Streaming Norm buffer (S, L, GS, GL,
 n, m, folds) match the generic path window after window; ``gradcheck`` checks the hand-written
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import RecurrentStack, fastlstm, notify_optimizer_step
+from models import RecurrentStack, notify_optimizer_step
+from models.fast import lstm_kernel
 
 SPECS: dict[str, Any] = {
     "layer": "layer",
@@ -43,7 +44,7 @@ def _close(a: torch.Tensor | None, b: torch.Tensor | None, what: str) -> None:
 def _window(net: RecurrentStack, x: torch.Tensor, state: Any, fast: bool, loss_on: str,
             capture: int | None) -> tuple[Any, ...]:
     net.zero_grad(set_to_none=True)
-    with contextlib.nullcontext() if fast else fastlstm.disabled():
+    with contextlib.nullcontext() if fast else lstm_kernel.disabled():
         out, final, cap = net.run(x, state, capture=capture)
     # loss on the final cell state only: the last c site is not on the way to the loss
     loss = (out[-1] ** 2).sum() + out.mean() if loss_on == "out" else (final[1] ** 2).sum()
@@ -145,7 +146,7 @@ def test_no_grad_forward_matches(name: str) -> None:
         x = torch.randn(6, 2, 3, dtype=torch.float64)
         with torch.no_grad():
             out_f, _ = fast(x)
-            with fastlstm.disabled():
+            with lstm_kernel.disabled():
                 out_g, _ = gen(x)
         _close(out_f, out_g, "outputs")
         notify_optimizer_step(fast)
@@ -157,32 +158,32 @@ def test_no_grad_forward_matches(name: str) -> None:
 def test_applicability() -> None:
     x = torch.randn(4, 1, 3)
     lstm = RecurrentStack("lstm", 3, 8, 1, "streaming").layers[0]
-    assert fastlstm.try_window(lstm, x, None) is not None
-    with fastlstm.disabled():
-        assert not fastlstm.is_enabled()
-        assert fastlstm.try_window(lstm, x, None) is None
-    assert fastlstm.is_enabled()
+    assert lstm_kernel.try_window(lstm, x, None) is not None
+    with lstm_kernel.disabled():
+        assert not lstm_kernel.is_enabled()
+        assert lstm_kernel.try_window(lstm, x, None) is None
+    assert lstm_kernel.is_enabled()
     lstm.eval()  # Streaming Norm in eval normalizes with frozen statistics: the generic path
-    assert fastlstm.try_window(lstm, x, None) is None
-    assert fastlstm.try_window(RecurrentStack("lstm", 3, 8, 1, "layer").layers[0].eval(), x,
+    assert lstm_kernel.try_window(lstm, x, None) is None
+    assert lstm_kernel.try_window(RecurrentStack("lstm", 3, 8, 1, "layer").layers[0].eval(), x,
                                None) is not None
     for norm in ("none", "online", "weight"):
-        assert fastlstm.try_window(RecurrentStack("lstm", 3, 8, 1, norm).layers[0], x,
+        assert lstm_kernel.try_window(RecurrentStack("lstm", 3, 8, 1, norm).layers[0], x,
                                    None) is None
-    assert fastlstm.try_window(lstm.train(), x.to(torch.float16), None) is None
+    assert lstm_kernel.try_window(lstm.train(), x.to(torch.float16), None) is None
 
 
 # -- gradcheck of the hand-written backward -------------------------------------------------------
 def _gradcheck(cell: Any, batch: int, steps: int, with_state: bool) -> None:
-    params, _ = fastlstm._plan(cell)
+    params, _ = lstm_kernel._plan(cell)
     snapshot = {k: v.clone() for k, v in cell.state_dict().items()}
 
     def fn(x: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         cell.load_state_dict(snapshot)  # every evaluation starts from the same statistics
         ps, state = rest[:7], (rest[7:] if with_state else (None, None))
         arrs = [p.detach().numpy() for p in ps]
-        kernel = fastlstm._kernel(cell, steps, batch, np.float64)
-        return fastlstm._Window.apply(kernel, cell, arrs, x, *ps, *state)
+        kernel = lstm_kernel._kernel(cell, steps, batch, np.float64)
+        return lstm_kernel._Window.apply(kernel, cell, arrs, x, *ps, *state)
 
     x = torch.randn(steps, batch, cell.input_size, dtype=torch.float64, requires_grad=True)
     ps = [p.detach().clone().requires_grad_() for p in params]
@@ -220,7 +221,7 @@ def test_two_windows_before_one_backward() -> None:
     fast = copy.deepcopy(gen)
     xs = [torch.randn(5, 1, 3, dtype=torch.float64) for _ in range(2)]
     for k, net in ((True, fast), (False, gen)):
-        with contextlib.nullcontext() if k else fastlstm.disabled():
+        with contextlib.nullcontext() if k else lstm_kernel.disabled():
             out1, st = net(xs[0])
             out2, _ = net(xs[1], st)
         (out1.sum() + (out2 ** 2).sum()).backward()
@@ -256,7 +257,7 @@ def test_buffers_reused_across_start_states(name: str) -> None:
         outs = []
         for fast_path, net in ((True, fast), (False, gen)):
             net.zero_grad()
-            with contextlib.nullcontext() if fast_path else fastlstm.disabled():
+            with contextlib.nullcontext() if fast_path else lstm_kernel.disabled():
                 out, _ = net(x, state)
             out.sum().backward()
             outs.append((out.detach(), [p.grad for p in net.parameters()]))
@@ -270,7 +271,7 @@ def test_predictions_hand_their_kernel_back() -> None:
     """A predict's graph is dropped without a backward: its kernel must be reusable, not left
     reserved (which made every later window build a new kernel)."""
     from models import OnlineLearner
-    from models.fastlstm import _KERNELS
+    from models.fast.lstm_kernel import _KERNELS
 
     learner = OnlineLearner({"name": "k", "task": "regression", "n_features": 2,
                              "hidden_size": 4, "window": 3, "norm": "layer"})

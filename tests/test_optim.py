@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.optim import FlatOptimizer
+from models.fast.optim import FlatOptimizer
 from models.spec import OptimizerSpec
 
 SHAPES = [(7, 3), (7,), (2, 5, 4), (), (1,)]

@@ -147,7 +147,7 @@ class StreamingSite(Site):
         return super().__getattr__(name)
 
     def rebind_views(self) -> None:
-        """Forget the named views: the buffers were replaced (``models.flat``, ``.to()``)."""
+        """Forget the named views: the buffers were replaced (``models.fast.flat``, ``.to()``)."""
         for name in _VIEWS:
             self.__dict__.pop(name, None)
 
