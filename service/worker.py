@@ -174,13 +174,14 @@ class Worker:
         dead: list[tuple[Entry, str]] = []
         for entry in entries:
             try:
-                model, payload = self._parse(p, entry)
+                model, payload = self._parse(p, entry)  # (raises before a valid_for counts)
             except ValueError as exc:
                 dead.append((entry, str(exc)))
                 continue
             groups.setdefault(model, []).append((entry, payload))
         results = await asyncio.gather(*(
-            self._learn(model, [payload for _, payload in items])
+            self._learn(model, [payload for _, payload in items],
+                        [entry.fields.get("valid_for") for entry, _ in items])
             for model, items in groups.items()), return_exceptions=True)
         acked: list[str] = []
         clean, applied = True, 0
@@ -209,11 +210,12 @@ class Worker:
         self._rate(applied)
         return clean
 
-    async def _learn(self, model: str, payloads: list[dict[str, Any]]
-                     ) -> list[LearnOutcome | Exception]:
-        """One model's entries validated against its spec, then applied in order."""
+    async def _learn(self, model: str, payloads: list[dict[str, Any]],
+                     valid_for: list[str | None]) -> list[LearnOutcome | Exception]:
+        """One model's entries validated against its spec (unless ``POST /events`` did, for
+        the model as it still is), then applied in order."""
         try:
-            events = await self.engine.prepare(model, payloads)
+            events = await self.engine.prepare(model, payloads, valid_for)
         except UnknownModel as exc:
             return [exc] * len(payloads)
         return await self.engine.learn(model, events)
@@ -229,16 +231,23 @@ class Worker:
             raise ValueError(f"event: invalid JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise ValueError("event: must be a JSON object (a learn body)")
+        # appended by POST /events (``valid_for``): canonical, validated there
+        body = payload if "valid_for" in entry.fields else self._shaped(payload)
+        if not body.get("event_id"):
+            body["event_id"] = self.streams.event_id(p, entry)
+        return model, body
+
+    @staticmethod
+    def _shaped(payload: dict[str, Any]) -> dict[str, Any]:
+        """A producer's entry checked against the learn body's schema (its values are checked
+        against the model's spec by ``Engine.prepare``)."""
         try:
-            body = LearnRequest.model_validate(payload).model_dump(exclude_unset=True,
-                                                                   warnings=False)
+            return LearnRequest.model_validate(payload).model_dump(exclude_unset=True,
+                                                                     warnings=False)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
             raise ValueError(f"event.{where}: {first['msg']}") from None
-        if not body.get("event_id"):
-            body["event_id"] = self.streams.event_id(p, entry)
-        return model, body
 
     def _rate(self, applied: int) -> None:
         now = time.monotonic()

@@ -233,8 +233,8 @@ def test_a_worker_takes_over_entries_a_dead_consumer_held(stream_settings: Setti
             assert len(held) == 20
             dead = Worker(stream_settings, app.state.redis, "dead-one")
             first = [dead._parse(p, e)[1] for e in held[:12]]  # applied, then it died
-            assert all(not isinstance(o, Exception)
-                       for o in await dead._learn(model, first))
+            assert all(not isinstance(o, Exception) for o in await dead._learn(
+                model, first, [e.fields.get("valid_for") for e in held[:12]]))
             await drain_with_worker(stream_settings, streams, "heir")
             return (await client.get(f"/models/{model}/state")).content
 
@@ -332,3 +332,58 @@ def test_an_event_id_reused_for_another_event_is_dead_lettered(
     assert b"Conflict" in fields[b"error"] and b"event_id" in fields[b"error"]
     assert int(r.get(f"sn:events:{{{p}}}:done")) == 8  # 6 + the repeat + event 8
     assert r.xlen(f"sn:events:{{{p}}}") == 0
+
+
+def test_an_event_posted_to_the_api_is_validated_there_once(
+        stream_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event enters once and is validated where it enters (design.md): ``POST /events``
+    appends it canonical, marked with the model incarnation it fits (``valid_for``), and the
+    worker takes it as it is (it was validated four times before). Validated again: an entry
+    marked for an incarnation the name no longer has (re-created with another spec meanwhile:
+    dead-lettered, it does not fit); and a marked entry that does not fit after all (a producer
+    forging the mark) is refused by the learner and dead-lettered alone, the rest applied."""
+    from service.engine import host
+
+    checked: list[int] = []
+    validate = host.canonical_event
+
+    def counting(spec: ModelSpec, payload: dict[str, Any]) -> Any:
+        checked.append(1)
+        return validate(spec, payload)
+
+    monkeypatch.setattr(host, "canonical_event", counting)
+    settings = stream_settings.model_copy(update={"partitions": 1})
+    r = redis.Redis.from_url(settings.redis_url)
+
+    async def run() -> tuple[int, int]:
+        async with service(settings) as (client, app):
+            assert (await client.post("/models", json={"name": "m1", **SPEC})).status_code \
+                == 201
+            assert (await client.post("/events", json=[event("m1", i) for i in range(4)])
+                    ).status_code == 202
+            at_api = len(checked)
+            fields = r.xrange("sn:events:{0}")[0][1]
+            assert fields[b"valid_for"] == r.hget(model_key("m1", "meta"), "uid")
+            await drain_with_worker(settings, app.state.engine.streams, "w")
+            in_worker = len(checked) - at_api
+            # a forged mark between good events: only it is refused
+            uid = r.hget(model_key("m1", "meta"), "uid")
+            r.xadd("sn:events:{0}", {"model": "m1", "valid_for": uid, "event": json.dumps(
+                {"stream": "s0", "x": [0.1, 0.2], "y": 0.5, "event_id": "forged"})})
+            assert (await client.post("/events", json=[event("m1", 4)])).status_code == 202
+            await drain_with_worker(settings, app.state.engine.streams, "w")
+            # appended for m1 as it was; m1 re-created with 2 features before the worker ran
+            assert (await client.post("/events", json=[event("m1", 5)])).status_code == 202
+            assert (await client.delete("/models/m1")).status_code == 204
+            assert (await client.post("/models", json={"name": "m1", **SPEC, "n_features": 2})
+                    ).status_code == 201
+            await drain_with_worker(settings, app.state.engine.streams, "w2")
+            return at_api, in_worker
+
+    at_api, in_worker = asyncio.run(run())
+    assert (at_api, in_worker) == (4, 0)
+    assert int(r.hget(model_key("m1", "meta"), "updates")) == 0  # the new incarnation
+    dead = r.xrange("sn:events:{0}:dead")
+    assert [json.loads(f[b"event"]).get("event_id") for _, f in dead] == ["forged", "m1-5"]
+    assert all(b"InvalidInput" in f[b"error"] and b"x" in f[b"error"] for _, f in dead)
+    assert int(r.get("sn:events:{0}:done")) == 5  # events 0-4 applied

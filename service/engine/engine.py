@@ -117,28 +117,36 @@ class Engine:
         return spec, head
 
     # -- the edge's validation -----------------------------------------------------------------
-    async def prepare(self, name: str, payloads: list[dict[str, Any]]
-                      ) -> list[Event | Exception]:
+    async def prepare(self, name: str, payloads: list[dict[str, Any]],
+                      valid_for: list[str | None] | None = None) -> list[Event | Exception]:
         """Learn payloads for ``name`` validated against its spec, each an ``Event`` or the
-        ``InvalidInput`` naming what is wrong with it (``UnknownModel`` for them all)."""
+        ``InvalidInput`` naming what is wrong with it (``UnknownModel`` for them all).
+        ``valid_for[i]``: the model incarnation (uid) payload ``i`` was already validated for,
+        in canonical form (``submit`` appends such entries): taken as it is while the model is
+        that incarnation, validated again otherwise."""
         replica = self._replicas.get(name)
         if replica is not None and not replica.dead:
-            spec = replica.learner.spec  # no round trip on the hot path
+            spec, uid = replica.learner.spec, replica.uid  # no round trip on the hot path
         else:
-            replica, spec = None, (await self.spec(name))[0]
-        out = await self._prepare_for(spec, payloads)
+            replica = None
+            spec, head = await self.spec(name)
+            uid = head.uid
+        trusted = [v is not None and v == uid for v in valid_for or [None] * len(payloads)]
+        out = await self._prepare_for(spec, payloads, trusted)
         if replica is not None and any(isinstance(e, InvalidInput) for e in out):
-            fresh, _ = await self.spec(name)  # the cached spec is stale if the model was
-            if fresh != spec:                 # deleted and re-created by another process
-                out = await self._prepare_for(fresh, payloads)
+            fresh, head = await self.spec(name)  # the cached spec is stale if the model was
+            if fresh != spec:                    # deleted and re-created by another process
+                out = await self._prepare_for(fresh, payloads, [
+                    v is not None and v == head.uid for v in valid_for or [None] * len(payloads)])
         return out
 
-    async def _prepare_for(self, spec: ModelSpec, payloads: list[dict[str, Any]]
-                           ) -> list[Event | Exception]:
+    async def _prepare_for(self, spec: ModelSpec, payloads: list[dict[str, Any]],
+                           trusted: list[bool]) -> list[Event | Exception]:
         out: list[Event | Exception] = []
-        for payload in payloads:
+        for payload, known in zip(payloads, trusted, strict=True):
             try:
-                out.append(await self.host.prepare(spec, payload))
+                out.append(self.host.admit(spec, payload) if known
+                           else await self.host.prepare(spec, payload))
             except InvalidInput as exc:
                 out.append(exc)
         return out
@@ -178,23 +186,25 @@ class Engine:
         """Validate ``(model, learn payload)`` items and append them to the event stream, all
         or none: ``(partition, entry id)`` each. Errors name the item (``[3].x``) when they
         came as a list (``numbered``); ``Backlogged`` when a partition is too far behind."""
-        out: list[tuple[str, str]] = []
-        specs: dict[str, ModelSpec] = {}
+        out: list[tuple[str, str, str | None]] = []
+        specs: dict[str, tuple[ModelSpec, ModelHead]] = {}
         for i, (model, payload) in enumerate(items):
             where = f"[{i}]." if numbered else ""
             if model not in specs:
                 try:
-                    specs[model] = (await self.spec(model))[0]
+                    specs[model] = await self.spec(model)
                 except UnknownModel as exc:
                     raise UnknownModel(model, f"{where}model") from exc
+            spec, head = specs[model]
             try:
-                event = await self.host.prepare(specs[model], payload)
+                event = await self.host.prepare(spec, payload)
             except InvalidInput as exc:
                 raise InvalidInput(f"{where}{exc.field}", exc.message) from None
-            out.append((model, json.dumps(event.payload(), separators=(",", ":"))))
+            # canonical, and marked with the incarnation it fits: the worker takes it as it is
+            out.append((model, json.dumps(event.payload(), separators=(",", ":")), head.uid))
         limit = self.settings.max_backlog
         backlog = await self.streams.backlog({partition_of(model, self.streams.partitions)
-                                              for model, _ in out})
+                                              for model, _, _ in out})
         full = {p: n for p, n in backlog.items() if n >= limit}
         if full:
             raise Backlogged(f"the stream is behind: partition(s) {sorted(full)} hold "

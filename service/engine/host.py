@@ -57,6 +57,13 @@ class Host:
         event = await self.compute.run(_values_ms(spec, payload), canonical_event, spec, payload)
         return event.priced(spec, cost_ms)
 
+    def admit(self, spec: ModelSpec, payload: dict[str, Any]) -> Event:
+        """A payload ``prepare`` already made canonical for ``spec`` (from the event stream, as
+        ``Engine.submit`` appended it), as an event again without validating it twice."""
+        body = {k: v for k, v in payload.items() if k != "event_id"}
+        event = Event(body, payload.get("event_id"))
+        return event.priced(spec, self.budget.request_ms(spec, body, train=True))
+
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` without waiting for it (``Engine.close`` does)."""
         task = asyncio.create_task(coro)

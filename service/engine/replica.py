@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from models import ModelSpec, OnlineLearner, UpdateRejected
+from models import InvalidInput, ModelSpec, OnlineLearner, UpdateRejected
 from models.persist import context_from_bytes
 
 from .. import telemetry as m
@@ -261,7 +261,7 @@ class Replica:
                             queued.append((i, None, ticket, False))
                             continue
                         outcome, ticket = await self._apply(event)
-                    except (Conflict, Rejected) as exc:
+                    except (Conflict, Rejected, InvalidInput) as exc:
                         out[i] = exc
                         continue
                     queued.append((i, outcome, ticket, True))
@@ -336,6 +336,8 @@ class Replica:
         except UpdateRejected as exc:  # the learner rolled itself back
             m.REJECTED.labels(model=self.name).inc()
             raise Rejected(f"update rejected: {exc}", "y") from exc
+        except InvalidInput:  # refused by the learner before anything changed (an entry
+            raise             # marked valid that was not: Engine.prepare trusted it)
         except BaseException:
             self.abandon()  # it may hold a change Redis will never have
             raise
