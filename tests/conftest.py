@@ -55,6 +55,9 @@ def _close(got: Any, want: Any) -> bool:
     if isinstance(want, dict):
         return isinstance(got, dict) and got.keys() == want.keys() and all(
             _close(got[k], want[k]) for k in want)
+    if isinstance(want, list):
+        return isinstance(got, list | tuple) and len(got) == len(want) and all(
+            _close(g, w) for g, w in zip(got, want, strict=True))
     if isinstance(want, float) and isinstance(got, float):
         return math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-6)
     return bool(got == want)
