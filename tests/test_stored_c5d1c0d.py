@@ -270,8 +270,6 @@ def test_rewriting_the_header_alone_changes_nothing() -> None:
     recorded_state(learner, LEARNERS[name])
 
 
-@pytest.mark.xfail(strict=False, raises=AssertionError,
-                   reason="upgrade chain lands in issue 12 (c5d1c0d says 'unsupported schema')")
 def test_a_state_from_a_newer_version_is_refused_saying_so() -> None:
     name = "lstm-streaming"
     combo = LEARNERS[name]
