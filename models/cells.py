@@ -314,6 +314,25 @@ class RecurrentStack(nn.Module):
 
     The state is a tuple of ``[num_layers, B, H]`` tensors (``(h, c)`` for LSTM, ``(h,)``
     otherwise), or ``None`` for the zero initial state.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from models import RecurrentStack, notify_optimizer_step
+    >>> _ = torch.manual_seed(0)
+    >>> net = RecurrentStack("lstm", input_size=3, hidden_size=4, num_layers=2,
+    ...                      norm={"method": "streaming", "preset": "online"})
+    >>> out, (h, c) = net(torch.randn(5, 2, 3))  # a window [T, B, I] from a zero state
+    >>> out.shape, h.shape, c.shape
+    (torch.Size([5, 2, 4]), torch.Size([2, 2, 4]), torch.Size([2, 2, 4]))
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> out[-1].pow(2).sum().backward()
+    >>> opt.step()
+    >>> notify_optimizer_step(net)  # sites told: each folds its memories at its next call
+    6
+    >>> out, state = net(torch.randn(3, 2, 3), (h.detach(), c.detach()))  # carry the state on
+    >>> out.shape
+    torch.Size([3, 2, 4])
     """
 
     def __init__(self, cell: CellName, input_size: int, hidden_size: int, num_layers: int = 1,

@@ -49,7 +49,28 @@ class LearnResult:
 
 
 class OnlineLearner:
-    """A model learning from a stream of samples (see the module docstring)."""
+    """A model learning from a stream of samples (see the module docstring).
+
+    Weights, optimizer state and normalization statistics are shared by every stream; each
+    stream (a sensor, a user: any string) keeps its own recurrent context. ``learner.metrics``
+    scores every prediction made before learning (prequential, as River's
+    ``evaluate.progressive_val_score``).
+
+    Examples
+    --------
+    >>> import math
+    >>> from models import ModelSpec, OnlineLearner
+    >>> spec = ModelSpec(name="wave", task="regression", n_features=1, hidden_size=8,
+    ...                  window=4, norm="layer", optimizer={"name": "adam", "lr": 0.05}, seed=0)
+    >>> learner = OnlineLearner(spec)
+    >>> for t in range(200):  # the next value of a sine wave, one sample at a time
+    ...     _ = learner.learn_one([math.sin(0.3 * t)], math.sin(0.3 * (t + 1)), stream="wave")
+    >>> report = learner.metrics.report()
+    >>> report["n"], report["MAE"]["rolling"] < report["MAE"]["value"]  # it got better
+    (200, True)
+    >>> learner.updates, learner.streams
+    (200, ['wave'])
+    """
 
     def __init__(self, spec: ModelSpec | dict[str, Any], *, metrics_window: int = 100,
                  _blank: bool = False) -> None:
@@ -76,13 +97,39 @@ class OnlineLearner:
     # -- public API ----------------------------------------------------------------------------
     def predict_one(self, x: Any = None, *, stream: str = DEFAULT_STREAM,
                     sequence: Any = None) -> float | int:
-        """The prediction ``learn_one`` would return for ``x`` now; changes nothing."""
+        """The prediction ``learn_one`` would return for ``x`` now; changes nothing.
+
+        Examples
+        --------
+        >>> from models import ModelSpec, OnlineLearner
+        >>> learner = OnlineLearner(ModelSpec(name="demo", task="regression", n_features=2,
+        ...                                   hidden_size=8, window=4, seed=0))
+        >>> _ = learner.learn_one([0.5, -1.0], 1.0, stream="sensor-7")
+        >>> before = learner.to_bytes()
+        >>> prediction = learner.predict_one([0.1, 0.2], stream="sensor-7")
+        >>> learner.to_bytes() == before
+        True
+        >>> learner.learn_one([0.1, 0.2], 0.3, stream="sensor-7").prediction == prediction
+        True
+        """
         window, state, _, capture = self._window(x, stream, sequence)
         return self.net.decode(self._predict_logits(window, state, capture))[0][0]
 
     def predict_proba_one(self, x: Any = None, *, stream: str = DEFAULT_STREAM,
                           sequence: Any = None) -> dict[int, float]:
-        """Class probabilities (label → probability) for classifiers; changes nothing."""
+        """Class probabilities (label → probability) for classifiers; changes nothing.
+
+        Examples
+        --------
+        >>> from models import ModelSpec, OnlineLearner
+        >>> learner = OnlineLearner(ModelSpec(name="demo", task="multiclass", n_classes=3,
+        ...                                   n_features=2, hidden_size=8, seed=0))
+        >>> proba = learner.predict_proba_one([0.2, 0.1], stream="user-1")
+        >>> sorted(proba), round(sum(proba.values()), 6)
+        ([0, 1, 2], 1.0)
+        >>> learner.predict_one([0.2, 0.1], stream="user-1") == max(proba, key=proba.get)
+        True
+        """
         if self.spec.task == "regression":
             raise TypeError("predict_proba_one is for classifiers; this model does regression")
         window, state, _, capture = self._window(x, stream, sequence)
@@ -92,7 +139,28 @@ class OnlineLearner:
 
     def learn_one(self, x: Any = None, y: Any = None, *, stream: str = DEFAULT_STREAM,
                   sequence: Any = None) -> LearnResult:
-        """Test-then-train on one sample (stream mode with ``x``, or sequence mode)."""
+        """Test-then-train on one sample (stream mode with ``x``, or sequence mode).
+
+        Returns the prediction made before the update (what prequential metrics score) and
+        the loss it scored; ``x`` joins the stream's context.
+
+        Examples
+        --------
+        >>> from models import ModelSpec, OnlineLearner
+        >>> learner = OnlineLearner(ModelSpec(name="demo", task="regression", n_features=2,
+        ...                                   hidden_size=8, window=4, seed=0))
+        >>> result = learner.learn_one([0.5, -1.0], 1.0, stream="sensor-7")
+        >>> type(result.prediction).__name__, result.loss > 0, learner.updates
+        ('float', True, 1)
+        >>> learner.streams, learner.contexts["sensor-7"].inputs.tolist()
+        (['sensor-7'], [[0.5, -1.0]])
+
+        Sequence mode: the whole sequence is one sample, and no context is kept.
+
+        >>> _ = learner.learn_one(sequence=[[0.1, 0.2], [0.3, 0.4]], y=0.5)
+        >>> learner.updates, learner.streams
+        (2, ['sensor-7'])
+        """
         window, state, ctx_key, capture = self._window(x, stream, sequence)
         target = to_target(y, self.spec)
         self.flat.save_point()
@@ -225,12 +293,48 @@ class OnlineLearner:
     def to_bytes(self, *, contexts: bool = True) -> bytes:
         """Everything this learner holds, as safetensors + JSON (see ``models.persist``);
         ``contexts=False`` leaves the streams' contexts out (``persist.context_to_bytes``
-        writes each on its own)."""
+        writes each on its own).
+
+        Examples
+        --------
+        >>> from models import ModelSpec, OnlineLearner
+        >>> learner = OnlineLearner(ModelSpec(name="demo", task="regression", n_features=2,
+        ...                                   hidden_size=8, window=4, seed=0))
+        >>> _ = learner.learn_one([0.5, -1.0], 1.0, stream="sensor-7")
+        >>> blob = learner.to_bytes()
+        >>> OnlineLearner.from_bytes(blob).to_bytes() == blob
+        True
+        >>> len(learner.to_bytes(contexts=False)) < len(blob)
+        True
+        """
         return learner_to_bytes(self, contexts=contexts)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, max_bytes: int | None = None) -> OnlineLearner:
-        """A learner equal to the one that wrote ``data``; never executes code."""
+        """A learner equal to the one that wrote ``data``; never executes code.
+
+        A state written by an earlier streamnorm is upgraded first (``models.upgrades``);
+        bytes that are not a learner state raise ``StateError``.
+
+        Examples
+        --------
+        >>> from models import ModelSpec, OnlineLearner
+        >>> learner = OnlineLearner(ModelSpec(name="demo", task="regression", n_features=2,
+        ...                                   hidden_size=8, window=4, seed=0))
+        >>> _ = learner.learn_one([0.5, -1.0], 1.0, stream="sensor-7")
+        >>> copy = OnlineLearner.from_bytes(learner.to_bytes())
+        >>> copy.streams, copy.updates
+        (['sensor-7'], 1)
+        >>> copy.predict_one([0.3, 0.3], stream="sensor-7") == learner.predict_one(
+        ...     [0.3, 0.3], stream="sensor-7")
+        True
+        >>> from models import StateError
+        >>> try:
+        ...     OnlineLearner.from_bytes(b"not a state")
+        ... except StateError as err:
+        ...     print(err)
+        not a streamnorm.learner state: header length out of range
+        """
         return learner_from_bytes(data, cls.blank, max_bytes=max_bytes)
 
     @classmethod

@@ -56,7 +56,30 @@ class _Running:
 
 
 class Metrics:
-    """``MAE`` and ``RMSE`` for regression; ``Accuracy`` and ``LogLoss`` for classification."""
+    """``MAE`` and ``RMSE`` for regression; ``Accuracy`` and ``LogLoss`` for classification.
+
+    Each is kept cumulatively (``value``) and over the last ``window`` samples (``rolling``);
+    a learner updates its own with each prediction made before it learns (``learner.metrics``).
+
+    Examples
+    --------
+    >>> from models.metrics import Metrics
+    >>> metrics = Metrics("regression", window=2)
+    >>> for y, prediction in [(1.0, 0.5), (2.0, 2.5), (0.0, 1.0)]:
+    ...     metrics.update(y, prediction)
+    >>> metrics.report()  # doctest: +NORMALIZE_WHITESPACE
+    {'MAE': {'value': 0.6666666666666666, 'rolling': 0.75},
+     'RMSE': {'value': 0.7071067811865476, 'rolling': 0.7905694150420949}, 'n': 3}
+
+    Classifiers score the label and the probability given to the true one:
+
+    >>> metrics = Metrics("binary")
+    >>> for y, label, p_true in [(1, 1, 0.9), (0, 1, 0.4), (1, 1, 0.8)]:
+    ...     metrics.update(y, label, p_true)
+    >>> report = metrics.report()
+    >>> round(report["Accuracy"]["value"], 4), round(report["LogLoss"]["value"], 4)
+    (0.6667, 0.4149)
+    """
 
     def __init__(self, task: str, window: int = 100) -> None:
         self.task, self.window = task, window

@@ -28,8 +28,28 @@ class OptimizerSpec(BaseModel):
 class ModelSpec(BaseModel):
     """A model: task, inputs, recurrent cell, normalization, optimizer, window, seed.
 
+    Frozen and validated: an invalid spec raises pydantic's ``ValidationError`` naming the
+    field. ``norm`` takes a method name or ``{"method": ..., **params}`` (``models.norms``).
+
+    Examples
+    --------
+    >>> from models import ModelSpec
+    >>> spec = ModelSpec(name="demo", task="multiclass", n_classes=3,
+    ...                  features=["temp", "load"], cell="gru", hidden_size=16,
+    ...                  norm={"method": "layer"}, optimizer={"name": "adam", "lr": 0.01})
+    >>> spec.input_size, spec.output_size, spec.norm.method, spec.window
+    (2, 3, 'layer', 16)
     >>> ModelSpec(name="demo", task="regression", n_features=3).norm.method
     'streaming'
+
+    Errors name the field:
+
+    >>> from pydantic import ValidationError
+    >>> try:
+    ...     ModelSpec(name="demo", task="multiclass", n_features=3)
+    ... except ValidationError as err:
+    ...     print(err.errors()[0]["loc"], err.errors()[0]["msg"])
+    ('n_classes',) Value error, n_classes is required when task is 'multiclass'
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -108,6 +108,18 @@ def build(spec: str | dict[str, Any] | NormParams) -> NormMethod:
 
 
 def describe() -> list[dict[str, Any]]:
-    """Every method as ``{"method", "description", "params_schema"}``."""
+    """Every method as ``{"method", "description", "params_schema"}`` (``GET /norms``).
+
+    Examples
+    --------
+    >>> from models import norms
+    >>> [entry["method"] for entry in norms.describe()]
+    ['streaming', 'layer', 'online', 'recurrent_batch', 'batch_rnn', 'weight', 'cosine', 'none']
+    >>> streaming = norms.describe()[0]
+    >>> sorted(streaming["params_schema"]["properties"])
+    ['alpha', 'beta', 'eps', 'kappa', 'method', 'p', 'preset']
+    >>> streaming["params_schema"]["properties"]["preset"]["default"]
+    'online'
+    """
     return [{"method": i.name, "description": i.description, "params_schema": i.schema()}
             for i in NORMS.values()]
