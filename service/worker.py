@@ -40,6 +40,7 @@ from models import InvalidInput
 from . import telemetry as m
 from .api.schemas import MODEL_NAME_PATTERN, LearnRequest
 from .engine import Busy, Engine, EngineError, LearnOutcome, Unavailable, UnknownModel
+from .engine.event import is_canonical
 from .redis.connect import AnyRedis
 from .redis.store import LeaseLost, Store
 from .redis.streams import Entry, Streams, partition_of
@@ -170,18 +171,18 @@ class Worker:
     async def _apply(self, p: int, entries: list[Entry]) -> bool:
         """Apply a batch per model in entry order; acknowledge what is settled. Whether
         every entry was settled (applied, a repeat, or dead-lettered)."""
-        groups: dict[str, list[tuple[Entry, dict[str, Any]]]] = {}
+        groups: dict[str, list[tuple[Entry, dict[str, Any], str | None]]] = {}
         dead: list[tuple[Entry, str]] = []
         for entry in entries:
             try:
-                model, payload = self._parse(p, entry)  # (raises before a valid_for counts)
+                model, payload, valid_for = self._parse(p, entry)
             except ValueError as exc:
                 dead.append((entry, str(exc)))
                 continue
-            groups.setdefault(model, []).append((entry, payload))
+            groups.setdefault(model, []).append((entry, payload, valid_for))
         results = await asyncio.gather(*(
-            self._learn(model, [payload for _, payload in items],
-                        [entry.fields.get("valid_for") for entry, _ in items])
+            self._learn(model, [payload for _, payload, _ in items],
+                        [valid_for for *_, valid_for in items])
             for model, items in groups.items()), return_exceptions=True)
         acked: list[str] = []
         clean, applied = True, 0
@@ -192,9 +193,9 @@ class Worker:
                     clean = False
                 else:  # e.g. an unreadable stored state: retrying would block the partition
                     log.error("model %s: %r (dead-lettered)", model, res)
-                    dead += [(entry, f"{type(res).__name__}: {res}") for entry, _ in items]
+                    dead += [(entry, f"{type(res).__name__}: {res}") for entry, *_ in items]
                 continue
-            for (entry, _), outcome in zip(items, res, strict=True):
+            for (entry, *_), outcome in zip(items, res, strict=True):
                 if isinstance(outcome, LearnOutcome):
                     acked.append(entry.id)
                     applied += outcome.applied
@@ -220,8 +221,10 @@ class Worker:
             return [exc] * len(payloads)
         return await self.engine.learn(model, events)
 
-    def _parse(self, p: int, entry: Entry) -> tuple[str, dict[str, Any]]:
-        """The model and learn payload of an entry (ValueError: it can never apply)."""
+    def _parse(self, p: int, entry: Entry) -> tuple[str, dict[str, Any], str | None]:
+        """The model, learn payload and ``valid_for`` of an entry (ValueError: it can never
+        apply). An entry ``POST /events`` appended is canonical and marked with the model
+        incarnation it was validated for: taken as it is (when it has the canonical form)."""
         model = entry.fields.get("model", "")
         if not _NAME.fullmatch(model):
             raise ValueError(f"model: {model!r} is not a model name")
@@ -231,11 +234,12 @@ class Worker:
             raise ValueError(f"event: invalid JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise ValueError("event: must be a JSON object (a learn body)")
-        # appended by POST /events (``valid_for``): canonical, validated there
-        body = payload if "valid_for" in entry.fields else self._shaped(payload)
-        if not body.get("event_id"):
-            body["event_id"] = self.streams.event_id(p, entry)
-        return model, body
+        valid_for = entry.fields.get("valid_for")
+        if valid_for is None or not is_canonical(payload):
+            payload, valid_for = self._shaped(payload), None
+        if not payload.get("event_id"):
+            payload["event_id"] = self.streams.event_id(p, entry)
+        return model, payload, valid_for
 
     @staticmethod
     def _shaped(payload: dict[str, Any]) -> dict[str, Any]:

@@ -142,7 +142,7 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start, status = time.perf_counter(), 500
+        start, status = time.perf_counter(), None
 
         async def record(message: Message) -> None:
             nonlocal status
@@ -152,7 +152,14 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, record)
-        finally:
-            path = scope.get(ROUTE_KEY) or getattr(scope.get("route"), "path", "unmatched")
-            metrics.REQUESTS.labels(path, scope["method"], str(status)).inc()
-            metrics.LATENCY.labels(path).observe(time.perf_counter() - start)
+        except BaseException:
+            _count(scope, status or 500, start)
+            raise
+        if status is not None:  # else the client went away before a reply: nothing to count
+            _count(scope, status, start)
+
+
+def _count(scope: Scope, status: int, start: float) -> None:
+    path = scope.get(ROUTE_KEY) or getattr(scope.get("route"), "path", "unmatched")
+    metrics.REQUESTS.labels(path, scope["method"], str(status)).inc()
+    metrics.LATENCY.labels(path).observe(time.perf_counter() - start)

@@ -43,10 +43,9 @@ _STATUS: dict[type[EngineError], tuple[int, bool]] = {
 class ApiError(Exception):
     """An error of the HTTP layer itself, with its status, a message and the field."""
 
-    def __init__(self, status: int, detail: str, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, detail: str, field: str | None = None) -> None:
         super().__init__(detail)
-        self.status, self.detail, self.field, self.headers = status, detail, field, headers
+        self.status, self.detail, self.field = status, detail, field
 
 
 def _body(detail: str, field: str | None) -> dict[str, str | None]:
@@ -80,11 +79,12 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_body(exc.detail, exc.field), exc.status, headers=exc.headers)
+        return JSONResponse(_body(exc.detail, exc.field), exc.status)
 
     @app.exception_handler(EngineError)
     async def engine_error(_: Request, exc: EngineError) -> JSONResponse:
-        status, retry = _STATUS[type(exc)]
+        status, retry = next((_STATUS[c] for c in type(exc).__mro__ if c in _STATUS),
+                             (500, False))
         return JSONResponse(_body(exc.detail, exc.field), status,
                             headers={"Retry-After": "1"} if retry else None)
 

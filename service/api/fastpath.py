@@ -4,7 +4,7 @@ and body-parsing layers, which cost ~0.2 ms of a ~1 ms learn on the CPUs this ru
 Only a request that is plainly well formed takes this path: a JSON body with a Content-Length
 within the limit, a valid model name, a body the request schema accepts. Anything else goes,
 body and all, to the full application, which answers it as documented, so there is one error
-contract. The engine call and the reply are the routers' own (``learning.predict_reply`` /
+contract. The engine call and the reply are the routes' own (``learning.predict_reply`` /
 ``learn_reply``), and an error they raise is answered by the application's exception handler
 for it. It sits inside ``RequestMetrics`` and names the route it served in the scope, so a
 request is counted and timed under its route whichever door it took.

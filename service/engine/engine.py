@@ -48,7 +48,8 @@ class Engine:
 
     def __init__(self, store: Store, streams: Streams, settings: Settings) -> None:
         self.store, self.streams, self.settings = store, streams, settings
-        self.host = Host(store, settings, Compute(settings.inline_ms), Budget(settings))
+        self.host = Host(store, settings, Compute(settings.inline_ms), Budget(settings),
+                         dropped=self._dropped)
         self._replicas: OrderedDict[str, Replica] = OrderedDict()
         self._specs: dict[tuple[str, str], ModelSpec] = {}
         self._loading: dict[str, asyncio.Lock] = {}
@@ -82,7 +83,7 @@ class Engine:
             raise UnknownModel(name)
         replica = self._replicas.get(name)
         if replica is not None and not replica.lock.locked():
-            self._forget(name, replica)  # a busy one finds the model gone at its commit
+            replica.drop()  # a busy one finds the model gone at its commit
 
     async def describe(self, name: str) -> Described:
         """The spec JSON and meta of a model (``UnknownModel`` if there is none)."""
@@ -125,27 +126,26 @@ class Engine:
         in canonical form (``submit`` appends such entries): taken as it is while the model is
         that incarnation, validated again otherwise."""
         replica = self._replicas.get(name)
-        if replica is not None and not replica.dead:
+        if replica is not None:
             spec, uid = replica.learner.spec, replica.uid  # no round trip on the hot path
         else:
             replica = None
             spec, head = await self.spec(name)
             uid = head.uid
-        trusted = [v is not None and v == uid for v in valid_for or [None] * len(payloads)]
-        out = await self._prepare_for(spec, payloads, trusted)
+        valid_for = valid_for or [None] * len(payloads)
+        out = await self._prepare_for(spec, uid, payloads, valid_for)
         if replica is not None and any(isinstance(e, InvalidInput) for e in out):
             fresh, head = await self.spec(name)  # the cached spec is stale if the model was
             if fresh != spec:                    # deleted and re-created by another process
-                out = await self._prepare_for(fresh, payloads, [
-                    v is not None and v == head.uid for v in valid_for or [None] * len(payloads)])
+                out = await self._prepare_for(fresh, head.uid, payloads, valid_for)
         return out
 
-    async def _prepare_for(self, spec: ModelSpec, payloads: list[dict[str, Any]],
-                           trusted: list[bool]) -> list[Event | Exception]:
+    async def _prepare_for(self, spec: ModelSpec, uid: str, payloads: list[dict[str, Any]],
+                           valid_for: list[str | None]) -> list[Event | Exception]:
         out: list[Event | Exception] = []
-        for payload, known in zip(payloads, trusted, strict=True):
+        for payload, known in zip(payloads, valid_for, strict=True):
             try:
-                out.append(self.host.admit(spec, payload) if known
+                out.append(self.host.admit(spec, payload) if known == uid
                            else await self.host.prepare(spec, payload))
             except InvalidInput as exc:
                 out.append(exc)
@@ -235,7 +235,7 @@ class Engine:
 
     def cached(self) -> list[str]:
         """Names of the models this process holds in memory."""
-        return [name for name, replica in self._replicas.items() if not replica.dead]
+        return list(self._replicas)
 
     async def close(self) -> None:
         """Commit what is queued, snapshot every learner ahead of its snapshot, hand back
@@ -255,11 +255,11 @@ class Engine:
     async def _entry(self, name: str) -> Replica:
         """The replica of ``name`` (loaded once, however many requests wait for it)."""
         replica = self._replicas.get(name)
-        if replica is None or replica.dead:
+        if replica is None:
             loading = self._loading.setdefault(name, asyncio.Lock())
             async with loading:
                 replica = self._replicas.get(name)
-                if replica is None or replica.dead:
+                if replica is None:
                     spec, _ = await self.spec(name)
                     replica = await Replica.load(name, self.host, spec)
                     self._replicas[name] = replica
@@ -279,8 +279,8 @@ class Engine:
                 continue
             return replica
 
-    def _forget(self, name: str, replica: Replica) -> None:
-        replica.drop()
+    def _dropped(self, name: str, replica: Replica) -> None:
+        """A replica dropped itself (or was dropped): forget it."""
         if self._replicas.get(name) is replica:
             del self._replicas[name]
 
@@ -289,5 +289,5 @@ class Engine:
         extra = len(self._replicas) - self.settings.cache_models
         for old_name in list(self._replicas)[:max(0, extra)]:
             old = self._replicas[old_name]
-            if old.dead or old.evictable():
-                self._forget(old_name, old)
+            if old.evictable():
+                old.drop()

@@ -16,7 +16,7 @@ import orjson
 from models import InvalidInput, ModelSpec, OnlineLearner
 from models.inputs import to_features, to_sequence, to_target
 
-__all__ = ["Event", "LearnOutcome", "apply_event", "canonical_event", "predict",
+__all__ = ["Event", "LearnOutcome", "apply_event", "canonical_event", "is_canonical", "predict",
            "predict_arguments"]
 
 
@@ -129,6 +129,35 @@ def canonical_event(spec: ModelSpec, payload: dict[str, Any]) -> Event:
     if seq is not None:
         return Event({"sequence": to_sequence(seq, spec).tolist(), "y": y}, event_id)
     return Event({"x": to_features(x, spec), "y": y, "stream": stream or "default"}, event_id)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _rows(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(r, list) and all(map(_number, r)) for r in v)
+
+
+def is_canonical(payload: dict[str, Any]) -> bool:
+    """Whether a payload has the form ``canonical_event`` gives an event (the keys of its mode
+    and nothing else, numbers where numbers go): what an entry marked as validated must have
+    before it is taken as it is (its values were checked against the spec when marked)."""
+    event_id = payload.get("event_id")
+    if event_id is not None and not (isinstance(event_id, str) and 0 < len(event_id) <= 128):
+        return False
+    keys = payload.keys() - {"event_id"}
+    if keys == {"x", "y", "stream"}:
+        return isinstance(payload["x"], list) and all(map(_number, payload["x"])) \
+            and _number(payload["y"]) and isinstance(payload["stream"], str)
+    if keys == {"sequence", "y"}:
+        return _rows(payload["sequence"]) and _number(payload["y"])
+    if keys == {"batch"}:
+        batch = payload["batch"]
+        return isinstance(batch, list) and all(
+            isinstance(b, dict) and b.keys() == {"sequence", "y"} and _rows(b["sequence"])
+            and _number(b["y"]) for b in batch)
+    return False
 
 
 def apply_event(learner: OnlineLearner, body: dict[str, Any]) -> LearnOutcome | None:

@@ -4,7 +4,7 @@ tasks, and the validation of a learn payload against a spec (with its estimated 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ class Host:
     settings: Settings
     compute: Compute
     budget: Budget
+    dropped: Callable[[str, Any], None] = lambda name, replica: None  # the cache forgets it
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from redis.exceptions import RedisError
 
@@ -42,14 +42,15 @@ class Lease:
         """A commit (or a renewal) under the token extended the lease in Redis."""
         self.until = time.monotonic() + self.host.lease_s
 
-    async def take(self, busy: asyncio.Task[None] | None = None) -> ModelHead | None:
+    async def take(self, busy: Callable[[], asyncio.Task[None] | None]) -> ModelHead | None:
         """Hold the lease: ``None`` when this process already holds it (no other writer can
-        have moved the model), else the head read when it was taken. ``busy``: the commits in
-        flight under it, which renew it (or fail) — waited for when it may have lapsed."""
+        have moved the model), else the head read when it was taken. ``busy()``: the commits
+        in flight under it, which renew it (or fail) — waited for when it may have lapsed."""
         settings = self.host.settings
         async with self._polling:
-            if self.token is not None and busy is not None and not self.fresh():
-                await asyncio.shield(busy)
+            flusher = busy()
+            if self.token is not None and flusher is not None and not self.fresh():
+                await asyncio.shield(flusher)
             if self.fresh():
                 return None
             self.token = None  # lapsed (no commit renewed it in time): take it afresh

@@ -192,9 +192,11 @@ class Replica:
         return self.learner.to_bytes(contexts=False)
 
     def drop(self) -> None:
-        """Never serve again (the engine loads a fresh replica on the next request)."""
+        """Never serve again: the engine's cache forgets it at once (and loads a fresh replica
+        on the next request)."""
         self.dead = True
         self.lease.give_up()
+        self.host.dropped(self.name, self)
 
     # -- the lock ------------------------------------------------------------------------------
     async def enter(self) -> None:
@@ -287,7 +289,7 @@ class Replica:
             if event.spec is not spec and event.spec != spec:
                 try:
                     event = await self.host.prepare(spec, event.payload())
-                except Exception as exc:  # InvalidInput: it no longer fits
+                except InvalidInput as exc:  # it no longer fits
                     out[i] = exc
                     continue
             todo.append((i, event))
@@ -297,7 +299,7 @@ class Replica:
         """Hold the model's lease and its lock: the head read when the lease was taken, or
         ``None`` when this process already held it."""
         while True:
-            head = await self.lease.take(self.flusher)  # polls without holding the lock
+            head = await self.lease.take(lambda: self.flusher)  # polls without the lock
             token = self.lease.token
             await self.enter()
             if token is not None and self.lease.token == token and not self.lease.wanted:
