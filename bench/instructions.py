@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout whose code runs (``--root``)
+
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,12 +34,15 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
+LAYERED = (ROOT / "service" / "api").is_dir()  # else a checkout from before service/api
+
+
 async def run(args: argparse.Namespace, url: str) -> None:
     import httpx
 
-    try:
+    if LAYERED:
         from service.api.app import create_app
-    except ImportError:  # a checkout from before service/api
+    else:
         from service.app import create_app  # type: ignore[no-redef]
     from service.settings import Settings
 
@@ -70,12 +75,15 @@ async def run(args: argparse.Namespace, url: str) -> None:
 
 
 def main() -> None:
+    global ROOT, LAYERED
     args = parse()
     if args.root is not None:
-        sys.path.insert(0, str(args.root.resolve()))
-    try:
+        ROOT = args.root.resolve()
+        LAYERED = (ROOT / "service" / "api").is_dir()
+    sys.path.insert(0, str(ROOT))
+    if LAYERED:
         from service.redis.embedded import EmbeddedRedis
-    except ImportError:  # a checkout from before service/redis
+    else:
         from service.embedded import EmbeddedRedis  # type: ignore[no-redef]
     with tempfile.TemporaryDirectory() as folder, EmbeddedRedis(Path(folder)) as redis:
         asyncio.run(run(args, redis.url))
