@@ -129,7 +129,6 @@ class Engine:
         if replica is not None:
             spec, uid = replica.learner.spec, replica.uid  # no round trip on the hot path
         else:
-            replica = None
             spec, head = await self.spec(name)
             uid = head.uid
         valid_for = valid_for or [None] * len(payloads)
