@@ -82,7 +82,8 @@ async def create_models(url: str, specs: list[dict[str, Any]]) -> None:
 
     client = Redis.from_url(url)
     settings = Settings(redis_url=url)
-    engine = Engine(Store(client), Streams(client, settings.partitions), settings)
+    engine = Engine(Store.configured(client, settings), Streams(client, settings.partitions),
+                    settings)
     try:
         for body in specs:
             await engine.create(ModelSpec.model_validate(body))

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
     snapshot_every: int = Field(100, ge=1, description="write a model snapshot every N updates")
     seen_limit: int = Field(100_000, ge=1, description="applied event ids kept per model")
+    curve_every: int = Field(10, ge=1, le=1_000_000, description="a learning-curve point every "
+                             "N updates of a model (written with the update that closes it)")
+    curve_points: int = Field(10_000, ge=1, le=1_000_000,
+                              description="learning-curve points kept per model (the newest)")
     lease_ms: int = Field(5_000, ge=100, description="lifetime of a model's write lease")
     lock_wait_s: float = Field(10.0, gt=0, description="give up waiting for a lease (503)")
     cache_models: int = Field(256, ge=1, description="learners kept in memory per process")

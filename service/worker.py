@@ -61,7 +61,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.token = f"{self.name}:{secrets.token_hex(8)}"
         self.streams = Streams(redis, settings.partitions)
-        self.engine = Engine(Store(redis, seen_limit=settings.seen_limit), self.streams, settings)
+        self.engine = Engine(Store.configured(redis, settings), self.streams, settings)
         self.stopping = asyncio.Event()
         self.held: dict[int, asyncio.Task[None]] = {}
         self.releasing: set[int] = set()  # partitions to hand back after the batch in hand

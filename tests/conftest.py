@@ -8,7 +8,7 @@ import math
 import os
 import platform
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.redis.embedded import EmbeddedRedis
+from service.redis.keys import MODEL_PARTS, model_key
 from service.settings import Settings
 
 torch.set_num_threads(1)
@@ -118,3 +119,23 @@ def model_name(client: TestClient) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:12]}"
     yield name
     client.delete(f"/models/{name}")
+
+
+@pytest.fixture
+def name(redis_url: str) -> Iterator[str]:
+    """A fresh model name; every key of it is deleted afterwards."""
+    model = f"w-{uuid.uuid4().hex[:12]}"
+    yield model
+    r = redis.Redis.from_url(redis_url)
+    r.delete(*[model_key(model, p) for p in MODEL_PARTS], *r.keys(model_key(model, "ctx:*")))
+
+
+def contents(r: redis.Redis, key: bytes | str) -> tuple[bytes, Any]:
+    """A key's type and content (not its DUMP bytes: a hash of more than 8 fields is a
+    hashtable whose DUMP order moves as Redis rehashes it, the content the same); ``(b"none",
+    None)`` for a key that is gone."""
+    kind = r.type(key)
+    read: dict[bytes, Callable[[Any], Any]] = {
+        b"string": r.get, b"hash": r.hgetall, b"stream": r.xrange,
+        b"zset": lambda k: r.zrange(k, 0, -1, withscores=True), b"none": lambda k: None}
+    return kind, read[kind](key)

@@ -22,6 +22,8 @@ from service.api.app import create_app
 from service.redis.keys import model_key
 from service.settings import Settings
 
+from .conftest import contents
+
 KEYS = ("k1", "k2")
 BEARER = f"Bearer {KEYS[0]}"
 LIMIT = 1_048_576  # max_body_bytes of the app under test
@@ -34,7 +36,7 @@ SPECS: dict[str, dict[str, Any]] = {  # role -> spec (the name is added per modu
     "feat": {"task": "regression", "features": ["a", "b", "c"], "norm": {"method": "layer"},
              **MODEL},
 }
-Snapshot = list[tuple[bytes, bytes]]
+Snapshot = list[tuple[bytes, tuple[bytes, Any]]]
 
 # the update-rejected case overflows float32 on purpose (the learner then rolls back)
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
@@ -337,8 +339,8 @@ def store(redis_url: str) -> Iterator[redis.Redis]:
 
 # -- helpers -------------------------------------------------------------------------------------
 def snapshot(r: redis.Redis) -> Snapshot:
-    """Every ``sn:*`` key with its DUMP (``None`` for a key gone between SCAN and DUMP), sorted."""
-    return sorted((key, r.dump(key)) for key in r.scan_iter(match="sn:*", count=1000))
+    """Every ``sn:*`` key with its content (``none`` for a key gone since SCAN), sorted."""
+    return sorted((key, contents(r, key)) for key in r.scan_iter(match="sn:*", count=1000))
 
 
 def no_leases(r: redis.Redis) -> None:

@@ -16,6 +16,8 @@ from service.redis.keys import model_key
 from service.settings import Settings
 from tests.test_writes import SPEC, count_calls, event, served
 
+from .conftest import contents
+
 
 @pytest.fixture
 def fresh(redis_url: str) -> Iterator[str]:
@@ -28,7 +30,7 @@ def fresh(redis_url: str) -> Iterator[str]:
 
 
 def model_keys(r: redis.Redis, name: str) -> list[tuple[bytes, Any]]:
-    return sorted((k, r.dump(k)) for k in r.scan_iter(match=f"sn:{{{name}}}:*", count=1000)
+    return sorted((k, contents(r, k)) for k in r.scan_iter(match=f"sn:{{{name}}}:*", count=1000)
                   if not k.endswith((b":lock", b":wanted")))
 
 

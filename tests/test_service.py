@@ -16,6 +16,8 @@ from models.persist import context_to_bytes
 from service.redis.keys import model_key
 from service.settings import Settings
 
+from .conftest import contents
+
 
 def make(client: TestClient, name: str, **kw: Any) -> dict[str, Any]:
     body = {"name": name, "task": "regression", "n_features": 3, "cell": "lstm",
@@ -193,12 +195,12 @@ def test_a_rejected_update_is_a_422_that_changes_nothing_and_is_counted(
     assert client.post(f"/models/{model_name}/learn",
                        json={"stream": "s", "x": xs(1)[0], "y": 0.5}).status_code == 200
     r = redis.Redis.from_url(redis_url)
-    before = {part: r.dump(model_key(model_name, part)) for part in ("meta", "state", "log")}
+    before = {part: contents(r, model_key(model_name, part)) for part in ("meta", "state", "log")}
     state = client.get(f"/models/{model_name}/state").content
     bad = client.post(f"/models/{model_name}/learn",
                       json={"stream": "s", "x": [3e38, -3e38, 3e38], "y": 1.0})
     assert bad.status_code == 422 and "update rejected" in bad.json()["detail"], bad.text
-    assert {part: r.dump(model_key(model_name, part)) for part in before} == before
+    assert {part: contents(r, model_key(model_name, part)) for part in before} == before
     assert client.get(f"/models/{model_name}/state").content == state
     text = client.get("/metrics").text
     assert f'streamnorm_updates_rejected_total{{model="{model_name}"}} 1.0' in text

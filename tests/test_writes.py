@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import pytest
 import redis
 import redis.asyncio
 
@@ -56,15 +55,6 @@ def replay(redis_url: str, name: str) -> bytes:
         ev = event(int(eid.decode().split("-")[1]))
         learner.learn_one(ev["x"], ev["y"], stream=ev["stream"])
     return learner.to_bytes()
-
-
-@pytest.fixture
-def name(redis_url: str) -> Any:
-    model = f"w-{uuid.uuid4().hex[:12]}"
-    yield model
-    r = redis.Redis.from_url(redis_url)
-    r.delete(*[model_key(model, p) for p in ("spec", "state", "meta", "seen", "log", "lock",
-                                             "wanted")], *r.keys(model_key(model, "ctx:*")))
 
 
 def count_calls(store: Any, method: str, fail_on: int | None = None,

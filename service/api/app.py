@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         follow_supervisor()  # a uvicorn worker process of `serve --workers N` dies with it
         redis = connect(settings)
         app.state.redis = redis
-        app.state.engine = Engine(Store(redis, seen_limit=settings.seen_limit),
+        app.state.engine = Engine(Store.configured(redis, settings),
                                   Streams(redis, settings.partitions), settings)
         # what exists now (torch, the app) lives for the whole process: keep it out of the
         # collector's full passes, which otherwise stall every request for ~0.1 s

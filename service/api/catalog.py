@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 
 from models import ModelSpec
 
 from .deps import EngineDep, ModelName, WriteAccess
-from .schemas import ModelInfo, NewModel, errors
+from .schemas import Curve, ModelInfo, NewModel, errors
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -85,6 +85,25 @@ async def model_metrics(name: ModelName, engine: EngineDep) -> dict[str, Any]:
     """Prequential metrics (cumulative and over the last 100 samples), as River names them."""
     info = _info(*await engine.describe(name))
     return {"version": info["version"], "updates": info["updates"], **(info["metrics"] or {})}
+
+
+@router.get("/{name}/curve", response_model=Curve, responses={
+    **errors(404, 422, 503), 200: {"content": {"application/json": {"example": {
+        "points": [{"version": 10, "time": 1733500000.123, "loss": 0.21, "rejected": 0,
+                    "metrics": {"MAE": {"value": 0.42, "rolling": 0.42},
+                                "RMSE": {"value": 0.5, "rolling": 0.5}, "n": 10}}],
+        "last": 10}}}}})
+async def model_curve(name: ModelName, engine: EngineDep,
+                      after: Annotated[int, Query(ge=0, description="points with a version "
+                                                  "above this one")] = 0,
+                      limit: Annotated[int, Query(ge=1, le=10_000,
+                                                  description="points at most")] = 1000
+                      ) -> dict[str, Any]:
+    """The learning curve: one point per ``STREAMNORM_CURVE_EVERY`` updates (the loss mean
+    since the previous point, the prequential metrics, the updates rolled back so far), in
+    version order; ``last`` is the version to pass as ``after`` for the next page."""
+    points = await engine.curve(name, after, limit)
+    return {"points": points, "last": points[-1]["version"] if points else after}
 
 
 @router.get("/{name}/state", response_class=Response, dependencies=[WriteAccess], responses={

@@ -17,6 +17,7 @@ __all__ = [
     "EVENTS_TAGS",
     "MODEL_NAME_PATTERN",
     "STREAM_PATTERN",
+    "Curve",
     "ErrorBody",
     "EventsAccepted",
     "EventsBody",
@@ -146,6 +147,15 @@ class ModelInfo(BaseModel):
     updates: int = 0
     samples: int = 0
     metrics: dict[str, Any] | None = None
+
+
+class Curve(BaseModel):
+    """A page of a model's learning curve."""
+
+    points: list[dict[str, Any]] = Field(description="{version, time (unix s), loss (mean "
+                                         "since the previous point), rejected (updates rolled "
+                                         "back so far), metrics}, in version order")
+    last: int = Field(description="the version of the last point (pass it as `after`)")
 
 
 class ErrorItem(BaseModel):

@@ -101,6 +101,13 @@ class Engine:
                 out.append(found)
         return out
 
+    async def curve(self, name: str, after: int, limit: int) -> list[dict[str, Any]]:
+        """The model's learning-curve points with versions after ``after`` (at most
+        ``limit``, oldest first): each written with the update that closed it."""
+        if await self.store.head(name) is None:
+            raise UnknownModel(name)
+        return [json.loads(point) for point in await self.store.curve(name, after, limit)]
+
     async def spec(self, name: str, head: ModelHead | None = None
                    ) -> tuple[ModelSpec, ModelHead]:
         """The model's spec (cached per incarnation) and head; ``UnknownModel`` if none."""

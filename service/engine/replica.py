@@ -38,7 +38,7 @@ from models import InvalidInput, ModelSpec, OnlineLearner, UpdateRejected
 from models.persist import context_from_bytes
 
 from .. import telemetry as m
-from ..redis.store import ContextWrites, LeaseLost, ModelHead, Stored
+from ..redis.store import Committed, ContextWrites, LeaseLost, ModelHead, Stored
 from .budget import replay_ms
 from .contexts import ContextBook
 from .errors import Conflict, Rejected, Unavailable, UnknownModel
@@ -66,8 +66,16 @@ class Ticket:
     updates: int
     samples: int
     metrics_json: str
+    loss: float | None  # for the learning curve (None: a mini-batch)
+    rejected: int  # updates rolled back since the previous ticket (counted with this one)
     snapshot: tuple[bytes, ContextWrites] | None  # state + context changes at ``version``
     done: asyncio.Future[int]
+
+    def committed(self, curve_every: int) -> Committed:
+        """What the commit stores for it (the metrics again when it closes a curve point)."""
+        point = self.metrics_json if self.version % curve_every == 0 else ""
+        return Committed(self.event_json, self.event_id, self.digest, self.loss, point,
+                         self.rejected)
 
 
 class Phase(enum.Enum):
@@ -135,6 +143,7 @@ class Replica:
         self.committed = version  # the latest version this process knows to be in Redis
         self.snapshot_version = snapshot_version
         self.snapshot_queued = 0  # version of the latest snapshot queued with a ticket
+        self.rejected = 0  # updates rolled back since the last queued one
         self.lock = asyncio.Lock()
         self.waiting = 0  # requests holding or waiting for the lock
         self.lease = Lease(name, host)
@@ -334,9 +343,10 @@ class Replica:
                 if self._snapshot_due():
                     state = await host.compute.run(host.state_ms(self.learner.spec),
                                                    self.snapshot_state)
-            return outcome, self._queue(event, state)
+            return outcome, self._queue(event, state, outcome.loss if outcome else None)
         except UpdateRejected as exc:  # the learner rolled itself back
             m.REJECTED.labels(model=self.name).inc()
+            self.rejected += 1  # counted in Redis with the next update (nothing changes now)
             raise Rejected(f"update rejected: {exc}", "y") from exc
         except InvalidInput:  # refused by the learner before anything changed (an entry
             raise             # marked valid that was not: Engine.prepare trusted it)
@@ -405,7 +415,7 @@ class Replica:
         return self.version + 1 - max(self.snapshot_version, self.snapshot_queued) \
             >= self.host.settings.snapshot_every
 
-    def _queue(self, event: Event, state: bytes | None) -> Ticket:
+    def _queue(self, event: Event, state: bytes | None, loss: float | None) -> Ticket:
         """Queue the commit of ``event``, just applied to the learner (lock held, no await),
         with ``state``, the learner's bytes after it, when ``_snapshot_due`` said so."""
         learner = self.learner
@@ -416,7 +426,9 @@ class Replica:
             self.snapshot_queued = self.version
         ticket = Ticket(self.version, event.to_json(), event.event_id, event.digest,
                         learner.updates, learner.samples, json.dumps(learner.metrics.report()),
-                        snapshot, asyncio.get_running_loop().create_future())
+                        loss, self.rejected, snapshot,
+                        asyncio.get_running_loop().create_future())
+        self.rejected = 0
         ticket.done.add_done_callback(_retrieve)
         self.pending.append(ticket)
         self.last = ticket
@@ -462,7 +474,7 @@ class Replica:
                 raise LeaseLost("the model's lease was given up with updates queued")
             version, self.lease.wanted = await self.host.store.commit(
                 self.name, token, batch[0].version - 1,
-                [(t.event_json, t.event_id, t.digest) for t in batch], uid=self.uid,
+                [t.committed(self.host.store.curve_every) for t in batch], uid=self.uid,
                 updates=last.updates, samples=last.samples, metrics_json=last.metrics_json,
                 lease_ms=settings.lease_ms)
         except BaseException as exc:

@@ -9,8 +9,12 @@ latest snapshot · ``sn:{name}:streams`` the index of those: stream → when it 
 · ``sn:{name}:seen`` applied event ids scored by the version that applied them ·
 ``sn:{name}:digest`` each of those ids → its event's digest · ``sn:{name}:log`` the events
 applied since (and shortly before) the snapshot, a Redis Stream with entry ids ``{version}-0`` ·
-``sn:{name}:lock`` the write lease · ``sn:{name}:wanted`` the writer queued first for it.
-(``streams``, ``digest`` and ``wanted`` are additions to the design's layout.)
+``sn:{name}:lock`` the write lease · ``sn:{name}:wanted`` the writer queued first for it ·
+``sn:{name}:curve`` the learning curve, a Redis Stream of points with entry ids ``{version}-0``
+(bounded: ``STREAMNORM_CURVE_POINTS``). (``streams``, ``digest``, ``wanted`` and ``curve`` are
+additions to the design's layout.) The meta also holds ``rejected`` (updates rolled back, counted
+with the next committed one) and ``loss_sum`` / ``loss_n`` (the losses since the curve's last
+point).
 
 The event streams, per partition ``p`` (the tag ``{p}`` keeps a partition in one slot):
 ``sn:events:{p}`` the stream · ``:dead`` its dead letters · ``:owner`` its lease · ``:done`` how
@@ -22,7 +26,8 @@ from __future__ import annotations
 __all__ = ["MODEL_PARTS", "SPEC_PATTERN", "WORKERS", "context_key", "context_pattern",
            "model_key", "name_of_spec_key", "partition_key", "stream_event_id"]
 
-MODEL_PARTS = ("meta", "spec", "state", "seen", "digest", "log", "lock", "wanted", "streams")
+MODEL_PARTS = ("meta", "spec", "state", "seen", "digest", "log", "lock", "wanted", "streams",
+               "curve")
 SPEC_PATTERN = "sn:{*}:spec"  # matches every model's spec key (a SCAN lists models)
 WORKERS = "sn:workers"
 

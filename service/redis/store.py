@@ -19,10 +19,12 @@ instead, and the fencing check still refuses a commit from a writer whose lease 
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
+from ..settings import Settings
 from .keys import (
     MODEL_PARTS,
     SPEC_PATTERN,
@@ -32,7 +34,7 @@ from .keys import (
     name_of_spec_key,
 )
 
-__all__ = ["Applied", "ContextWrites", "LeaseLost", "ModelHead", "Store", "Stored"]
+__all__ = ["Applied", "Committed", "ContextWrites", "LeaseLost", "ModelHead", "Store", "Stored"]
 
 
 class ContextWrites(NamedTuple):
@@ -42,6 +44,19 @@ class ContextWrites(NamedTuple):
     put: dict[str, bytes]
     times: dict[str, float]
     drop: set[str]
+
+
+class Committed(NamedTuple):
+    """One applied event as a commit stores it: the log entry, its id and digest, its loss
+    (``None``: none, a mini-batch), the metrics JSON when its version closes a curve point
+    (else ``""``), and how many updates were rolled back since the previous one."""
+
+    event_json: str
+    event_id: str | None
+    digest: str
+    loss: float | None
+    point_metrics: str
+    rejected: int
 
 
 class LeaseLost(RuntimeError):
@@ -104,28 +119,48 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
-# KEYS: meta lock log seen wanted digest; ARGV: token version n updates samples metrics
-#       seen_limit lease_ms uid, then n triples (event, event_id, digest). Appends the n events
-#       as versions version+1 … version+n of the model incarnation ``uid`` (a model deleted and
-#       re-created meanwhile has another). Returns {last version, whether another writer waits}.
+# KEYS: meta lock log seen wanted digest curve; ARGV: token version n updates samples metrics
+#       seen_limit lease_ms uid curve_every curve_points now, then n sextuples (event,
+#       event_id, digest, loss, point metrics, updates rolled back just before it). Appends
+#       the n events as versions version+1 … version+n of the model incarnation ``uid`` (a
+#       model deleted and re-created meanwhile has another), and the learning curve's point of
+#       every version that is a multiple of curve_every (the loss mean over the updates since
+#       the last point, kept in the meta).
+#       Returns {last version, whether another writer waits}.
 _COMMIT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-local m = redis.call('HMGET', KEYS[1], 'version', 'uid')
+local m = redis.call('HMGET', KEYS[1], 'version', 'uid', 'loss_sum', 'loss_n', 'rejected')
+local rejected = tonumber(m[5]) or 0
 local v = tonumber(m[1])
 if v == nil or v ~= tonumber(ARGV[2]) or m[2] ~= ARGV[9] then return -2 end
+local loss_sum, loss_n = tonumber(m[3]) or 0, tonumber(m[4]) or 0
+local every = tonumber(ARGV[10])
 local ids = false
 for i = 1, tonumber(ARGV[3]) do
   v = v + 1
-  local at = 7 + 3 * i
+  local at = 7 + 6 * i
   redis.call('XADD', KEYS[3], v .. '-0', 'event', ARGV[at])
   if ARGV[at + 1] ~= '' then
     redis.call('ZADD', KEYS[4], v, ARGV[at + 1])
     redis.call('HSET', KEYS[6], ARGV[at + 1], ARGV[at + 2])
     ids = true
   end
+  if ARGV[at + 3] ~= '' then
+    loss_sum, loss_n = loss_sum + tonumber(ARGV[at + 3]), loss_n + 1
+  end
+  rejected = rejected + tonumber(ARGV[at + 5])
+  if v % every == 0 then
+    local mean = 'null'
+    if loss_n > 0 then mean = string.format('%.17g', loss_sum / loss_n) end
+    redis.call('XADD', KEYS[7], 'MAXLEN', ARGV[11], v .. '-0', 'point',
+               '{"version":' .. v .. ',"time":' .. ARGV[12] .. ',"loss":' .. mean ..
+               ',"rejected":' .. rejected .. ',"metrics":' .. ARGV[at + 4] .. '}')
+    loss_sum, loss_n = 0, 0
+  end
 end
 redis.call('HSET', KEYS[1], 'version', v, 'updates', ARGV[4], 'samples', ARGV[5],
-           'metrics', ARGV[6])
+           'metrics', ARGV[6], 'loss_sum', string.format('%.17g', loss_sum), 'loss_n', loss_n,
+           'rejected', rejected)
 if ids then
   local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[7])
   while extra > 0 do  -- the oldest ids go, with their digests (a bounded unpack per call)
@@ -190,15 +225,23 @@ def _head(raw: list[Any]) -> ModelHead | None:
 class Store:
     """Async access to models in Redis (one client with a connection pool per process)."""
 
-    def __init__(self, redis: Redis, *, seen_limit: int = 100_000) -> None:
+    def __init__(self, redis: Redis, *, seen_limit: int = 100_000, curve_every: int = 10,
+                 curve_points: int = 10_000) -> None:
         self.redis = redis
         self.seen_limit = seen_limit
+        self.curve_every, self.curve_points = curve_every, curve_points
         self._acquire = redis.register_script(_ACQUIRE)
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
         self._commit = redis.register_script(_COMMIT)
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._create = redis.register_script(_CREATE)
+
+    @classmethod
+    def configured(cls, redis: Any, settings: Settings) -> Store:
+        """A store with the limits of ``settings``."""
+        return cls(redis, seen_limit=settings.seen_limit, curve_every=settings.curve_every,
+                   curve_points=settings.curve_points)
 
     async def ping(self) -> None:
         """Raise unless Redis answers."""
@@ -315,23 +358,34 @@ class Store:
         return {e: Applied(int(s), None if d is None else _str(d))
                 for e, s, d in zip(event_ids, scores, digests, strict=True) if s is not None}
 
-    async def commit(self, name: str, token: str, version: int,
-                     events: list[tuple[str, str | None, str]], *, uid: str, updates: int,
-                     samples: int, metrics_json: str, lease_ms: int) -> tuple[int, bool]:
-        """Append applied events ``(event JSON, event id, digest)`` as versions ``version+1 …``
-        atomically (see the module docstring), with the meta as of the last one: the new
-        version, and whether another writer is waiting for the lease (the holder should yield)."""
-        keys = [model_key(name, p) for p in ("meta", "lock", "log", "seen", "wanted", "digest")]
+    async def commit(self, name: str, token: str, version: int, events: list[Committed], *,
+                     uid: str, updates: int, samples: int, metrics_json: str, lease_ms: int
+                     ) -> tuple[int, bool]:
+        """Append applied events as versions ``version+1 …`` atomically (see the module
+        docstring), with the meta as of the last one and the learning curve's points they
+        close: the new version, and whether another writer is waiting for the lease (the
+        holder should yield)."""
+        keys = [model_key(name, p) for p in ("meta", "lock", "log", "seen", "wanted", "digest",
+                                             "curve")]
         args: list[Any] = [token, version, len(events), updates, samples, metrics_json,
-                           self.seen_limit, lease_ms, uid]
-        for event_json, event_id, digest in events:
-            args += (event_json, event_id or "", digest)
+                           self.seen_limit, lease_ms, uid, self.curve_every, self.curve_points,
+                           round(time.time(), 3)]
+        for event in events:
+            args += (event.event_json, event.event_id or "", event.digest,
+                     "" if event.loss is None else repr(event.loss), event.point_metrics,
+                     event.rejected)
         res = await self._commit(keys=keys, args=args)
         if not isinstance(res, list):
             code = _int(res)
             raise LeaseLost("the lease expired" if code == -1
                             else "the model's version (or incarnation) moved")
         return _int(res[0]), bool(_int(res[1]))
+
+    async def curve(self, name: str, after: int, limit: int) -> list[str]:
+        """The learning curve's points (JSON) with versions after ``after``, oldest first."""
+        entries = await self.redis.xrange(model_key(name, "curve"), min=f"{after + 1}-0",
+                                          max="+", count=limit)
+        return [_str(fields[b"point"]) for _, fields in entries]
 
     async def write_snapshot(self, name: str, token: str, version: int, state: bytes,
                              contexts: ContextWrites, keep: int = 0) -> bool:
