@@ -36,6 +36,8 @@ class Settings(BaseSettings):
                              "N updates of a model (written with the update that closes it)")
     curve_points: int = Field(10_000, ge=1, le=1_000_000,
                               description="learning-curve points kept per model (the newest)")
+    max_live: int = Field(100, ge=0, description="live feeds (SSE clients) one API process "
+                          "serves at once; more get 503")
     lease_ms: int = Field(5_000, ge=100, description="lifetime of a model's write lease")
     lock_wait_s: float = Field(10.0, gt=0, description="give up waiting for a lease (503)")
     cache_models: int = Field(256, ge=1, description="learners kept in memory per process")

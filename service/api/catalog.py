@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import StreamingResponse
 
 from models import ModelSpec
 
 from .deps import EngineDep, ModelName, WriteAccess
+from .errors import ApiError
 from .schemas import Curve, ModelInfo, NewModel, errors
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -104,6 +107,40 @@ async def model_curve(name: ModelName, engine: EngineDep,
     version order; ``last`` is the version to pass as ``after`` for the next page."""
     points = await engine.curve(name, after, limit)
     return {"points": points, "last": points[-1]["version"] if points else after}
+
+
+@router.get("/{name}/live", response_class=StreamingResponse, responses={
+    200: {"content": {"text/event-stream": {"example": (
+        'id: 10\ndata: {"version": 10, "time": 1733500000.123, "loss": 0.21, "rejected": 0, '
+        '"metrics": {"MAE": {"value": 0.42, "rolling": 0.42}, "n": 10}}\n\n')}},
+          "description": "Server-Sent Events: one `data:` line of JSON per new curve point "
+                         "(its `id` is the version), a comment at least every 15 s"},
+    **errors(404, 422, 503, e503="this process serves STREAMNORM_MAX_LIVE feeds already")})
+async def model_live(name: ModelName, engine: EngineDep,
+                     last_event_id: Annotated[str | None, Header(
+                         alias="Last-Event-ID", description="resume after this version (an "
+                         "EventSource sends it when it reconnects); default: new points "
+                         "only")] = None) -> StreamingResponse:
+    """The model's learning curve as it grows (Server-Sent Events), whichever process
+    applies the updates; ends when the model is deleted."""
+    after = None
+    if last_event_id is not None:
+        if not last_event_id.isdigit() or len(last_event_id) > 18:
+            raise ApiError(422, "Last-Event-ID: must be a version (a whole number >= 0)",
+                           "last-event-id")
+        after = int(last_event_id)
+    points = await engine.live(name, after)
+
+    async def sse() -> AsyncIterator[bytes]:
+        yield b": following " + name.encode() + b"\n\n"
+        async for point in points:
+            if point is None:
+                yield b": keep-alive\n\n"
+            else:
+                yield f"id: {point['version']}\ndata: {json.dumps(point)}\n\n".encode()
+
+    return StreamingResponse(sse(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("/{name}/state", response_class=Response, dependencies=[WriteAccess], responses={

@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -31,7 +32,7 @@ from ..redis.streams import PartitionStats, Streams, partition_of
 from ..settings import Settings
 from .budget import Budget
 from .compute import Compute
-from .errors import Backlogged, Conflict, UnknownModel
+from .errors import Backlogged, Busy, Conflict, UnknownModel
 from .event import Event, predict, predict_arguments
 from .host import Host, bytes_ms
 from .replica import Replica, Written
@@ -39,6 +40,8 @@ from .replica import Replica, Written
 __all__ = ["Engine"]
 
 log = logging.getLogger("streamnorm")
+_POLL_S = 0.25  # how often a live feed looks for new points
+_KEEPALIVE_S = 15.0  # a live feed says something at least this often
 
 Described = tuple[str, dict[str, str]]  # a model's spec JSON and its meta hash
 
@@ -53,6 +56,7 @@ class Engine:
         self._replicas: OrderedDict[str, Replica] = OrderedDict()
         self._specs: dict[tuple[str, str], ModelSpec] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+        self._followers = 0  # live feeds this process serves
 
     # -- models --------------------------------------------------------------------------------
     async def create(self, spec: ModelSpec) -> bool:
@@ -107,6 +111,42 @@ class Engine:
         if await self.store.head(name) is None:
             raise UnknownModel(name)
         return [json.loads(point) for point in await self.store.curve(name, after, limit)]
+
+    async def live(self, name: str, after: int | None) -> AsyncIterator[dict[str, Any] | None]:
+        """Follow the model's curve: each new point (versions after ``after``; ``None``: after
+        the newest now), and ``None`` every ``_KEEPALIVE_S`` without one. Polls Redis (no
+        connection held between polls), so any process follows whichever process writes;
+        ends when the model is deleted. ``Busy`` beyond ``STREAMNORM_MAX_LIVE`` followers."""
+        if await self.store.head(name) is None:
+            raise UnknownModel(name)
+        if self._followers >= self.settings.max_live:
+            raise Busy(f"this process serves {self._followers} live feeds already "
+                       f"(STREAMNORM_MAX_LIVE); retry later or ask another")
+        if after is None:
+            newest = await self.store.curve_tail(name)
+            after = newest if newest is not None else 0
+        return self._follow(name, after)
+
+    async def _follow(self, name: str, after: int) -> AsyncIterator[dict[str, Any] | None]:
+        self._followers += 1
+        try:
+            quiet = 0.0
+            while True:
+                points = await self.store.curve(name, after, 100)
+                for point in points:
+                    yield json.loads(point)
+                if points:
+                    after, quiet = int(json.loads(points[-1])["version"]), 0.0
+                    continue
+                await asyncio.sleep(_POLL_S)
+                quiet += _POLL_S
+                if quiet >= _KEEPALIVE_S:
+                    quiet = 0.0
+                    if await self.store.head(name) is None:
+                        return  # deleted
+                    yield None
+        finally:
+            self._followers -= 1
 
     async def spec(self, name: str, head: ModelHead | None = None
                    ) -> tuple[ModelSpec, ModelHead]:

@@ -387,6 +387,11 @@ class Store:
                                           max="+", count=limit)
         return [_str(fields[b"point"]) for _, fields in entries]
 
+    async def curve_tail(self, name: str) -> int | None:
+        """The version of the curve's newest point (``None``: no point yet)."""
+        newest = await self.redis.xrevrange(model_key(name, "curve"), count=1)
+        return int(_str(newest[0][0]).split("-")[0]) if newest else None
+
     async def write_snapshot(self, name: str, token: str, version: int, state: bytes,
                              contexts: ContextWrites, keep: int = 0) -> bool:
         """Store the learner at ``version``, write the contexts that moved and delete those
