@@ -99,6 +99,11 @@ def test_a_read_key_reads_and_only_an_admin_key_writes(api: TestClient, name: st
     for method, template in every_route(api):
         if template in OPEN:
             continue
+        if template.endswith("/live"):  # a live feed of a model that exists never ends: the
+            # key is let through to the model's lookup (tests/test_live.py streams one)
+            assert call(api, method, template, "nobody-here", bearer(READER)).status_code \
+                == 404
+            continue
         read = call(api, method, template, name, bearer(READER))
         if (method, template) in WRITES:
             assert read.status_code == 403, (method, template, read.status_code)
