@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from models import ModelSpec, OnlineLearner
-from service.redis.keys import model_key
+from service.redis.keys import MODEL_PARTS, model_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,8 +80,7 @@ def name(redis_url: str) -> Iterator[str]:
     model = f"p-{uuid.uuid4().hex[:12]}"
     yield model
     r = redis.Redis.from_url(redis_url)
-    r.delete(*[model_key(model, p) for p in ("spec", "state", "meta", "seen", "log", "lock")],
-             *r.keys(model_key(model, "ctx:*")))
+    r.delete(*[model_key(model, p) for p in MODEL_PARTS], *r.keys(model_key(model, "ctx:*")))
 
 
 SPEC = {"task": "regression", "n_features": 3, "cell": "lstm", "hidden_size": 8,

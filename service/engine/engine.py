@@ -132,11 +132,11 @@ class Engine:
         try:
             quiet = 0.0
             while True:
-                points = await self.store.curve(name, after, 100)
+                points = [json.loads(p) for p in await self.store.curve(name, after, 100)]
                 for point in points:
-                    yield json.loads(point)
+                    yield point
                 if points:
-                    after, quiet = int(json.loads(points[-1])["version"]), 0.0
+                    after, quiet = int(points[-1]["version"]), 0.0
                     continue
                 await asyncio.sleep(_POLL_S)
                 quiet += _POLL_S
