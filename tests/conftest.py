@@ -19,8 +19,9 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.engine.replica import Replica
 from service.redis.embedded import EmbeddedRedis
-from service.redis.keys import MODEL_PARTS, model_key
+from service.redis.keys import model_key
 from service.settings import Settings
 
 torch.set_num_threads(1)
@@ -124,10 +125,12 @@ def model_name(client: TestClient) -> Iterator[str]:
 @pytest.fixture
 def name(redis_url: str) -> Iterator[str]:
     """A fresh model name; every key of it is deleted afterwards."""
-    model = f"w-{uuid.uuid4().hex[:12]}"
+    model = f"m-{uuid.uuid4().hex[:12]}"
     yield model
     r = redis.Redis.from_url(redis_url)
-    r.delete(*[model_key(model, p) for p in MODEL_PARTS], *r.keys(model_key(model, "ctx:*")))
+    keys = list(r.scan_iter(match=model_key(model, "*"), count=1000))
+    if keys:
+        r.delete(*keys)
 
 
 def contents(r: redis.Redis, key: bytes | str) -> tuple[bytes, Any]:
@@ -139,3 +142,14 @@ def contents(r: redis.Redis, key: bytes | str) -> tuple[bytes, Any]:
         b"string": r.get, b"hash": r.hgetall, b"stream": r.xrange,
         b"zset": lambda k: r.zrange(k, 0, -1, withscores=True), b"none": lambda k: None}
     return kind, read[kind](key)
+
+
+@pytest.fixture
+def no_shutdown_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes that stop without snapshotting what they hold (the next one replays the log,
+    as after a crash)."""
+
+    async def keep_nothing(*_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(Replica, "close", keep_nothing)

@@ -18,7 +18,6 @@ from prometheus_client import REGISTRY
 
 from models import ModelSpec, cost
 from service.api.app import create_app
-from service.engine.replica import Replica
 from service.settings import Settings
 from tests.test_writes import served
 
@@ -158,13 +157,11 @@ def test_an_update_longer_than_the_lease_is_committed(settings: Settings, fresh:
 
 
 def test_a_logged_update_over_todays_limits_still_replays(
-        settings: Settings, fresh: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        settings: Settings, fresh: str, no_shutdown_snapshot: None) -> None:
     """What a process with roomier limits accepted is in the log: a process with tighter ones
     replays it (the limits refuse requests, never history)."""
     roomy = settings.model_copy(update={"max_update_ms": 60_000, "snapshot_every": 1000})
     batch = [{"sequence": [[0.1, 0.2]] * (600 + i), "y": 0.5} for i in range(4)]
-
-    monkeypatch.setattr(Replica, "close", _no_snapshot)  # no snapshot at shutdown
 
     async def run() -> tuple[bytes, bytes]:
         async with served(roomy) as (client, _):
@@ -187,20 +184,15 @@ def test_a_logged_update_over_todays_limits_still_replays(
     assert replayed == 2  # both logged updates, the batch over today's limit included
 
 
-async def _no_snapshot(*_: Any) -> None:
-    return None
-
 
 def test_a_long_replay_under_the_lease_keeps_it(
-        settings: Settings, fresh: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        settings: Settings, fresh: str, no_shutdown_snapshot: None) -> None:
     """A process far behind on a heavy model replays the log under its lease before its own
     update: the lease is renewed meanwhile, or its commit would be refused every time (the
     replay starts again from the snapshot on each retry: 503 forever)."""
     short = settings.model_copy(update={"lease_ms": 200, "lock_wait_s": 30,
                                         "snapshot_every": 1000})
     batch = [{"sequence": [[0.1, 0.2]] * 150, "y": 0.5}]  # ~0.1-0.3 s each: 3 outlast a lease
-
-    monkeypatch.setattr(Replica, "close", _no_snapshot)  # no snapshot at shutdown
 
     async def run() -> tuple[int, int]:
         async with served(short) as (client, _):

@@ -8,28 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis
 
 from models import ModelSpec, OnlineLearner
-from service.engine.replica import Replica
 from service.redis.keys import model_key
 from service.settings import Settings
 from tests.test_writes import SPEC, served
-
-
-@pytest.fixture
-def name(redis_url: str) -> Iterator[str]:
-    model = f"c-{uuid.uuid4().hex[:12]}"
-    yield model
-    r = redis.Redis.from_url(redis_url)
-    keys = list(r.scan_iter(match=f"sn:{{{model}}}:*", count=1000))
-    if keys:
-        r.delete(*keys)
 
 
 def event(stream: str, i: int) -> dict[str, Any]:
@@ -199,14 +185,12 @@ def test_a_model_with_large_contexts_keeps_fewer_streams(settings: Settings, nam
 
 
 def test_a_catch_up_cancelled_midway_leaves_no_half_counted_learner(
-        settings: Settings, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        settings: Settings, name: str, no_shutdown_snapshot: None) -> None:
     """A request cancelled while the compute thread replays a logged event: the event is in the
     learner but its version was never counted, so the next catch-up would apply it twice. The
     learner is dropped instead and loaded afresh (found in review)."""
     quiet = settings.model_copy(update={"snapshot_every": 1000})
     offload = quiet.model_copy(update={"inline_ms": 0.0})
-
-    monkeypatch.setattr(Replica, "close", _no_snapshot)  # no snapshot at shutdown
 
     async def run() -> tuple[bytes, bytes]:
         async with served(quiet) as (client, app):
@@ -228,6 +212,3 @@ def test_a_catch_up_cancelled_midway_leaves_no_half_counted_learner(
     want, got = asyncio.run(run())
     assert got == want
 
-
-async def _no_snapshot(*_: Any) -> None:
-    return None

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 import redis
 
 from models import ModelSpec, OnlineLearner
-from service.redis.keys import MODEL_PARTS, model_key
+from service.redis.keys import model_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,13 +73,6 @@ def servers(redis_url: str) -> Iterator[list[Server]]:
     for s in started:
         s.kill(signal.SIGTERM)
 
-
-@pytest.fixture
-def name(redis_url: str) -> Iterator[str]:
-    model = f"p-{uuid.uuid4().hex[:12]}"
-    yield model
-    r = redis.Redis.from_url(redis_url)
-    r.delete(*[model_key(model, p) for p in MODEL_PARTS], *r.keys(model_key(model, "ctx:*")))
 
 
 SPEC = {"task": "regression", "n_features": 3, "cell": "lstm", "hidden_size": 8,
