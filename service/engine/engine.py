@@ -25,7 +25,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from models import InvalidInput, ModelSpec, OnlineLearner, cost
+from models import InvalidInput, ModelSpec, OnlineLearner, cost, health
 
 from ..redis.store import LeaseLost, ModelHead, Store
 from ..redis.streams import PartitionStats, Streams, partition_of
@@ -220,6 +220,14 @@ class Engine:
         replica = await self._enter(name)
         return await replica.read(head, self.host.state_ms(spec),
                                   lambda r: r.learner.to_bytes())
+
+    async def norm_state(self, name: str) -> tuple[list[dict[str, Any]], int]:
+        """A summary of each normalization buffer at the latest version (``models.health``):
+        the dashboard's view of whether the running statistics are healthy."""
+        spec, head = await self.spec(name)
+        replica = await self._enter(name)
+        return await replica.read(head, self.host.state_ms(spec),
+                                  lambda r: health.summary(r.learner))
 
     # -- writing -------------------------------------------------------------------------------
     async def learn(self, name: str, events: list[Event | Exception]) -> list[Written]:
