@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,16 +43,6 @@ def replay(model: str, events: list[dict[str, Any]]) -> bytes:
         if ev["model"] == model:
             learner.learn_one(ev["x"], ev["y"], stream=ev["stream"])
     return learner.to_bytes()
-
-
-@pytest.fixture
-def stream_settings(own_redis: str) -> Iterator[Settings]:
-    url = own_redis
-    r = redis.Redis.from_url(url)
-    r.flushdb()  # a server this session started (never REDIS_URL's)
-    yield Settings(redis_url=url, partitions=4, heartbeat_s=0.1, partition_lease_ms=600,
-                   worker_batch=32)
-    r.flushdb()
 
 
 @asynccontextmanager
@@ -232,9 +222,9 @@ def test_a_worker_takes_over_entries_a_dead_consumer_held(stream_settings: Setti
             assert held is not None  # read, never acknowledged
             assert len(held) == 20
             dead = Worker(stream_settings, app.state.redis, "dead-one")
-            first = [dead._parse(p, e) for e in held[:12]]  # applied, then it died
-            assert all(not isinstance(o, Exception) for o in await dead._learn(
-                model, [payload for _, payload, _ in first], [v for *_, v in first]))
+            first = [events[model] for _, events in await dead._prepared(p, held[:12])]
+            assert all(not isinstance(o, Exception)  # applied, then it died
+                       for o in await dead.engine.learn(model, first))
             await drain_with_worker(stream_settings, streams, "heir")
             return (await client.get(f"/models/{model}/state")).content
 
