@@ -29,7 +29,7 @@ BODIES = {  # a valid body for every POST route (a 401/403 must come before the 
     "/models/{name}/learn": {"stream": "s", "x": [0.1, 0.2, 0.3], "y": 0.5},
     "/events": {"model": "<name>", "stream": "s", "x": [0.1, 0.2, 0.3], "y": 0.5},
 }
-OPEN = {"/healthz", "/readyz"}
+OPEN = {"/healthz", "/readyz", "/", "/static/{file}"}  # probes; the dashboard page (no data)
 WRITES = {("POST", "/models"), ("DELETE", "/models/{name}"), ("POST", "/models/{name}/learn"),
           ("POST", "/events"), ("GET", "/models/{name}/state")}
 
@@ -68,7 +68,7 @@ def every_route(api: TestClient) -> list[tuple[str, str]]:
 
 def call(api: TestClient, method: str, template: str, name: str,
          headers: dict[str, str]) -> httpx.Response:
-    path = template.replace("{name}", name)
+    path = template.replace("{name}", name).replace("{file}", "dashboard.js")
     body = BODIES.get(template) if method == "POST" else None
     if body is not None:
         body = {k: (v.replace("<name>", name).replace("<new>", f"{name}-new")

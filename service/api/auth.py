@@ -2,7 +2,8 @@
 
 With no key configured the service is open (a first run on one's own machine). Once any key is
 set (``STREAMNORM_API_KEYS`` admin keys, ``STREAMNORM_READ_KEYS`` read-only keys), every route
-but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <key>``:
+but ``/healthz``, ``/readyz`` and the dashboard's page and files (``/``, ``/static/…``: no data;
+the page sends the key its user types on every read) needs ``Authorization: Bearer <key>``:
 - **read** (either kind of key): predictions, every ``GET`` (models, metrics, norms, the OpenAPI
   document and ``/docs``) and Prometheus ``/metrics`` (model names are in its labels), also on
   a stream worker's metrics port;

@@ -82,10 +82,14 @@ class View {
 export class RaceView extends View {
   async start() {
     $("race-title").textContent = this.name;
-    for (const id of ["race-leader", "race-sub", "race-rule", "race-legend", "race-rows"]) $(id).textContent = "";
+    for (const id of ["race-leader", "race-sub", "race-rule", "race-legend", "race-rows"]) {
+      $(id).textContent = "";
+      delete $(id).dataset.html;
+    }
     this.series = new Map();
     this.chart = new LineChart($("race-chart"), { xLabel: "updates", yLabel: "rolling metric" });
     this.charts = [this.chart];
+    this.wire();
     const info = await getJSON(`/races/${enc(this.name)}`, this.life.signal);
     this.apply(info);
     await this.follow(`/races/${enc(this.name)}/live`, (point) => this.point(point.model, point));
@@ -109,12 +113,14 @@ export class RaceView extends View {
       const distinct = new Set(methods).size === methods.length;
       info.members.forEach((m, i) => {
         const color = (distinct && NORM_COLORS[methods[i]]) || PALETTE[i % PALETTE.length];
-        this.series.set(m.name, { key: m.name, label: `${m.name} · ${normLabel(m.norm)}`, color, xs: [], ys: [], latest: null });
+        const short = this.short(m.name);
+        const label = short === methodOf(m.norm) ? short : `${short} · ${normLabel(m.norm)}`;
+        this.series.set(m.name, { key: m.name, label, color, xs: [], ys: [], latest: null });
       });
     }
     for (const s of this.series.values()) s.width = s.key === info.leader ? 3.4 : 1.7;
     this.chart.setSeries([...this.series.values()]);
-    $("race-leader").textContent = info.leader ? `leader: ${info.leader}` : "";
+    $("race-leader").textContent = info.leader ? `leader: ${this.short(info.leader)}` : "";
     $("race-metric-head").textContent = `rolling ${this.metric}`;
     $("race-sub").textContent = `${info.members.length} members · ${this.metric}, ${lower ? "lower" : "higher"} is better`;
     if (info.margin !== undefined) {
@@ -123,6 +129,11 @@ export class RaceView extends View {
     }
     this.legend();
     this.table();
+  }
+
+  /** A member's name without the race's (default names are `{race}.{norm method}`). */
+  short(member) {
+    return member.startsWith(`${this.name}.`) ? member.slice(this.name.length + 1) : member;
   }
 
   point(member, point, draw = true) {
@@ -138,16 +149,10 @@ export class RaceView extends View {
       const s = this.series.get(m.name);
       const leader = m.name === this.info.leader ? " leader" : "";
       return `<span class="item${leader}" data-key="${esc(m.name)}"><span class="sw" style="background:${s.color}"></span>`
-        + `<span class="name">${esc(m.name)}</span><span class="norm">${esc(NAMES[methodOf(m.norm)] || normLabel(m.norm))}</span></span>`;
+        + `<span class="name" title="${esc(m.name)}">${esc(this.short(m.name))}</span><span class="norm">${esc(NAMES[methodOf(m.norm)] || normLabel(m.norm))}</span></span>`;
     }).join("");
     const el = $("race-legend");
-    if (el.dataset.html === html) return;
-    el.innerHTML = html;
-    el.dataset.html = html;
-    for (const item of el.querySelectorAll(".item")) {
-      item.addEventListener("mouseenter", () => this.chart.highlight(item.dataset.key));
-      item.addEventListener("mouseleave", () => this.chart.highlight(null));
-    }
+    if (el.dataset.html !== html) { el.innerHTML = html; el.dataset.html = html; }
   }
 
   table() {
@@ -163,21 +168,36 @@ export class RaceView extends View {
     }).sort((a, b) => (a.m.rank ?? 1e9) - (b.m.rank ?? 1e9));
     const values = rows.map((r) => r.value).filter((v) => v !== null && Number.isFinite(v));
     const best = lower ? Math.min(...values) : Math.max(...values);
-    $("race-rows").innerHTML = rows.map(({ m, s, updates, value }) => {
+    const html = rows.map(({ m, s, updates, value }) => {
       const leader = m.name === this.info.leader;
       const share = value === null || !values.length ? 0
         : Math.max(0.02, Math.min(1, lower ? (best / value || 0) : (value / best || 0)));
       return `<tr data-member="${esc(m.name)}"${leader ? ' class="leader"' : ""}>`
         + `<td class="num">${m.rank ?? "–"}</td>`
-        + `<td><div class="who"><span class="sw" style="background:${s.color}"></span>${esc(m.name)}${leader ? ' <span class="badge leader">leader</span>' : ""}</div></td>`
+        + `<td><div class="who"><span class="sw" style="background:${s.color}"></span><span title="${esc(m.name)}">${esc(this.short(m.name))}</span>${leader ? ' <span class="badge leader">leader</span>' : ""}</div></td>`
         + `<td>${esc(normLabel(m.norm))}</td><td class="num updates">${fmtInt(updates)}</td>`
         + `<td class="num">${fmt(value, 4)}</td>`
         + `<td><div class="bar"><i style="width:${(100 * share).toFixed(1)}%;background:${s.color}"></i></div></td></tr>`;
     }).join("");
-    for (const tr of $("race-rows").querySelectorAll("tr")) {
-      tr.addEventListener("click", () => this.hooks.open(`#/model/${enc(tr.dataset.member)}`));
-      tr.addEventListener("mouseenter", () => this.chart.highlight(tr.dataset.member));
-      tr.addEventListener("mouseleave", () => this.chart.highlight(null));
+    const body = $("race-rows");
+    if (body.dataset.html !== html) { body.innerHTML = html; body.dataset.html = html; }
+  }
+
+  /** Rows and legend items lead to a member's view and light up its line (delegated: the
+   * rows are redrawn as points arrive). */
+  wire() {
+    const member = (event) => event.target.closest("[data-member], [data-key]");
+    const body = $("race-rows");
+    body.onclick = (event) => {
+      const row = member(event);
+      if (row) this.hooks.open(`#/model/${enc(row.dataset.member)}`);
+    };
+    for (const el of [body, $("race-legend")]) {
+      el.onmouseover = (event) => {
+        const hit = member(event);
+        this.chart.highlight(hit ? hit.dataset.member || hit.dataset.key : null);
+      };
+      el.onmouseleave = () => this.chart.highlight(null);
     }
   }
 }
@@ -185,7 +205,10 @@ export class RaceView extends View {
 export class ModelView extends View {
   async start() {
     $("model-title").textContent = this.name;
-    for (const id of ["model-norm", "model-sub", "health", "health-version", "spec"]) $(id).textContent = "";
+    for (const id of ["model-norm", "model-sub", "health", "health-version", "spec"]) {
+      $(id).textContent = "";
+      delete $(id).dataset.html;
+    }
     this.points = [];
     this.loss = { key: "loss", label: "per point", color: "rgba(242, 142, 43, .35)", width: 1.2, xs: [], ys: [] };
     this.smooth = { key: "smooth", label: "smoothed", color: "#f28e2b", width: 2, xs: this.loss.xs, ys: [] };
