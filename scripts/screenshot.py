@@ -125,9 +125,9 @@ def shoot(url: str, race: str, want_points: int, theme: str, out: Path) -> None:
             By.CSS_SELECTOR, "#race-chart svg").get_attribute("data-points") or 0)
             >= want_points)
         chart = driver.find_element(By.CSS_SELECTOR, "#race-chart svg")
-        # the hover read-out at 80 % of the way: every member's value at one update
+        # the hover read-out at 60 % of the way: every member's value at one update
         width = chart.size["width"]
-        ActionChains(driver).move_to_element_with_offset(chart, int(width * 0.3), -60).perform()
+        ActionChains(driver).move_to_element_with_offset(chart, int(width * 0.1), -60).perform()
         time.sleep(0.8)
         out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(out))

@@ -42,10 +42,6 @@ function tickText(v, step) {
   return v.toFixed(decimals);
 }
 
-function quantile(sorted, q) {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * (sorted.length - 1)))];
-}
-
 /**
  * A chart of series `{key, label, color, width, dash, xs, ys}` (ys may hold null: a gap).
  * `better` ("lower" | "higher") orders the hover read-out best first.
@@ -101,27 +97,27 @@ export class LineChart {
   domain() {
     let x0 = Infinity;
     let x1 = -Infinity;
-    const ys = [];
-    const recent = [];
+    let lo = Infinity;
+    let hi = -Infinity;
+    let early = -Infinity;
     for (const s of this.series) {
       const n = s.xs.length;
       if (!n) continue;
       x0 = Math.min(x0, s.xs[0]);
       x1 = Math.max(x1, s.xs[n - 1]);
+      // a model's first updates are often far off: leave its first tenth out of the top of
+      // the range (clipped) rather than squash the rest of the curve under it
+      const warm = n >= 20 ? Math.floor(n / 10) : 0;
       for (let i = 0; i < n; i++) {
         const y = s.ys[i];
         if (y === null || !Number.isFinite(y)) continue;
-        ys.push(y);
-        if (i >= n * 0.8) recent.push(y);
+        lo = Math.min(lo, y);
+        if (i >= warm) hi = Math.max(hi, y);
+        else early = Math.max(early, y);
       }
     }
-    if (!ys.length) return null;
-    ys.sort((a, b) => a - b);
-    // the first updates of a model are often far off: clip the top 2 % rather than squash the
-    // rest, but keep every series' recent values in view
-    let hi = ys.length >= 50 ? quantile(ys, 0.98) : ys[ys.length - 1];
-    let lo = ys[0];
-    for (const y of recent) hi = Math.max(hi, y);
+    if (lo === Infinity) return null;
+    if (hi === -Infinity) hi = early;
     if (lo >= 0 && lo < 0.3 * hi) lo = 0;
     if (hi - lo < 1e-12) { hi += Math.abs(hi) * 0.1 || 1; lo -= Math.abs(lo) * 0.1 || 1; }
     const pad = (hi - lo) * 0.06;

@@ -225,7 +225,7 @@ export class ModelView extends View {
     this.charts = [this.lossChart, this.metricChart];
     this.lossChart.setSeries([this.loss, this.smooth]);
     this.metricChart.setSeries([this.cumulative, this.rolling]);
-    $("metric-title").textContent = `${this.metric} — rolling and since the start`;
+    $("metric-title").textContent = this.metric;
     $("t-metric-name").textContent = `rolling ${this.metric}`;
     this.describe(info);
     await this.follow(`/models/${enc(this.name)}/live`, (point) => this.add(point, true));
@@ -282,6 +282,9 @@ export class ModelView extends View {
     const last = this.points[this.points.length - 1];
     const updates = Math.max(this.info?.updates ?? 0, last ? last.version : 0);
     $("t-updates").textContent = fmtInt(updates);
+    const n = this.points.length;
+    const every = n >= 2 ? this.points[n - 1].version - this.points[n - 2].version : null;
+    $("loss-every").textContent = every ? `mean of ${every} updates` : "per point";
     const rate = this.rate();
     $("t-rate").textContent = rate === 0 ? "idle" : fmt(rate);
     $("t-metric").textContent = last ? fmt(metricOf(last, this.metric), 4) : "–";
