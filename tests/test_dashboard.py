@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from service.redis.keys import race_key
 
+from . import test_processes
 from .test_processes import Server
 
 SPEC = {"task": "regression", "n_features": 2, "cell": "lstm", "hidden_size": 4, "window": 3,
@@ -122,14 +123,19 @@ def points_drawn(driver: Any, chart: str) -> int:
     return int(found[0].get_attribute("data-points") or 0) if found else 0
 
 
-def requested_urls(driver: Any) -> list[str]:
-    """Every URL the page asked for, from Chrome's DevTools events."""
+def performance(driver: Any) -> list[dict[str, Any]]:
+    """Every request the page made (``Network.requestWillBeSent`` of Chrome's DevTools), since
+    the last call."""
     out = []
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
         if message["method"] == "Network.requestWillBeSent":
-            out.append(message["params"]["request"]["url"])
+            out.append(message["params"])
     return out
+
+
+def requested_urls(driver: Any) -> list[str]:
+    return [sent["request"]["url"] for sent in performance(driver)]
 
 
 @browser_test
@@ -227,3 +233,42 @@ def test_with_keys_the_page_asks_for_one_and_sends_it_on_reads_and_feeds(
             driver.quit()
         admin.close()
         server.kill()
+
+
+@browser_test
+def test_a_dropped_feed_resumes_with_last_event_id_and_misses_nothing(
+        redis_url: str, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's own SSE reader (fetch, not EventSource): when its server goes away it
+    reconnects, sends the last id it saw, and gets exactly the points made meanwhile."""
+    every = {"STREAMNORM_CURVE_EVERY": "2"}
+    first, other = Server(redis_url, **every), Server(redis_url, **every)
+    again: Server | None = None
+    driver = None
+    try:
+        assert httpx.post(f"{first.url}/models", json={"name": name, **SPEC}).status_code == 201
+        for i in range(4):
+            assert httpx.post(f"{first.url}/models/{name}/learn", json=event(i)).status_code \
+                == 200
+        driver = chrome()
+        driver.get(f"{first.url}/#/model/{name}")
+        until(driver, lambda d: points_drawn(d, "loss-chart") == 4)  # 2 points, 2 lines
+        until(driver, lambda d: texts(d, "#conn", "data-state") == ["live"])
+        first.kill()
+        until(driver, lambda d: texts(d, "#conn", "data-state") != ["live"])
+        for i in range(4, 8):  # while the page is cut off, through another process
+            assert httpx.post(f"{other.url}/models/{name}/learn", json=event(i)).status_code \
+                == 200
+        monkeypatch.setattr(test_processes, "free_port", lambda: first.port)
+        again = Server(redis_url, **every)  # the page's server is back, on its port
+        until(driver, lambda d: points_drawn(d, "loss-chart") == 8)  # versions 6 and 8, once
+        until(driver, lambda d: texts(d, "#conn", "data-state") == ["live"])
+        assert texts(driver, "#t-updates") == ["8"]
+        resumed = [e for e in performance(driver) if e["request"]["url"].endswith(
+            f"/models/{name}/live") and "Last-Event-ID" in e["request"]["headers"]]
+        assert resumed and resumed[-1]["request"]["headers"]["Last-Event-ID"] == "4"
+    finally:
+        if driver is not None:
+            driver.quit()
+        for server in (first, other, again):
+            if server is not None:
+                server.kill()

@@ -57,18 +57,17 @@ const SILENCE_MS = 40_000; // the server says something at least every 15 s
 
 /**
  * One Server-Sent Events feed: `onEvent(json, id)` per `data:` event, `onState(state, error)`
- * with "connecting" | "live" | "error". `opened` settles once the first connection is up (or
- * has failed), so a view can read the history after it and miss no point in between.
+ * with "connecting" | "live" | "error". `lastId` is where it starts (the end of the history
+ * a view read first; null: new events only) and then the id of the last event seen.
  */
 export class Feed {
-  constructor(path, { onEvent, onState = () => {} }) {
+  constructor(path, { onEvent, onState = () => {}, lastId = null }) {
     this.path = path;
     this.onEvent = onEvent;
     this.onState = onState;
-    this.lastId = null;
+    this.lastId = lastId;
     this.stopped = false;
     this.life = new AbortController();
-    this.opened = new Promise((resolve) => { this.markOpen = resolve; });
   }
 
   start() {
@@ -96,7 +95,6 @@ export class Feed {
         });
         if (!response.ok) throw await failure(response);
         this.onState("live");
-        this.markOpen();
         delay = 1000;
         await this.read(response.body, conn);
       } catch (error) {
@@ -106,7 +104,6 @@ export class Feed {
       } finally {
         this.life.signal.removeEventListener("abort", stopConn);
       }
-      this.markOpen();
       await sleep(delay, this.life.signal);
       delay = Math.min(delay * 2, 15_000);
     }

@@ -1,7 +1,8 @@
 // The dashboard's two views. A race: its members' curves overlaid (rolling metric against
 // updates), the leader marked, the ranking. A model: its loss and metric curves, speed,
 // rejected updates, spec, and the health of its normalization statistics. Each reads the
-// history once, then follows the live feed (opened first, so no point falls in between).
+// history once, then follows the live feed from where the history ends (Last-Event-ID: a
+// model's last version; a race's, each member's last version in member order).
 
 import { LineChart, esc, fmt, fmtInt, insertPoint } from "./chart.js";
 import { Feed, getJSON } from "./feed.js";
@@ -38,7 +39,6 @@ export function normLabel(norm) {
 }
 
 const methodOf = (norm) => (typeof norm === "string" ? norm : norm?.method);
-const wait = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 const metricOf = (point, metric) => point.metrics?.[metric]?.rolling ?? null;
 
 function firstMetric(metrics, task) {
@@ -59,11 +59,10 @@ class View {
     this.feed = null;
   }
 
-  follow(path, onEvent) {
+  follow(path, lastId, onEvent) {
     this.feed = new Feed(path, {
-      onEvent, onState: (state, error) => this.hooks.feedState(this, state, error),
+      onEvent, lastId, onState: (state, error) => this.hooks.feedState(this, state, error),
     }).start();
-    return Promise.race([this.feed.opened, wait(3000)]);
   }
 
   every(ms, fn) {
@@ -92,11 +91,13 @@ export class RaceView extends View {
     this.wire();
     const info = await getJSON(`/races/${enc(this.name)}`, this.life.signal);
     this.apply(info);
-    await this.follow(`/races/${enc(this.name)}/live`, (point) => this.point(point.model, point));
-    await Promise.all(info.members.map(async (m) => {
+    await Promise.allSettled(info.members.map(async (m) => { // a member deleted alone: no curve
       const page = await getJSON(`/models/${enc(m.name)}/${HISTORY}`, this.life.signal);
       for (const point of page.points) this.point(m.name, point, false);
     }));
+    const cursor = info.members.map((m) => this.series.get(m.name).latest?.version ?? 0);
+    this.follow(`/races/${enc(this.name)}/live`, cursor.join(","),
+      (point) => this.point(point.model, point));
     this.chart.invalidate();
     this.table();
     this.every(3000, async () => this.apply(await getJSON(`/races/${enc(this.name)}`, this.life.signal)));
@@ -228,9 +229,9 @@ export class ModelView extends View {
     $("metric-title").textContent = this.metric;
     $("t-metric-name").textContent = `rolling ${this.metric}`;
     this.describe(info);
-    await this.follow(`/models/${enc(this.name)}/live`, (point) => this.add(point, true));
     const page = await getJSON(`/models/${enc(this.name)}/${HISTORY}`, this.life.signal);
     for (const point of page.points) this.add(point, false);
+    this.follow(`/models/${enc(this.name)}/live`, String(page.last), (point) => this.add(point, true));
     this.drawn();
     await this.health();
     this.every(4000, async () => this.describe(await getJSON(`/models/${enc(this.name)}`, this.life.signal)));
