@@ -7,14 +7,16 @@ of extras when workers join. A partition whose holder died is free once its leas
 taken): its new holder first claims every pending entry (``XAUTOCLAIM``), applies its own pending
 entries, and only then reads new ones, so a model's events keep their order.
 
-A batch of entries is applied per model, in entry order, through ``Engine.learn`` — the same
-call as HTTP ``learn``, with the entries validated here, where they enter; an event without an
-``event_id`` gets one derived from its entry (``Streams.event_id``), so a redelivered entry is
-never applied twice. An entry is acknowledged (and deleted) only
-after its update is committed. One that cannot apply (bad JSON, unknown model, invalid input,
-NaN) goes to the partition's dead-letter stream with its error, and is acknowledged; a transient
-failure (Redis, a busy lease) leaves the entries pending and retries them first. SIGTERM
-finishes the batch in hand, stops reading and hands the leases back.
+An entry names a ``model`` or a ``race`` (an event for each member, with the member-scoped id
+``{event_id}@{member}``; settled when every member's is; dead-lettered naming the members that
+cannot take it). A batch of entries is applied per model, in entry order, through
+``Engine.learn`` — the same call as HTTP ``learn``, with the entries validated here, where
+they enter; an event without an ``event_id`` gets one derived from its entry
+(``Streams.event_id``), so a redelivered entry is never applied twice. An entry is acknowledged
+(and deleted) only after its update is committed. One that cannot apply (bad JSON, unknown
+model, invalid input, NaN) goes to the partition's dead-letter stream with its error, and is
+acknowledged; a transient failure (Redis, a busy lease) leaves the entries pending and retries
+them first. SIGTERM finishes the batch in hand, stops reading and hands the leases back.
 """
 
 from __future__ import annotations
@@ -39,8 +41,18 @@ from models import InvalidInput
 
 from . import telemetry as m
 from .api.schemas import MODEL_NAME_PATTERN, LearnRequest
-from .engine import Busy, Engine, EngineError, LearnOutcome, Unavailable, UnknownModel
+from .engine import (
+    Busy,
+    Engine,
+    EngineError,
+    Event,
+    LearnOutcome,
+    Unavailable,
+    UnknownModel,
+    UnknownRace,
+)
 from .engine.event import is_canonical
+from .engine.race import RacePlan
 from .redis.connect import AnyRedis
 from .redis.store import LeaseLost, Store
 from .redis.streams import Entry, Streams, partition_of
@@ -170,64 +182,106 @@ class Worker:
     # -- events --------------------------------------------------------------------------------
     async def _apply(self, p: int, entries: list[Entry]) -> bool:
         """Apply a batch per model in entry order; acknowledge what is settled. Whether
-        every entry was settled (applied, a repeat, or dead-lettered)."""
-        groups: dict[str, list[tuple[Entry, dict[str, Any], str | None]]] = {}
+        every entry was settled (applied, a repeat, or dead-lettered). A race's entry is an
+        event for each member: settled when every member's is."""
+        jobs: dict[str, list[tuple[Entry, Event | Exception]]] = {}
         dead: list[tuple[Entry, str]] = []
-        for entry in entries:
-            try:
-                model, payload, valid_for = self._parse(p, entry)
-            except ValueError as exc:
-                dead.append((entry, str(exc)))
+        races: dict[str, RacePlan] = {}
+        for entry, parsed in zip(entries, await self._prepared(p, entries), strict=True):
+            if isinstance(parsed, str):
+                dead.append((entry, parsed))
                 continue
-            groups.setdefault(model, []).append((entry, payload, valid_for))
+            race, events = parsed
+            if race is not None:
+                races[race.name] = race
+            for model, event in events.items():
+                jobs.setdefault(model, []).append((entry, event))
         results = await asyncio.gather(*(
-            self._learn(model, [payload for _, payload, _ in items],
-                        [valid_for for *_, valid_for in items])
-            for model, items in groups.items()), return_exceptions=True)
-        acked: list[str] = []
+            self.engine.learn(model, [event for _, event in items])
+            for model, items in jobs.items()), return_exceptions=True)
+        outcomes: dict[str, list[str]] = {}  # entry id → its failures ("" = not settled)
         clean, applied = True, 0
-        for (model, items), res in zip(groups.items(), results, strict=True):
+        for (model, items), res in zip(jobs.items(), results, strict=True):
             if isinstance(res, BaseException):
                 if _transient(res):  # the whole group stays pending, retried first
                     log.warning("model %s: %r (will retry)", model, res)
                     clean = False
+                    for entry, _ in items:
+                        outcomes.setdefault(entry.id, []).append("")
                 else:  # e.g. an unreadable stored state: retrying would block the partition
                     log.error("model %s: %r (dead-lettered)", model, res)
-                    dead += [(entry, f"{type(res).__name__}: {res}") for entry, *_ in items]
+                    for entry, _ in items:
+                        outcomes.setdefault(entry.id, []).append(
+                            f"{model}: {type(res).__name__}: {res}")
                 continue
-            for (entry, *_), outcome in zip(items, res, strict=True):
-                if isinstance(outcome, LearnOutcome):
-                    acked.append(entry.id)
+            waiting = False  # the rest of this model's entries wait behind an unsettled one
+            for (entry, _), outcome in zip(items, res, strict=True):
+                failures = outcomes.setdefault(entry.id, [])
+                if waiting or not (isinstance(outcome, LearnOutcome) or _permanent(outcome)):
+                    waiting, clean = True, False
+                    failures.append("")
+                elif isinstance(outcome, LearnOutcome):
                     applied += outcome.applied
-                elif _permanent(outcome):
-                    dead.append((entry, _describe(outcome)))
-                else:  # the rest of this model's entries wait behind it
-                    clean = False
-                    break
+                else:
+                    failures.append(f"{model}: {_describe(outcome)}")
+        acked: list[str] = []
+        for entry in entries:
+            failures = outcomes.get(entry.id)
+            if failures is None or "" in failures:
+                continue  # dead already, or not settled: pending, retried first
+            if failures:
+                dead.append((entry, "; ".join(failures)))
+            else:
+                acked.append(entry.id)
         dead.sort(key=lambda d: tuple(int(n) for n in d[0].id.split("-")))  # entry order
         await self.streams.done(p, acked, dead)
+        for race in races.values():
+            with contextlib.suppress(Exception):  # the next event's look will do
+                await self.engine.races.elect(race, (await self.engine.races.definition(
+                    race.name))[1])
         m.EVENTS.inc(applied)
         m.DEAD_LETTERED.inc(len(dead))
         self._rate(applied)
         return clean
 
-    async def _learn(self, model: str, payloads: list[dict[str, Any]],
-                     valid_for: list[str | None]) -> list[LearnOutcome | Exception]:
-        """One model's entries validated against its spec (unless ``POST /events`` did, for
-        the model as it still is), then applied in order."""
-        try:
-            events = await self.engine.prepare(model, payloads, valid_for)
-        except UnknownModel as exc:
-            return [exc] * len(payloads)
-        return await self.engine.learn(model, events)
+    async def _prepared(self, p: int, entries: list[Entry]
+                        ) -> list[str | tuple[RacePlan | None, dict[str, Event | Exception]]]:
+        """Each entry's events by model (a race's: one per member), validated where they
+        entered (``POST /events`` marks the entries it validated); a string: why the entry
+        can never apply. A model's entries are validated together."""
+        out: list[str | tuple[RacePlan | None, dict[str, Event | Exception]]] = []
+        by_model: dict[str, list[tuple[int, dict[str, Any], str | None]]] = {}
+        for entry in entries:
+            try:
+                kind, name, payload, valid_for = self._parse(p, entry)
+                if kind == "race":
+                    race, _ = await self.engine.races.definition(name)
+                    out.append((race, await self.engine.races.fan_out(race, payload)))
+                    continue
+            except (ValueError, UnknownRace) as exc:  # InvalidInput is a ValueError
+                out.append(str(exc) if type(exc) is ValueError else _describe(exc))
+                continue
+            by_model.setdefault(name, []).append((len(out), payload, valid_for))
+            out.append((None, {}))
+        for model, items in by_model.items():
+            try:
+                events = await self.engine.prepare(model, [pl for _, pl, _ in items],
+                                                   [vf for *_, vf in items])
+            except UnknownModel as exc:
+                events = [exc] * len(items)
+            for (i, _, _), event in zip(items, events, strict=True):
+                out[i] = (None, {model: event})
+        return out
 
-    def _parse(self, p: int, entry: Entry) -> tuple[str, dict[str, Any], str | None]:
-        """The model, learn payload and ``valid_for`` of an entry (ValueError: it can never
-        apply). An entry ``POST /events`` appended is canonical and marked with the model
-        incarnation it was validated for: taken as it is (when it has the canonical form)."""
-        model = entry.fields.get("model", "")
-        if not _NAME.fullmatch(model):
-            raise ValueError(f"model: {model!r} is not a model name")
+    def _parse(self, p: int, entry: Entry) -> tuple[str, str, dict[str, Any], str | None]:
+        """The kind (``model`` or ``race``), name, learn payload and ``valid_for`` of an entry
+        (ValueError: it can never apply). An entry ``POST /events`` appended is canonical and
+        marked with the model incarnation it was validated for: taken as it is (when it has
+        the canonical form)."""
+        kind = "race" if "race" in entry.fields else "model"
+        name = entry.fields.get(kind, "")
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"{kind}: {name!r} is not a {kind} name")
         try:
             payload = json.loads(entry.fields.get("event", ""))
         except ValueError as exc:
@@ -239,7 +293,7 @@ class Worker:
             payload, valid_for = self._shaped(payload), None
         if not payload.get("event_id"):
             payload["event_id"] = self.streams.event_id(p, entry)
-        return model, payload, valid_for
+        return kind, name, payload, valid_for
 
     @staticmethod
     def _shaped(payload: dict[str, Any]) -> dict[str, Any]:

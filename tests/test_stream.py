@@ -232,9 +232,9 @@ def test_a_worker_takes_over_entries_a_dead_consumer_held(stream_settings: Setti
             assert held is not None  # read, never acknowledged
             assert len(held) == 20
             dead = Worker(stream_settings, app.state.redis, "dead-one")
-            first = [dead._parse(p, e) for e in held[:12]]  # applied, then it died
-            assert all(not isinstance(o, Exception) for o in await dead._learn(
-                model, [payload for _, payload, _ in first], [v for *_, v in first]))
+            first = [events[model] for _, events in await dead._prepared(p, held[:12])]
+            assert all(not isinstance(o, Exception)  # applied, then it died
+                       for o in await dead.engine.learn(model, first))
             await drain_with_worker(stream_settings, streams, "heir")
             return (await client.get(f"/models/{model}/state")).content
 

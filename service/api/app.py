@@ -20,7 +20,7 @@ from ..redis.connect import close, connect
 from ..redis.store import Store
 from ..redis.streams import Streams
 from ..settings import Settings
-from . import catalog, ingest, learning, system
+from . import catalog, ingest, learning, races, system
 from .auth import keys_configured
 from .deps import ReadAccess
 from .errors import install_handlers
@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_handlers(app)
     app.include_router(system.health)  # the probes: open
-    for router in (learning.router, catalog.router, ingest.router, system.router):
+    for router in (learning.router, catalog.router, races.router, ingest.router,
+                   system.router):
         app.include_router(router, dependencies=[ReadAccess],  # a key when keys are set
                            responses=errors(401, 403))
     _document_auth(app, keys_configured(settings))

@@ -133,10 +133,11 @@ async def model_live(name: ModelName, engine: EngineDep,
 
     async def sse() -> AsyncIterator[bytes]:
         yield b": following " + name.encode() + b"\n\n"
-        async for point in points:
-            if point is None:
+        async for item in points:
+            if item is None:
                 yield b": keep-alive\n\n"
             else:
+                point = item[1]
                 yield f"id: {point['version']}\ndata: {json.dumps(point)}\n\n".encode()
 
     return StreamingResponse(sse(), media_type="text/event-stream",

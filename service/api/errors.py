@@ -24,20 +24,21 @@ from ..engine.errors import (
     Rejected,
     Unavailable,
     UnknownModel,
+    UnknownRace,
 )
 from ..redis.store import LeaseLost
 from .auth import AccessDenied
 from .schemas import EVENTS_TAGS
 
-__all__ = ["ApiError", "install_handlers"]
+__all__ = ["ApiError", "install_handlers", "status_of"]
 
 log = logging.getLogger("streamnorm")
 
 
 # the status of each domain error, and whether a retry may help (then Retry-After: 1)
 _STATUS: dict[type[EngineError], tuple[int, bool]] = {
-    UnknownModel: (404, False), Conflict: (409, False), Rejected: (422, False),
-    Backlogged: (429, True), Busy: (503, True), Unavailable: (503, True)}
+    UnknownModel: (404, False), UnknownRace: (404, False), Conflict: (409, False),
+    Rejected: (422, False), Backlogged: (429, True), Busy: (503, True), Unavailable: (503, True)}
 
 
 class ApiError(Exception):
@@ -63,6 +64,20 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or ("body" if loc[:1] == ("body",) else ".".join(str(p) for p in loc))
 
 
+def status_of(exc: Exception) -> tuple[int, str, str | None]:
+    """The status, message and field a failure of one request maps to (the handlers below,
+    and a race's per-member results, use it)."""
+    if isinstance(exc, EngineError):
+        status = next((_STATUS[c][0] for c in type(exc).__mro__ if c in _STATUS), 500)
+        return status, exc.detail, exc.field
+    if isinstance(exc, InvalidInput):
+        return 422, str(exc), exc.field
+    if isinstance(exc, LeaseLost | redis.exceptions.RedisError):
+        return 503, f"not committed ({type(exc).__name__}: {exc}); retry it", None
+    log.error("unexpected error of a race member: %r", exc)
+    return 500, f"internal error ({type(exc).__name__})", None
+
+
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -83,9 +98,9 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EngineError)
     async def engine_error(_: Request, exc: EngineError) -> JSONResponse:
-        status, retry = next((_STATUS[c] for c in type(exc).__mro__ if c in _STATUS),
-                             (500, False))
-        return JSONResponse(_body(exc.detail, exc.field), status,
+        status, detail, field = status_of(exc)
+        retry = next((_STATUS[c][1] for c in type(exc).__mro__ if c in _STATUS), False)
+        return JSONResponse(_body(detail, field), status,
                             headers={"Retry-After": "1"} if retry else None)
 
     @app.exception_handler(AccessDenied)

@@ -32,7 +32,7 @@ _ERRORS = errors(400, 404, 413, 422, 503, e422="the input does not fit the model
                                                "a limit (the field is named)")
 
 
-def _json(content: dict[str, Any]) -> bytes:
+def reply_json(content: dict[str, Any]) -> bytes:
     try:
         return json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
     except ValueError:  # finite inputs far outside what the model saw can overflow it
@@ -40,7 +40,7 @@ def _json(content: dict[str, Any]) -> bytes:
                             "outside the range it has learned from?)", "x") from None
 
 
-def _proba(proba: dict[int, float] | None) -> dict[str, float] | None:
+def proba_json(proba: dict[int, float] | None) -> dict[str, float] | None:
     return None if proba is None else {str(k): v for k, v in proba.items()}
 
 
@@ -48,7 +48,7 @@ async def predict_reply(engine: Engine, name: str, body: PredictRequest) -> byte
     """The JSON reply of ``predict`` (also served by ``fastpath``)."""
     payload = body.model_dump(exclude_unset=True, warnings=False)
     pred, proba, version = await engine.predict(name, payload)
-    return _json({"prediction": pred, "version": version, "proba": _proba(proba)})
+    return reply_json({"prediction": pred, "version": version, "proba": proba_json(proba)})
 
 
 async def learn_reply(engine: Engine, name: str, body: LearnRequest) -> bytes:
@@ -59,8 +59,9 @@ async def learn_reply(engine: Engine, name: str, body: LearnRequest) -> bytes:
     out = (await engine.learn(name, [event]))[0]  # a batch of one, as the worker's
     if isinstance(out, Exception):
         raise out
-    return _json({"prediction": out.prediction, "loss": out.loss, "version": out.version,
-                  "applied": out.applied, "proba": _proba(out.proba)})
+    return reply_json({"prediction": out.prediction, "loss": out.loss,
+                       "version": out.version, "applied": out.applied,
+                       "proba": proba_json(out.proba)})
 
 
 @router.post("/predict", response_model=PredictResponse, responses={**_PREDICT_OK, **_ERRORS},

@@ -7,7 +7,7 @@ error names the exact element (``x[2]: must be finite, got nan``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SkipValidation, Tag
 
@@ -25,8 +25,12 @@ __all__ = [
     "LearnResponse",
     "ModelInfo",
     "NewModel",
+    "NewRace",
     "PredictRequest",
     "PredictResponse",
+    "RaceInfo",
+    "RaceLearnResponse",
+    "RacePredictResponse",
     "StreamEvent",
     "errors",
 ]
@@ -88,7 +92,10 @@ class StreamEvent(LearnRequest):
         {"model": "demo", "stream": "sensor-7", "x": [0.1, 0.2, 0.3], "y": 1.5,
          "event_id": "evt-0001"}]})
 
-    model: str = Field(pattern=MODEL_NAME_PATTERN, description="the model the event is for")
+    model: str | None = Field(None, pattern=MODEL_NAME_PATTERN,
+                              description="the model the event is for")
+    race: str | None = Field(None, pattern=MODEL_NAME_PATTERN,
+                             description="or the race: every member applies it, once each")
 
 
 class NewModel(ModelSpec):
@@ -158,6 +165,71 @@ class Curve(BaseModel):
     last: int = Field(description="the version of the last point (pass it as `after`)")
 
 
+class RaceMember(BaseModel):
+    """A member of a new race: its name (default ``{race}.{norm method}``) and the spec
+    fields it changes (any but ``task``, ``n_features``, ``features``, ``n_classes``)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+        {"norm": "layer"}, {"name": "demo.big", "hidden_size": 64}]})
+
+    name: str | None = Field(None, pattern=MODEL_NAME_PATTERN, description="the member model's "
+                             "name (default: the race's name, '.', the norm method)")
+
+
+class NewRace(BaseModel):
+    """The body of ``POST /races``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "demo", "spec": {"task": "regression", "n_features": 3, "hidden_size": 32},
+         "members": [{"norm": "streaming"}, {"norm": "layer"}, {"norm": "none"}]}]})
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN, description="the race's name")
+    spec: dict[str, Any] = Field(description="a model spec without `name`: what the members "
+                                             "share unless they change it")
+    members: list[RaceMember] = Field(min_length=1, max_length=16)
+    metric: Literal["MAE", "RMSE", "Accuracy", "LogLoss"] | None = Field(
+        None, description="what ranks the members, by its rolling value (default: MAE for "
+                          "regression, Accuracy for classification)")
+    min_updates: int = Field(100, ge=0, le=10**9, description="updates a member needs before it "
+                             "can lead")
+    margin: float = Field(0.02, ge=0.0, le=1.0, description="how much better (relative) a "
+                          "challenger must be to take the lead")
+
+
+class RaceStanding(BaseModel):
+    name: str
+    norm: str
+    rank: int = Field(description="1 = best rolling metric")
+    version: int | None = Field(description="None: the member model is gone")
+    updates: int | None
+    rolling: float | None = Field(description="the rolling value of the race's metric")
+    metrics: dict[str, Any] | None
+
+
+class RaceInfo(BaseModel):
+    name: str
+    metric: str
+    leader: str | None = Field(description="the member serving predictions (None: none has "
+                                           "min_updates yet; the first member serves)")
+    min_updates: int
+    margin: float
+    spec: dict[str, Any]
+    members: list[RaceStanding]
+
+
+class RaceLearnResponse(BaseModel):
+    results: dict[str, dict[str, Any]] = Field(description="member → its learn reply, or "
+                                               "{status, detail, field} when it failed")
+    leader: str | None = Field(description="the leader after this event")
+    prediction: float | int | None = Field(description="the prediction made before the update "
+                                           "by the member serving then")
+    model: str = Field(description="that member")
+
+
+class RacePredictResponse(PredictResponse):
+    model: str = Field(description="the member that answered (the leader)")
+
+
 class ErrorItem(BaseModel):
     field: str
     message: str
@@ -183,7 +255,7 @@ _WHY = {  # status: (when, an example body)
            "field": "authorization"}),
     403: ("the key is not valid, or a read key on a write",
           {"detail": "the API key is not valid", "field": "authorization"}),
-    404: ("no such model", {"detail": "no model named 'demo'", "field": "name"}),
+    404: ("no such model (or race)", {"detail": "no model named 'demo'", "field": "name"}),
     409: ("a conflict (the field says which)",
           {"detail": "a model named 'demo' exists with another spec", "field": "name"}),
     413: ("the body is larger than STREAMNORM_MAX_BODY_BYTES",

@@ -1,7 +1,16 @@
 """The engine: one ``Replica`` per hosted model, and the verbs every edge calls (``Engine``)."""
 
 from .engine import Engine
-from .errors import Backlogged, Busy, Conflict, EngineError, Rejected, Unavailable, UnknownModel
+from .errors import (
+    Backlogged,
+    Busy,
+    Conflict,
+    EngineError,
+    Rejected,
+    Unavailable,
+    UnknownModel,
+    UnknownRace,
+)
 from .event import Event, LearnOutcome
 
 __all__ = [
@@ -15,4 +24,5 @@ __all__ = [
            "Rejected",
            "Unavailable",
            "UnknownModel",
+           "UnknownRace",
 ]

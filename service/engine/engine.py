@@ -20,21 +20,23 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from models import InvalidInput, ModelSpec, OnlineLearner, cost
 
+from ..redis.races import RaceStore
 from ..redis.store import LeaseLost, ModelHead, Store
 from ..redis.streams import PartitionStats, Streams, partition_of
 from ..settings import Settings
 from .budget import Budget
 from .compute import Compute
-from .errors import Backlogged, Busy, Conflict, UnknownModel
+from .errors import Backlogged, Busy, Conflict, UnknownModel, UnknownRace
 from .event import Event, predict, predict_arguments
 from .host import Host, bytes_ms
+from .race import Races
 from .replica import Replica, Written
 
 __all__ = ["Engine"]
@@ -57,6 +59,7 @@ class Engine:
         self._specs: dict[tuple[str, str], ModelSpec] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self._followers = 0  # live feeds this process serves
+        self.races = Races(self, RaceStore(store.redis))
 
     # -- models --------------------------------------------------------------------------------
     async def create(self, spec: ModelSpec) -> bool:
@@ -112,37 +115,51 @@ class Engine:
             raise UnknownModel(name)
         return [json.loads(point) for point in await self.store.curve(name, after, limit)]
 
-    async def live(self, name: str, after: int | None) -> AsyncIterator[dict[str, Any] | None]:
-        """Follow the model's curve: each new point (versions after ``after``; ``None``: after
-        the newest now), and ``None`` every ``_KEEPALIVE_S`` without one. Polls Redis (no
-        connection held between polls), so any process follows whichever process writes;
-        ends when the model is deleted. ``Busy`` beyond ``STREAMNORM_MAX_LIVE`` followers."""
+    async def live(self, name: str, after: int | None
+                   ) -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
+        """Follow the model's curve (``follow``) from after ``after`` (``None``: after the
+        newest point now); ends when the model is deleted."""
         if await self.store.head(name) is None:
             raise UnknownModel(name)
-        if self._followers >= self.settings.max_live:
-            raise Busy(f"this process serves {self._followers} live feeds already "
-                       f"(STREAMNORM_MAX_LIVE); retry later or ask another")
         if after is None:
             newest = await self.store.curve_tail(name)
             after = newest if newest is not None else 0
-        return self._follow(name, after)
 
-    async def _follow(self, name: str, after: int) -> AsyncIterator[dict[str, Any] | None]:
+        async def alive() -> bool:
+            return await self.store.head(name) is not None
+
+        return self.follow({name: after}, alive)
+
+    def follow(self, cursors: dict[str, int], alive: Callable[[], Awaitable[bool]]
+               ) -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
+        """Follow the curves of ``cursors``' models (each after its version): ``(model,
+        point)`` per new point, ``None`` every ``_KEEPALIVE_S`` without one, until ``alive``
+        says no. Polls Redis (no connection held between polls), so any process follows
+        whichever process writes. ``Busy`` beyond ``STREAMNORM_MAX_LIVE`` feeds."""
+        if self._followers >= self.settings.max_live:
+            raise Busy(f"this process serves {self._followers} live feeds already "
+                       f"(STREAMNORM_MAX_LIVE); retry later or ask another")
+        return self._follow(dict(cursors), alive)
+
+    async def _follow(self, cursors: dict[str, int], alive: Callable[[], Awaitable[bool]]
+                      ) -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
         self._followers += 1
         try:
             quiet = 0.0
             while True:
-                points = [json.loads(p) for p in await self.store.curve(name, after, 100)]
-                for point in points:
-                    yield point
-                if points:
-                    after, quiet = int(points[-1]["version"]), 0.0
+                found = await self.store.curves(cursors, 100)
+                for name, raw in found.items():
+                    for point in map(json.loads, raw):
+                        cursors[name] = int(point["version"])
+                        yield name, point
+                if any(found.values()):
+                    quiet = 0.0
                     continue
                 await asyncio.sleep(_POLL_S)
                 quiet += _POLL_S
                 if quiet >= _KEEPALIVE_S:
                     quiet = 0.0
-                    if await self.store.head(name) is None:
+                    if not await alive():
                         return  # deleted
                     yield None
         finally:
@@ -163,6 +180,11 @@ class Engine:
                 self._specs.clear()
             spec = self._specs[(name, head.uid)] = ModelSpec.model_validate_json(raw)
         return spec, head
+
+    async def spec_of(self, name: str) -> ModelSpec:
+        """The model's spec: the hot replica's without a round trip, else ``spec``'s."""
+        replica = self._replicas.get(name)
+        return replica.learner.spec if replica is not None else (await self.spec(name))[0]
 
     # -- the edge's validation -----------------------------------------------------------------
     async def prepare(self, name: str, payloads: list[dict[str, Any]],
@@ -227,36 +249,47 @@ class Engine:
         once they are committed (``Replica.write``); an HTTP learn is a list of one."""
         return await (await self._entry(name)).write(events)
 
-    async def submit(self, items: list[tuple[str, dict[str, Any]]], *, numbered: bool
+    async def submit(self, items: list[tuple[str, str, dict[str, Any]]], *, numbered: bool
                      ) -> list[tuple[int, str]]:
-        """Validate ``(model, learn payload)`` items and append them to the event stream, all
-        or none: ``(partition, entry id)`` each. Errors name the item (``[3].x``) when they
-        came as a list (``numbered``); ``Backlogged`` when a partition is too far behind."""
-        out: list[tuple[str, str, str | None]] = []
-        specs: dict[str, tuple[ModelSpec, ModelHead]] = {}
-        for i, (model, payload) in enumerate(items):
+        """Validate ``(kind, name, learn payload)`` items — ``kind``: ``model`` or ``race`` —
+        and append them to the event stream, all or none: ``(partition, entry id)`` each.
+        Errors name the item (``[3].x``) when they came as a list (``numbered``);
+        ``Backlogged`` when a partition is too far behind. A race's event is validated once,
+        for its first member (members share task and inputs); the worker fans it out."""
+        out: list[tuple[str, str, str, str | None]] = []
+        specs: dict[tuple[str, str], tuple[ModelSpec, str | None]] = {}
+        for i, (kind, name, payload) in enumerate(items):
             where = f"[{i}]." if numbered else ""
-            if model not in specs:
+            if (kind, name) not in specs:
                 try:
-                    specs[model] = await self.spec(model)
-                except UnknownModel as exc:
-                    raise UnknownModel(model, f"{where}model") from exc
-            spec, head = specs[model]
+                    specs[kind, name] = await self._target(kind, name)
+                except (UnknownModel, UnknownRace) as exc:
+                    raise type(exc)(name, f"{where}{kind}") from exc
+            spec, uid = specs[kind, name]
             try:
                 event = await self.host.prepare(spec, payload)
             except InvalidInput as exc:
                 raise InvalidInput(f"{where}{exc.field}", exc.message) from None
             # canonical, and marked with the incarnation it fits: the worker takes it as it is
-            out.append((model, json.dumps(event.payload(), separators=(",", ":")), head.uid))
+            out.append((kind, name, json.dumps(event.payload(), separators=(",", ":")), uid))
         limit = self.settings.max_backlog
-        backlog = await self.streams.backlog({partition_of(model, self.streams.partitions)
-                                              for model, _, _ in out})
+        backlog = await self.streams.backlog({partition_of(name, self.streams.partitions)
+                                              for _, name, _, _ in out})
         full = {p: n for p, n in backlog.items() if n >= limit}
         if full:
             raise Backlogged(f"the stream is behind: partition(s) {sorted(full)} hold "
                              f"{max(full.values())} unacknowledged events (limit {limit}); "
                              "retry later", "body")
         return await self.streams.append(out)
+
+    async def _target(self, kind: str, name: str) -> tuple[ModelSpec, str | None]:
+        """The spec an event for a model or race is validated against, and the model uid
+        that marks it validated (none for a race: its members are checked when fanned out)."""
+        if kind == "race":
+            race, _ = await self.races.definition(name)
+            return await self.spec_of(race.names[0]), None
+        spec, head = await self.spec(name)
+        return spec, head.uid
 
     async def checkpoint(self, names: list[str]) -> int:
         """Snapshot the cached learners of ``names`` that are ahead of their snapshots (a

@@ -9,7 +9,7 @@ dead-letter (the event can never apply) or retry (the infrastructure failed).
 from __future__ import annotations
 
 __all__ = ["Backlogged", "Busy", "Conflict", "EngineError", "Rejected", "Unavailable",
-           "UnknownModel"]
+           "UnknownModel", "UnknownRace"]
 
 
 class EngineError(Exception):
@@ -46,3 +46,10 @@ class Unavailable(EngineError):
 
 class Backlogged(EngineError):
     """The event stream is too far behind to take more now: retry later."""
+
+
+class UnknownRace(EngineError):
+    """No race of that name."""
+
+    def __init__(self, name: str, field: str = "name") -> None:
+        super().__init__(f"no race named {name!r}", field)

@@ -16,6 +16,10 @@ additions to the design's layout.) The meta also holds ``rejected`` (updates rol
 with the next committed one) and ``loss_sum`` / ``loss_n`` (the losses since the curve's last
 point).
 
+A race (a group of member models fed the same events) is one hash, ``sn:race:{name}``:
+``def`` (its definition, JSON) and ``leader`` (the member serving its predictions); its
+members are ordinary models. (An addition to the design's layout.)
+
 The event streams, per partition ``p`` (the tag ``{p}`` keeps a partition in one slot):
 ``sn:events:{p}`` the stream · ``:dead`` its dead letters · ``:owner`` its lease · ``:done`` how
 many entries were applied, ever; ``sn:workers`` the live workers by heartbeat expiry.
@@ -23,12 +27,14 @@ many entries were applied, ever; ``sn:workers`` the live workers by heartbeat ex
 
 from __future__ import annotations
 
-__all__ = ["MODEL_PARTS", "SPEC_PATTERN", "WORKERS", "context_key", "context_pattern",
-           "model_key", "name_of_spec_key", "partition_key", "stream_event_id"]
+__all__ = ["MODEL_PARTS", "RACE_PATTERN", "SPEC_PATTERN", "WORKERS", "context_key",
+           "context_pattern", "model_key", "name_of_race_key", "name_of_spec_key",
+           "partition_key", "race_key", "stream_event_id"]
 
 MODEL_PARTS = ("meta", "spec", "state", "seen", "digest", "log", "lock", "wanted", "streams",
                "curve")
 SPEC_PATTERN = "sn:{*}:spec"  # matches every model's spec key (a SCAN lists models)
+RACE_PATTERN = "sn:race:{*}"  # matches every race's key
 WORKERS = "sn:workers"
 
 
@@ -50,6 +56,16 @@ def context_pattern(name: str) -> str:
 def name_of_spec_key(key: str) -> str:
     """The model name in a key matched by ``SPEC_PATTERN``."""
     return key[len("sn:{"):-len("}:spec")]
+
+
+def race_key(name: str) -> str:
+    """``sn:race:{name}``: a race's definition and leader."""
+    return f"sn:race:{{{name}}}"
+
+
+def name_of_race_key(key: str) -> str:
+    """The race name in a key matched by ``RACE_PATTERN``."""
+    return key[len("sn:race:{"):-1]
 
 
 def partition_key(p: int, part: str = "") -> str:

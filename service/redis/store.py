@@ -387,6 +387,16 @@ class Store:
                                           max="+", count=limit)
         return [_str(fields[b"point"]) for _, fields in entries]
 
+    async def curves(self, cursors: dict[str, int], limit: int) -> dict[str, list[str]]:
+        """``curve`` of several models (each after its own version), in one pipeline."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, after in cursors.items():
+                pipe.xrange(model_key(name, "curve"), min=f"{after + 1}-0", max="+",
+                            count=limit)
+            found = await pipe.execute()
+        return {name: [_str(fields[b"point"]) for _, fields in entries]
+                for name, entries in zip(cursors, found, strict=True)}
+
     async def curve_tail(self, name: str) -> int | None:
         """The version of the curve's newest point (``None``: no point yet)."""
         newest = await self.redis.xrevrange(model_key(name, "curve"), count=1)

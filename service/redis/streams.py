@@ -2,9 +2,10 @@
 
 Events are partitioned by a stable hash of the model name (CRC-32 modulo
 ``STREAMNORM_PARTITIONS``), so one model's events stay in one partition, in the order they were
-appended (keys: ``service.redis.keys``). An entry's fields are ``model`` and ``event`` (the learn
-body as JSON), and ``valid_for`` (a model uid) when the API appended it already validated; a
-dead letter adds ``error``, ``source_id`` and ``failed_at``. The consumer group is ``streamnorm``.
+appended (keys: ``service.redis.keys``). An entry's fields are ``model`` (or ``race``: then it is
+for each member, the race's events in the race's partition) and ``event`` (the learn body as
+JSON), and ``valid_for`` (a model uid) when the API appended it already validated; a dead
+letter adds ``error``, ``source_id`` and ``failed_at``. The consumer group is ``streamnorm``.
 
 A partition is consumed by the one worker that holds its lease, so a model's events are applied
 in order (a consumer group alone hands one stream's entries to several consumers at once). An
@@ -101,18 +102,20 @@ class Streams:
             lengths = await pipe.execute()
         return dict(zip(sorted(parts), (int(n) for n in lengths), strict=True))
 
-    async def append(self, events: list[tuple[str, str, str | None]]) -> list[tuple[int, str]]:
-        """Append ``(model, event JSON, valid_for)`` triples, each to its model's partition,
-        in order: ``(partition, entry id)`` per event. ``valid_for``: the model incarnation the
-        event was validated for, canonical (the field ``valid_for``; a worker then takes it as
-        it is). On one server all of them or none (MULTI/EXEC); a cluster cannot run one
-        transaction over several partitions' slots."""
+    async def append(self, events: list[tuple[str, str, str, str | None]]
+                     ) -> list[tuple[int, str]]:
+        """Append ``(kind, name, event JSON, valid_for)`` events — ``kind`` is ``model`` or
+        ``race``, the field naming the target — each to its target's partition, in order:
+        ``(partition, entry id)`` per event. ``valid_for``: the model incarnation the event was
+        validated for, canonical (the field ``valid_for``; a worker then takes it as it is).
+        On one server all of them or none (MULTI/EXEC); a cluster cannot run one transaction
+        over several partitions' slots."""
         async with self.redis.pipeline(transaction=isinstance(self.redis, Redis)) as pipe:
             parts = []
-            for model, body, valid_for in events:
-                p = partition_of(model, self.partitions)
+            for kind, name, body, valid_for in events:
+                p = partition_of(name, self.partitions)
                 parts.append(p)
-                fields = {"model": model, "event": body}
+                fields = {kind: name, "event": body}
                 if valid_for is not None:
                     fields["valid_for"] = valid_for
                 pipe.xadd(partition_key(p), fields)

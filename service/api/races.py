@@ -1,0 +1,146 @@
+"""Races: create, list, describe, delete; learn (every member), predict (the leader), live."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Response
+from fastapi.responses import StreamingResponse
+
+from ..engine import LearnOutcome, UnknownRace
+from .deps import EngineDep, WriteAccess
+from .errors import ApiError, status_of
+from .learning import proba_json, reply_json
+from .schemas import (
+    MODEL_NAME_PATTERN,
+    LearnRequest,
+    NewRace,
+    PredictRequest,
+    RaceInfo,
+    RaceLearnResponse,
+    RacePredictResponse,
+    errors,
+)
+
+router = APIRouter(prefix="/races", tags=["races"])
+
+RaceName = Annotated[str, Path(pattern=MODEL_NAME_PATTERN, description="race name",
+                               examples=["demo"])]
+_E404 = "no race of that name (field `name`)"
+
+
+@router.post("", status_code=201, response_model=RaceInfo, dependencies=[WriteAccess],
+             responses={200: {"model": RaceInfo, "description": "the very same race exists (a "
+                              "retried create): it, as it is now"},
+                        **errors(400, 409, 413, 422, 503,
+                                 e409="the race's name, or a member's, is taken",
+                                 e422="an invalid spec or member (the field is named: "
+                                      "spec.hidden_size, members[2].norm)")})
+async def create_race(body: NewRace, engine: EngineDep, response: Response) -> dict[str, Any]:
+    """Create a race and its member models (each an ordinary model), all or nothing."""
+    request = body.model_dump(exclude_unset=True, exclude_none=True)
+    request["members"] = [m.model_dump(exclude_none=True) for m in body.members]
+    if not await engine.races.create(request):
+        response.status_code = 200
+    return await engine.races.describe(body.name)
+
+
+@router.get("", response_model=list[RaceInfo], responses=errors(503))
+async def list_races(engine: EngineDep) -> list[dict[str, Any]]:
+    """Every race with its members' standings."""
+    out = []
+    for name in await engine.races.names():
+        try:
+            out.append(await engine.races.describe(name))
+        except UnknownRace:  # deleted meanwhile
+            continue
+    return out
+
+
+@router.get("/{name}", response_model=RaceInfo, responses=errors(404, 422, 503, e404=_E404))
+async def get_race(name: RaceName, engine: EngineDep) -> dict[str, Any]:
+    """The race: its metric, its leader, and its members ranked by the rolling metric."""
+    return await engine.races.describe(name)
+
+
+@router.delete("/{name}", status_code=204, dependencies=[WriteAccess],
+               responses=errors(404, 422, 503, e404=_E404))
+async def delete_race(name: RaceName, engine: EngineDep) -> Response:
+    """Delete the race and its member models (every key of each)."""
+    await engine.races.delete(name)
+    return Response(status_code=204)
+
+
+def _result(out: Any) -> dict[str, Any]:
+    if isinstance(out, LearnOutcome):
+        return {"prediction": out.prediction, "loss": out.loss, "version": out.version,
+                "applied": out.applied, "proba": proba_json(out.proba)}
+    status, detail, field = status_of(out)
+    return {"status": status, "detail": detail, "field": field}
+
+
+@router.post("/{name}/learn", response_model=RaceLearnResponse, dependencies=[WriteAccess],
+             responses=errors(400, 404, 413, 422, 503, e404=_E404,
+                              e422="the input fits no member (the field is named)"))
+async def race_learn(name: RaceName, body: LearnRequest, engine: EngineDep) -> Response:
+    """Test-then-train every member on this event, each exactly once per ``event_id``; a
+    member that fails (its update rejected, say) gets its error in ``results`` and holds no
+    other back."""
+    learned = await engine.races.learn(name, body.model_dump(exclude_unset=True,
+                                                             warnings=False))
+    served = learned.prediction
+    return Response(reply_json({
+        "results": {m: _result(out) for m, out in learned.results.items()},
+        "leader": learned.leader or None,
+        "prediction": served.prediction if isinstance(served, LearnOutcome) else None,
+        "model": learned.serving}), media_type="application/json")
+
+
+@router.post("/{name}/predict", response_model=RacePredictResponse,
+             responses=errors(400, 404, 413, 422, 503, e404=_E404))
+async def race_predict(name: RaceName, body: PredictRequest, engine: EngineDep) -> Response:
+    """The leader's prediction (the first member's until one has ``min_updates`` updates)."""
+    member, (pred, proba, version) = await engine.races.predict(
+        name, body.model_dump(exclude_unset=True, warnings=False))
+    return Response(reply_json({"prediction": pred, "version": version, "proba": proba_json(proba),
+                           "model": member}), media_type="application/json")
+
+
+@router.get("/{name}/live", response_class=StreamingResponse, responses={
+    200: {"content": {"text/event-stream": {"example": (
+        'id: 10,0\ndata: {"model": "demo.layer", "version": 10, "time": 1733500000.1, '
+        '"loss": 0.21, "rejected": 0, "metrics": {"MAE": {"value": 0.4, "rolling": 0.4}}}\n\n')}},
+          "description": "Server-Sent Events: one `data:` line per new curve point of any "
+                         "member (with its `model`); the `id` lists each member's last "
+                         "version, so `Last-Event-ID` resumes; a comment at least every 15 s"},
+    **errors(404, 422, 503, e404=_E404)})
+async def race_live(name: RaceName, engine: EngineDep,
+                    last_event_id: Annotated[str | None, Header(
+                        alias="Last-Event-ID", description="resume after these versions (an "
+                        "EventSource sends it when it reconnects)")] = None
+                    ) -> StreamingResponse:
+    """Every member's learning curve as it grows, whichever process applies the updates;
+    ends when the race is deleted."""
+    cursor = None
+    if last_event_id is not None:
+        parts = last_event_id.split(",")
+        if len(parts) > 16 or not all(p.isdigit() and len(p) <= 18 for p in parts):
+            raise ApiError(422, "Last-Event-ID: must list versions (whole numbers >= 0, "
+                                "comma-separated)", "last-event-id")
+        cursor = [int(p) for p in parts]
+    points = await engine.races.live(name, cursor)
+
+    async def sse() -> AsyncIterator[bytes]:
+        yield b": following race " + name.encode() + b"\n\n"
+        async for item in points:
+            if item is None:
+                yield b": keep-alive\n\n"
+                continue
+            member, point, at = item
+            data = json.dumps({"model": member, **point})
+            yield f"id: {','.join(map(str, at))}\ndata: {data}\n\n".encode()
+
+    return StreamingResponse(sse(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,362 @@
+"""Races: several member models fed the same events; the leader by rolling metric serves.
+
+A race is a definition (``RacePlan``, stored as JSON) over ordinary models. An event for a race
+is validated once (the members share task and inputs, so its canonical form is theirs too),
+then given to each member with the member-scoped id ``{event_id}@{member}``: each member applies
+it exactly once however often it is retried, over HTTP or the stream, and one member's rejected
+update holds no other back. The leader changes only when a challenger's rolling metric beats it
+by ``margin`` (``choose_leader``), so it does not flap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from models import InvalidInput, ModelSpec
+
+from ..redis.races import RaceStore, Standing
+from .errors import Conflict, UnknownModel, UnknownRace
+from .event import Event
+from .replica import Written
+
+__all__ = ["LOWER_IS_BETTER", "MAX_MEMBERS", "RacePlan", "Races", "choose_leader", "plan"]
+
+LOWER_IS_BETTER = frozenset({"MAE", "RMSE", "LogLoss"})
+TASK_METRICS = {"regression": ("MAE", "RMSE"), "binary": ("Accuracy", "LogLoss"),
+                "multiclass": ("Accuracy", "LogLoss")}
+SHARED = ("task", "n_features", "features", "n_classes")  # what members may not override
+MAX_MEMBERS = 16
+
+
+@dataclass(frozen=True)
+class RacePlan:
+    """A race's definition: its members (name, normalization method), the metric that ranks
+    them, and the leader's rules; ``request`` is what created it (a retry must match it)."""
+
+    name: str
+    members: tuple[tuple[str, str], ...]
+    metric: str
+    min_updates: int
+    margin: float
+    request: dict[str, Any]
+    uid: str = ""
+
+    @property
+    def names(self) -> list[str]:
+        return [member for member, _ in self.members]
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "members": [list(m) for m in self.members],
+                           "metric": self.metric, "min_updates": self.min_updates,
+                           "margin": self.margin, "request": self.request, "uid": self.uid})
+
+    @classmethod
+    def from_json(cls, raw: str) -> RacePlan:
+        d = json.loads(raw)
+        return cls(d["name"], tuple((m, n) for m, n in d["members"]), d["metric"],
+                   int(d["min_updates"]), float(d["margin"]), d["request"], d["uid"])
+
+
+def _field(prefix: str, error: ValidationError) -> InvalidInput:
+    first = error.errors()[0]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+    return InvalidInput(f"{prefix}{where}", str(first["msg"]))
+
+
+def plan(request: dict[str, Any]) -> tuple[RacePlan, list[ModelSpec]]:
+    """The race a ``POST /races`` body describes and its members' specs, or ``InvalidInput``
+    naming the field (``spec.hidden_size``, ``members[2].norm``): nothing is stored here."""
+    name, base = request["name"], dict(request["spec"])
+    if "name" in base:
+        raise InvalidInput("spec.name", "a race's spec has no name: members are named by the "
+                                        "race, or by their own `name`")
+    try:
+        template = ModelSpec.model_validate({**base, "name": name})
+    except ValidationError as exc:
+        raise _field("spec", exc) from None
+    members = request["members"]
+    if not 1 <= len(members) <= MAX_MEMBERS:
+        raise InvalidInput("members", f"a race has 1 to {MAX_MEMBERS} members")
+    specs, taken, named = [], set(), []
+    for i, member in enumerate(members):
+        overrides = {k: v for k, v in member.items() if k != "name"}
+        for key in SHARED:
+            if key in overrides:
+                raise InvalidInput(f"members[{i}].{key}", "members share task and inputs: set "
+                                   f"{key} in the race's spec")
+        try:
+            spec = ModelSpec.model_validate({**base, **overrides, "name": name})
+        except ValidationError as exc:
+            raise _field(f"members[{i}]", exc) from None
+        own = member.get("name")
+        if own is None:
+            own, k = f"{name}.{spec.norm.method}", 1
+            while own in taken:
+                k += 1
+                own = f"{name}.{spec.norm.method}-{k}"
+            if len(own) > 64:
+                raise InvalidInput(f"members[{i}].name", f"the default name {own!r} is over 64 "
+                                   "characters: name the member, or the race shorter")
+        if own in taken:
+            raise InvalidInput(f"members[{i}].name", f"{own!r} names two members")
+        taken.add(own)
+        specs.append(spec.model_copy(update={"name": own}))
+        named.append((own, spec.norm.method))
+    metric = request.get("metric") or TASK_METRICS[template.task][0]
+    if metric not in TASK_METRICS[template.task]:
+        raise InvalidInput("metric", f"{metric!r} is not a metric of a {template.task} model: "
+                                     f"one of {list(TASK_METRICS[template.task])}")
+    return RacePlan(name, tuple(named), metric, int(request.get("min_updates", 100)),
+                    float(request.get("margin", 0.02)), request), specs
+
+
+def rolling(standing: Standing | None, metric: str) -> float | None:
+    """A member's rolling value of ``metric`` (``None``: gone, or nothing scored yet)."""
+    if standing is None:
+        return None
+    value = ((json.loads(standing.metrics_json) or {}).get(metric) or {}).get("rolling")
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def choose_leader(current: str, values: dict[str, tuple[int, float | None]], metric: str,
+                  margin: float, min_updates: int) -> str:
+    """The leader after this look at ``values`` (member → (updates, rolling metric), in member
+    order): the best member with ``min_updates`` updates, but the current leader stays unless
+    the best beats it by ``margin`` (relative); ``""`` while no member is ready.
+
+    >>> choose_leader("a", {"a": (200, 1.00), "b": (200, 0.99)}, "MAE", 0.02, 100)
+    'a'
+    >>> choose_leader("a", {"a": (200, 1.00), "b": (200, 0.97)}, "MAE", 0.02, 100)
+    'b'
+    >>> choose_leader("", {"a": (50, 0.5), "b": (200, 0.9)}, "MAE", 0.02, 100)
+    'b'
+    """
+    lower = metric in LOWER_IS_BETTER
+    ready = {m: v for m, (n, v) in values.items() if n >= min_updates and v is not None}
+    if not ready:
+        return current if current in values else ""
+    best = min(ready, key=lambda m: ready[m] if lower else -ready[m])  # the first on ties
+    if current not in ready or best == current:
+        return best
+    challenger, leader = ready[best], ready[current]
+    beats = challenger < leader * (1 - margin) if lower else challenger > leader * (1 + margin)
+    return best if beats else current
+
+
+@dataclass(frozen=True)
+class RaceLearned:
+    """A race learn: each member's outcome, the leader after it, and the prediction the
+    member that led before it made (what ``predict`` would have answered)."""
+
+    results: dict[str, Written]
+    leader: str
+    serving: str  # the member that led (or served, while none led) when the event came
+    prediction: Written | None
+
+
+class Races:
+    """The race verbs, over the engine's models (``Engine.races``)."""
+
+    def __init__(self, engine: Any, store: RaceStore) -> None:
+        self.engine, self.store = engine, store
+        self._plans: dict[str, RacePlan] = {}  # definition JSON → plan (immutable)
+
+    # -- definitions ---------------------------------------------------------------------------
+    async def create(self, request: dict[str, Any]) -> bool:
+        """Create the race and its members: ``True``; ``False`` when the very same race exists
+        (a retried create: members missing after a crash are created now). Nothing is stored
+        unless every member is valid; a name taken meanwhile undoes what this call made."""
+        race, specs = plan(request)
+        for i, spec in enumerate(specs):
+            try:
+                self.engine.host.budget.check_spec(spec)
+            except InvalidInput as exc:
+                raise InvalidInput(f"members[{i}].{exc.field}", exc.message) from None
+        race = RacePlan(**{**race.__dict__, "uid": uuid.uuid4().hex})
+        existing = await self.store.get(race.name)
+        if existing is None:
+            for i, spec in enumerate(specs):
+                if await self.engine.store.head(spec.name) is not None:
+                    raise Conflict(f"a model named {spec.name!r} exists", f"members[{i}].name")
+            if not await self.store.claim(race.name, race.to_json()):
+                existing = await self.store.get(race.name)
+        if existing is not None:
+            if existing[0] and RacePlan.from_json(existing[0]).request != request:
+                raise Conflict(f"a race named {race.name!r} exists with another definition",
+                               "name")
+            await self._create_members(specs, undo=False)
+            return False
+        try:
+            await self._create_members(specs, undo=True)
+        except BaseException:
+            await self.store.delete(race.name)
+            raise
+        return True
+
+    async def _create_members(self, specs: list[ModelSpec], *, undo: bool) -> None:
+        made: list[str] = []
+        try:
+            for i, spec in enumerate(specs):
+                try:
+                    if await self.engine.create(spec):
+                        made.append(spec.name)
+                    elif undo:  # it appeared since we looked: not ours to take
+                        raise Conflict(f"a model named {spec.name!r} exists",
+                                       f"members[{i}].name")
+                except Conflict as exc:
+                    raise Conflict(exc.detail, f"members[{i}].name") from None
+        except BaseException:
+            if undo:
+                for name in made:
+                    await self._forget(name)
+            raise
+
+    async def _forget(self, member: str) -> None:
+        with contextlib.suppress(UnknownModel):
+            await self.engine.delete(member)
+
+    async def definition(self, name: str) -> tuple[RacePlan, str]:
+        """The race's plan and its leader (``""``: none yet); ``UnknownRace`` if none."""
+        found = await self.store.get(name)
+        if found is None:
+            raise UnknownRace(name)
+        raw, leader = found
+        race = self._plans.get(raw)
+        if race is None:
+            if len(self._plans) > 1000:
+                self._plans.clear()
+            race = self._plans[raw] = RacePlan.from_json(raw)
+        return race, leader
+
+    async def delete(self, name: str) -> None:
+        """Delete the members, then the race (a crash between leaves a race to delete again)."""
+        race, _ = await self.definition(name)
+        for member in race.names:
+            await self._forget(member)
+        await self.store.delete(name)
+
+    async def names(self) -> list[str]:
+        return await self.store.names()
+
+    async def describe(self, name: str) -> dict[str, Any]:
+        """The race with its members ranked by the rolling metric (best first), as stored."""
+        race, leader = await self.definition(name)
+        standings = await self.store.standings(race.names)
+        values = {m: rolling(s, race.metric) for m, s in zip(race.names, standings,
+                                                              strict=True)}
+        lower = race.metric in LOWER_IS_BETTER
+        order = sorted(race.names, key=lambda m: (values[m] is None, (values[m] or 0.0)
+                                                   * (1 if lower else -1)))
+        members = []
+        for (member, norm), standing in zip(race.members, standings, strict=True):
+            members.append({
+                "name": member, "norm": norm, "rank": order.index(member) + 1,
+                "version": standing.version if standing else None,
+                "updates": standing.updates if standing else None,
+                "rolling": values[member],
+                "metrics": json.loads(standing.metrics_json) if standing else None})
+        return {"name": race.name, "metric": race.metric, "leader": leader or None,
+                "min_updates": race.min_updates, "margin": race.margin,
+                "spec": race.request["spec"], "members": members}
+
+    # -- events --------------------------------------------------------------------------------
+    async def fan_out(self, race: RacePlan, payload: dict[str, Any],
+                      valid_for: str | None = None) -> dict[str, Event | Exception]:
+        """The event for each member: validated once (``InvalidInput`` for all), priced for
+        each member's spec, with the member-scoped id ``{event_id}@{member}``."""
+        engine = self.engine
+        first: Event | None = None
+        out: dict[str, Event | Exception] = {}
+        event_id = payload.get("event_id")
+        for member in race.names:
+            try:
+                spec = await engine.spec_of(member)
+                if first is None:
+                    first = await engine.host.prepare(spec, payload)  # raises for everyone
+                cost_ms = engine.host.budget.request_ms(spec, first.body, train=True)
+                out[member] = Event(first.body, f"{event_id}@{member}" if event_id else None,
+                                    body_json=first.body_json, digest=first.digest
+                                    ).priced(spec, cost_ms)
+            except UnknownModel as exc:
+                out[member] = exc
+            except InvalidInput as exc:
+                if first is None:
+                    raise
+                out[member] = exc
+        return out
+
+    async def learn(self, name: str, payload: dict[str, Any]) -> RaceLearned:
+        """Apply one event to every member (concurrently: one's commit overlaps another's
+        compute), then look at the leader."""
+        race, leader = await self.definition(name)
+        events = await self.fan_out(race, payload)
+        results = await asyncio.gather(*(self._learn_one(m, e) for m, e in events.items()))
+        outcomes = dict(zip(events, results, strict=True))
+        serving = leader or race.names[0]
+        return RaceLearned(outcomes, await self.elect(race, leader), serving,
+                           outcomes.get(serving))
+
+    async def _learn_one(self, member: str, event: Event | Exception) -> Written:
+        if isinstance(event, Exception):
+            return event
+        try:
+            return (await self.engine.learn(member, [event]))[0]
+        except Exception as exc:  # one member's failure is its own
+            return exc
+
+    async def elect(self, race: RacePlan, leader: str) -> str:
+        """Move the leader if a member now beats it by the margin (compare-and-set)."""
+        standings = await self.store.standings(race.names)
+        values = {m: (s.updates if s else 0, rolling(s, race.metric))
+                  for m, s in zip(race.names, standings, strict=True)}
+        chosen = choose_leader(leader, values, race.metric, race.margin, race.min_updates)
+        if chosen != leader and not await self.store.move_leader(race.name, leader, chosen):
+            return (await self.definition(race.name))[1]
+        return chosen
+
+    async def predict(self, name: str, payload: dict[str, Any]
+                      ) -> tuple[str, tuple[float | int, dict[int, float] | None, int]]:
+        """The leader's prediction (the first member's while none leads), and who made it."""
+        race, leader = await self.definition(name)
+        member = leader or race.names[0]
+        return member, await self.engine.predict(member, payload)
+
+    async def live(self, name: str, cursor: list[int] | None
+                   ) -> AsyncIterator[tuple[str, dict[str, Any], list[int]] | None]:
+        """Follow every member's curve: ``(member, point, cursor)`` per new point, where the
+        cursor (each member's last version, in member order) resumes the feed; ``None`` as a
+        keep-alive. Ends when the race is deleted."""
+        race, _ = await self.definition(name)
+        if cursor is not None and len(cursor) != len(race.members):
+            raise InvalidInput("last-event-id", f"a race cursor lists {len(race.members)} "
+                                                "versions, one per member")
+        if cursor is None:
+            tails = [await self.engine.store.curve_tail(m) for m in race.names]
+            cursor = [t or 0 for t in tails]
+        start = dict(zip(race.names, cursor, strict=True))
+
+        async def alive() -> bool:
+            return await self.store.get(name) is not None
+
+        return self._with_cursor(race.names, self.engine.follow(start, alive), cursor)
+
+    @staticmethod
+    async def _with_cursor(names: list[str], points: AsyncIterator[Any], cursor: list[int]
+                           ) -> AsyncIterator[tuple[str, dict[str, Any], list[int]] | None]:
+        cursor = list(cursor)
+        async for item in points:
+            if item is None:
+                yield None
+                continue
+            member, point = item
+            cursor[names.index(member)] = int(point["version"])
+            yield member, point, list(cursor)
