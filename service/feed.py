@@ -12,6 +12,8 @@ them; the table waits, bounded, until the updates reach the rows sent). All rows
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console, Group
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -270,16 +273,29 @@ def model_table(info: dict[str, Any]) -> Group:
                       f"{info.get('updates')} updates", style="bold"), table)
 
 
-def race_table(info: dict[str, Any]) -> Group:
-    """A race's members by rank, the leader marked, each metric rolling and cumulative."""
+def race_table(info: dict[str, Any], width: int | None = None) -> Group:
+    """A race's members by rank, the leader marked, each metric rolling and cumulative (the
+    race's own metric first; the others only as far as ``width`` allows)."""
     members = sorted(info.get("members") or [], key=lambda m: m.get("rank") or 1 << 30)
     names = next((_metric_names(m.get("metrics")) for m in members if m.get("metrics")), [])
+    names.sort(key=lambda n: n != info.get("metric"))
+    while True:
+        table = _standings(info, members, names)
+        if width is None or len(names) <= 1 or _width(table) <= width:
+            break
+        names = names[:-1]
+    return Group(Text(f"race {info.get('name')}: ranked by rolling {info.get('metric')}, "
+                      f"leader {info.get('leader') or '- (none yet)'}", style="bold"), table)
+
+
+def _standings(info: dict[str, Any], members: list[dict[str, Any]], names: list[str]) -> Table:
     table = Table()
     for col in ("rank", "member", "norm", "updates"):
-        table.add_column(col, justify="right" if col in ("rank", "updates") else "left")
+        table.add_column(col, justify="right" if col in ("rank", "updates") else "left",
+                         no_wrap=True)
     for name in names:
-        table.add_column(f"{name} rolling", justify="right")
-        table.add_column(name, justify="right")
+        table.add_column(f"{name}\nrolling", justify="right", no_wrap=True)
+        table.add_column(f"{name}\ncumulative", justify="right", no_wrap=True)
     for m in members:
         leader = m.get("name") == info.get("leader")
         metrics = m.get("metrics") or {}
@@ -287,8 +303,13 @@ def race_table(info: dict[str, Any]) -> Group:
         table.add_row(_fmt(m.get("rank")), f"{m.get('name')}{' ★ leader' if leader else ''}",
                       str(m.get("norm")), _fmt(m.get("updates")), *cells,
                       style="bold" if leader else None)
-    return Group(Text(f"race {info.get('name')}: ranked by rolling {info.get('metric')}, "
-                      f"leader {info.get('leader') or '- (none yet)'}", style="bold"), table)
+    return table
+
+
+def _width(table: Table) -> int:
+    """The columns ``table`` takes unsqueezed."""
+    console = Console(width=10_000)
+    return Measurement.get(console, console.options, table).maximum
 
 
 class _Rate(ProgressColumn):
@@ -309,7 +330,9 @@ def open_source(opts: Options) -> Source:
 
 def run(opts: Options, console: Console | None = None) -> dict[str, Any]:
     """Feed ``opts``' source to its target and print the final table; the target's ``GET``."""
-    console = console or Console()
+    # not a terminal (a pipe, a file, a test): wide enough for a race's table
+    console = console or Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ
+                                 else 160)
     if (opts.model is None) == (opts.race is None):
         raise FeedError("give one target: --model NAME or --race NAME")
     target = Target("model", opts.model) if opts.model else Target("race", str(opts.race))
@@ -331,7 +354,8 @@ def run(opts: Options, console: Console | None = None) -> dict[str, Any]:
         client.close()
     if target.kind == "race":
         info.setdefault("name", target.name)
-    console.print(model_table(info) if target.kind == "model" else race_table(info))
+    console.print(model_table(info) if target.kind == "model"
+                  else race_table(info, console.width))
     note = f"{fed.sent} rows of {source.name} sent via {opts.via}"
     if opts.via == "http":
         note += f", {fed.sent - fed.repeated} applied, {fed.repeated} applied before"
