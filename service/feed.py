@@ -6,7 +6,9 @@ event id ``feed-<file or dataset>-<row>``, so a re-run applies no row twice, ove
 transport: ``http`` (``POST /models/{name}/learn`` or ``/races/{name}/learn``, one row at a
 time, each reply waited for) or ``stream`` (``POST /events`` in batches, a worker applies
 them; the table waits, bounded, until the updates reach the rows sent). All rows go to one
-``stream`` key, in file order: the model's recurrent context runs along the file.
+``stream`` key, in file order: the model's recurrent context runs along the file. (A model
+remembers the last ``STREAMNORM_SEEN_LIMIT`` event ids, 100,000 by default: a re-run of a
+longer file applies its first rows again.)
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ def ensure(client: Client, target: Target, opts: Options, source: Source,
         client.call("POST", "/races", {"name": target.name, "spec": spec,
                                        "members": [{"norm": m} for m in methods]})
         what = f"race {target.name} ({', '.join(methods)})"
-    console.print(f"created {what}: {json.dumps(spec)}")
+    console.print(f"created {what}: {json.dumps(spec)}", markup=False)
     return dict(client.call("GET", target.path))
 
 
@@ -339,7 +341,7 @@ def run(opts: Options, console: Console | None = None) -> dict[str, Any]:
     source = open_source(opts)
     source.check()
     if source.skipped:
-        console.print(f"not numeric, left out: {', '.join(source.skipped)}")
+        console.print(f"not numeric, left out: {', '.join(source.skipped)}", markup=False)
     client = Client(opts.url, opts.api_key)
     try:
         before = updates(ensure(client, target, opts, source, console))
@@ -359,9 +361,10 @@ def run(opts: Options, console: Console | None = None) -> dict[str, Any]:
     note = f"{fed.sent} rows of {source.name} sent via {opts.via}"
     if opts.via == "http":
         note += f", {fed.sent - fed.repeated} applied, {fed.repeated} applied before"
-    console.print(note)
+    console.print(note, markup=False)
     for member, detail in fed.failed.items():
-        console.print(f"[yellow]member {member} failed rows; last error: {detail}[/]")
+        console.print(f"member {member} failed rows; the last error: {detail}", style="yellow",
+                      markup=False)
     if opts.via == "stream" and updates(info) < max(before, fed.sent):
         raise FeedError(f"after {opts.wait:g} s the {target.kind} has {updates(info)} updates "
                         f"of the {fed.sent} rows sent (is a `streamnorm worker` running?)")
