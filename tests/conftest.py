@@ -108,6 +108,17 @@ def settings(redis_url: str) -> Settings:
 
 
 @pytest.fixture
+def stream_settings(own_redis: str) -> Iterator[Settings]:
+    """Settings for stream tests: 4 partitions, fast leases, a server this session started
+    (flushed before and after: never REDIS_URL's)."""
+    r = redis.Redis.from_url(own_redis)
+    r.flushdb()
+    yield Settings(redis_url=own_redis, partitions=4, heartbeat_s=0.1, partition_lease_ms=600,
+                   worker_batch=32)
+    r.flushdb()
+
+
+@pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """The real ASGI app (lifespan included) over the session's Redis."""
     with TestClient(create_app(settings)) as c:

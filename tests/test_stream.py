@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,16 +43,6 @@ def replay(model: str, events: list[dict[str, Any]]) -> bytes:
         if ev["model"] == model:
             learner.learn_one(ev["x"], ev["y"], stream=ev["stream"])
     return learner.to_bytes()
-
-
-@pytest.fixture
-def stream_settings(own_redis: str) -> Iterator[Settings]:
-    url = own_redis
-    r = redis.Redis.from_url(url)
-    r.flushdb()  # a server this session started (never REDIS_URL's)
-    yield Settings(redis_url=url, partitions=4, heartbeat_s=0.1, partition_lease_ms=600,
-                   worker_batch=32)
-    r.flushdb()
 
 
 @asynccontextmanager
