@@ -1,5 +1,5 @@
 """``streamnorm`` command line: ``serve`` runs the HTTP API with uvicorn, ``worker`` a stream
-consumer."""
+consumer, ``feed`` streams a CSV file or a River dataset into a model or race (``feed.py``)."""
 
 from __future__ import annotations
 
