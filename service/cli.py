@@ -1,5 +1,5 @@
 """``streamnorm`` command line: ``serve`` runs the HTTP API with uvicorn, ``worker`` a stream
-consumer."""
+consumer, ``feed`` streams a CSV file or a River dataset into a model or race (``feed.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
@@ -158,6 +158,58 @@ def worker(name: str | None = typer.Option(None, help="consumer name (default: h
             await close(redis)
 
     uvloop.run(main())
+
+
+@app.command()
+def feed(csv: str | None = typer.Option(None, help="a CSV file with a header row"),
+         river: str | None = typer.Option(None, help="a River dataset (TrumpApproval, Phishing, "
+                                                     "Bananas, ...): pip install "
+                                                     "'streamnorm[river]'"),
+         target: str | None = typer.Option(None, help="CSV: the target column (default: the "
+                                                      "last)"),
+         features: str | None = typer.Option(None, help="CSV: the feature columns, a,b,c "
+                                                        "(default: the other numeric ones)"),
+         stream: str = typer.Option("feed", help="the stream key every row goes to"),
+         model: str | None = typer.Option(None, help="feed this model"),
+         race: str | None = typer.Option(None, help="or this race"),
+         create: bool = typer.Option(False, help="create the model or race if missing"),
+         spec: str | None = typer.Option(None, help="with --create: spec fields as JSON "
+                                                    "(default: inferred from the data)"),
+         norms: str | None = typer.Option(None, help="with --create --race: the members' "
+                                                     "norms, a,b,c (default: all)"),
+         via: Literal["http", "stream"] = typer.Option(
+             "http", help="learn over HTTP, or POST /events for a worker"),
+         batch: int = typer.Option(100, min=1, max=1000, help="--via stream: events per POST"),
+         url: str = typer.Option("http://127.0.0.1:8000", help="the service"),
+         api_key: str | None = typer.Option(None, envvar="STREAMNORM_API_KEY",
+                                            help="an admin key, if the service needs one"),
+         limit: int | None = typer.Option(None, min=1, help="feed the first N rows only"),
+         wait: float = typer.Option(60.0, min=0, help="--via stream: seconds to wait for "
+                                                      "the worker to apply the rows"),
+         scale: bool = typer.Option(False, help="standardize each feature online (as River's "
+                                                "StandardScaler) before sending")) -> None:
+    """Stream a CSV file or a River dataset into a model or a race, then print its metrics.
+    Each row's event id is feed-FILE-ROW: a re-run applies nothing twice."""
+    import json
+
+    from .feed import FeedError, Options, run
+
+    def names(text: str | None) -> list[str] | None:
+        return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+    try:
+        given = json.loads(spec) if spec else {}
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--spec") from None
+    if not isinstance(given, dict):
+        raise typer.BadParameter("a JSON object of spec fields", param_hint="--spec")
+    try:
+        run(Options(Path(csv) if csv else None, river, target, names(features), stream, model,
+                    race, create, given, names(norms), via, batch, url, api_key, limit, wait,
+                    scale))
+    except FeedError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

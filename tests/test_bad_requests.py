@@ -82,7 +82,14 @@ def spec(id_: str, field: str, drop: tuple[str, ...] = (), status: int = 422,
     return Case(f"create/{id_}", "POST", "/models", status, field, body=body)
 
 
+def race(id_: str, field: str, status: int = 422, **changes: Any) -> Case:
+    body = {"name": "<new>", "spec": {"task": "regression", "n_features": 3, "hidden_size": 8},
+            "members": [{"norm": "streaming"}, {"norm": "layer"}], **changes}
+    return Case(f"create-race/{id_}", "POST", "/races", status, field, body=body)
+
+
 LEARN, PREDICT = "/models/<reg>/learn", "/models/<reg>/predict"
+RACE_LEARN, RACE_PREDICT = "/races/<race>/learn", "/races/<race>/predict"
 XYZ = [0.1, 0.2, 0.3]
 OK = {"stream": "s", "x": XYZ, "y": 0.5}
 BIG_INT = b"1" + b"0" * 400  # a valid JSON integer far beyond float64
@@ -283,6 +290,60 @@ CASES: list[Case] = [
     # -- an update the learner rolls back (non-finite), after the lease was taken -----------------
     learn("update-rejected-huge-values", {"stream": "s", "x": [3e38, -3e38, 3e38], "y": 3e38},
           "y"),
+    Case("curve/after-beyond-a-version", "GET", "/models/<reg>/curve?after=32589158477190044729",
+         422, "after"),
+    Case("curve/limit-0", "GET", "/models/<reg>/curve?limit=0", 422, "limit"),
+    # -- races -----------------------------------------------------------------------------------
+    Case("race-learn/x-too-short", "POST", RACE_LEARN, 422, "x",
+         body={"stream": "s", "x": [0.1], "y": 1}),
+    Case("race-learn/y-missing", "POST", RACE_LEARN, 422, "y", body={"stream": "s", "x": XYZ}),
+    Case("race-learn/unknown-field", "POST", RACE_LEARN, 422, "foo", body={**OK, "foo": 1}),
+    raw("race-learn/x-NaN", RACE_LEARN, b'{"stream":"s","x":[1,NaN,2],"y":1}', "x"),
+    raw("race-learn/json-truncated", RACE_LEARN, b'{"stream":"s","x":[1,2', "body"),
+    raw("race-learn/body-over-limit-chunked", RACE_LEARN, OVER_LIMIT, "body", status=413,
+        chunked=True),
+    Case("race-learn/unknown-race", "POST", "/races/<gone>/learn", 404, "name", body=OK),
+    Case("race-learn/name-with-space", "POST", "/races/bad name/learn", 422, "name", body=OK),
+    Case("race-learn/no-auth", "POST", RACE_LEARN, 401, "authorization", auth=None, body=OK),
+    Case("race-predict/x-too-long", "POST", RACE_PREDICT, 422, "x",
+         body={"stream": "s", "x": [1, 2, 3, 4]}),
+    Case("race-predict/unknown-race", "POST", "/races/<gone>/predict", 404, "name",
+         body={"stream": "s", "x": XYZ}),
+    Case("race-get/unknown-race", "GET", "/races/<gone>", 404, "name"),
+    Case("race-get/name-65-chars", "GET", f"/races/{LONG}", 422, "name"),
+    Case("race-live/unknown-race", "GET", "/races/<gone>/live", 404, "name"),
+    Case("race-delete/unknown-race", "DELETE", "/races/<gone>", 404, "name"),
+    Case("race-delete/no-auth", "DELETE", "/races/<race>", 401, "authorization", auth=None),
+    Case("race-delete/wrong-key", "DELETE", "/races/<race>", 403, "authorization",
+         auth="Bearer k3"),
+    race("member-norm-unknown", "members[1].norm", members=[{}, {"norm": "group"}]),
+    race("member-task", "members[0].task", members=[{"task": "binary"}]),
+    race("member-n_classes", "members[0].n_classes", members=[{"n_classes": 3}]),
+    race("member-name-bad", "members[0].name", members=[{"name": "a b"}]),
+    race("member-names-repeated", "members[1].name", members=[{"name": "<new>-a"},
+                                                               {"name": "<new>-a"}]),
+    race("member-name-taken-by-a-model", "members[0].name", status=409,
+         members=[{"name": "<reg>"}]),
+    race("members-empty", "members", members=[]),
+    race("members-17", "members", members=[{}] * 17),
+    race("members-not-a-list", "members", members={"norm": "layer"}),
+    race("spec-with-name", "spec.name", spec={"name": "x", "task": "regression",
+                                              "n_features": 3}),
+    race("spec-task-missing", "spec.task", spec={"n_features": 3}),
+    race("spec-not-an-object", "spec", spec=[1, 2]),
+    race("metric-of-another-task", "metric", metric="Accuracy"),
+    race("metric-unknown", "metric", metric="F1"),
+    race("margin-negative", "margin", margin=-0.5),
+    race("min_updates-string", "min_updates", min_updates="many"),
+    race("name-with-space", "name", name="a b"),
+    race("name-taken", "name", status=409, name="<race>"),
+    race("unknown-field", "colour", colour="red"),
+    Case("events/model-and-race", "POST", "/events", 422, "model",
+         body={**OK, "model": "<reg>", "race": "<race>"}),
+    Case("events/neither-model-nor-race", "POST", "/events", 422, "model", body=OK),
+    Case("events/unknown-race", "POST", "/events", 404, "race", body={**OK, "race": "<gone>"}),
+    Case("events/race-x-too-short", "POST", "/events", 422, "[0].x",
+         body=[{"race": "<race>", "stream": "s", "x": [1], "y": 1}]),
     # -- auth (writes need a Bearer key) ---------------------------------------------------------
     Case("create/no-auth", "POST", "/models", 401, "authorization", auth=None,
          body={"name": "<new>", "task": "regression", "n_features": 3}),
@@ -324,10 +385,16 @@ def names(api: TestClient) -> Iterator[dict[str, str]]:
         r = api.post("/models", json={"name": out[role], **body},
                      headers={"Authorization": BEARER})
         assert r.status_code == 201, r.text
+    out["race"] = f"bad-race-{tag}"
+    r = api.post("/races", json={"name": out["race"], "spec": SPECS["reg"],
+                                 "members": [{"norm": "streaming"}, {"norm": "none"}]},
+                 headers={"Authorization": BEARER})
+    assert r.status_code == 201, r.text
     out |= {"gone": f"bad-gone-{tag}", "new": f"bad-new-{tag}"}
     yield out
     for role in SPECS:
         api.delete(f"/models/{out[role]}", headers={"Authorization": BEARER})
+    api.delete(f"/races/{out['race']}", headers={"Authorization": BEARER})
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,14 @@ def _sources(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
 
 
+CLIENTS = ("cli.py", "feed.py")  # the command line starts the service; feed is its client
+
+
 def _below_api() -> list[Path]:
-    """Every service module but the HTTP layer and the command line that starts it."""
+    """Every service module but the HTTP layer, the command line that starts it and the
+    client that feeds it (``streamnorm feed``: it talks HTTP, from outside)."""
     return [p for p in _sources(SERVICE)
-            if "api" not in p.relative_to(SERVICE).parts and p.name != "cli.py"]
+            if "api" not in p.relative_to(SERVICE).parts and p.name not in CLIENTS]
 
 
 def _module(path: Path) -> str:

@@ -97,8 +97,8 @@ async def model_metrics(name: ModelName, engine: EngineDep) -> dict[str, Any]:
                                 "RMSE": {"value": 0.5, "rolling": 0.5}, "n": 10}}],
         "last": 10}}}}})
 async def model_curve(name: ModelName, engine: EngineDep,
-                      after: Annotated[int, Query(ge=0, description="points with a version "
-                                                  "above this one")] = 0,
+                      after: Annotated[int, Query(ge=0, le=2**62, description="points with "
+                                                  "a version above this one")] = 0,
                       limit: Annotated[int, Query(ge=1, le=10_000,
                                                   description="points at most")] = 1000
                       ) -> dict[str, Any]:
@@ -125,7 +125,7 @@ async def model_live(name: ModelName, engine: EngineDep,
     applies the updates; ends when the model is deleted."""
     after = None
     if last_event_id is not None:
-        if not last_event_id.isdigit() or len(last_event_id) > 18:
+        if not (last_event_id.isascii() and last_event_id.isdigit()) or len(last_event_id) > 18:
             raise ApiError(422, "Last-Event-ID: must be a version (a whole number >= 0)",
                            "last-event-id")
         after = int(last_event_id)

@@ -126,7 +126,8 @@ async def race_live(name: RaceName, engine: EngineDep,
     cursor = None
     if last_event_id is not None:
         parts = last_event_id.split(",")
-        if len(parts) > 16 or not all(p.isdigit() and len(p) <= 18 for p in parts):
+        if len(parts) > 16 or not all(
+                p.isascii() and p.isdigit() and len(p) <= 18 for p in parts):
             raise ApiError(422, "Last-Event-ID: must list versions (whole numbers >= 0, "
                                 "comma-separated)", "last-event-id")
         cursor = [int(p) for p in parts]

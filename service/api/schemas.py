@@ -190,10 +190,10 @@ class NewRace(BaseModel):
     metric: Literal["MAE", "RMSE", "Accuracy", "LogLoss"] | None = Field(
         None, description="what ranks the members, by its rolling value (default: MAE for "
                           "regression, Accuracy for classification)")
-    min_updates: int = Field(100, ge=0, le=10**9, description="updates a member needs before it "
-                             "can lead")
-    margin: float = Field(0.02, ge=0.0, le=1.0, description="how much better (relative) a "
-                          "challenger must be to take the lead")
+    min_updates: int = Field(100, ge=0, le=10**9, strict=True,
+                             description="updates a member needs before it can lead")
+    margin: float = Field(0.02, ge=0.0, le=1.0, strict=True, description="how much better "
+                          "(relative) a challenger must be to take the lead")
 
 
 class RaceStanding(BaseModel):

@@ -203,15 +203,15 @@ class Races:
         return True
 
     async def _create_members(self, specs: list[ModelSpec], *, undo: bool) -> None:
+        """Create the members that do not exist yet (one of the very same spec is taken as it
+        is: a concurrent retry of this create made it); on a conflict, ``undo`` deletes the
+        ones this call made."""
         made: list[str] = []
         try:
             for i, spec in enumerate(specs):
                 try:
                     if await self.engine.create(spec):
                         made.append(spec.name)
-                    elif undo:  # it appeared since we looked: not ours to take
-                        raise Conflict(f"a model named {spec.name!r} exists",
-                                       f"members[{i}].name")
                 except Conflict as exc:
                     raise Conflict(exc.detail, f"members[{i}].name") from None
         except BaseException:
