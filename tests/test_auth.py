@@ -28,10 +28,14 @@ BODIES = {  # a valid body for every POST route (a 401/403 must come before the 
     "/models/{name}/predict": {"stream": "s", "x": [0.1, 0.2, 0.3]},
     "/models/{name}/learn": {"stream": "s", "x": [0.1, 0.2, 0.3], "y": 0.5},
     "/events": {"model": "<name>", "stream": "s", "x": [0.1, 0.2, 0.3], "y": 0.5},
+    "/races": {"name": "<new>", "spec": SPEC, "members": [{"norm": "layer"}]},
+    "/races/{name}/predict": {"stream": "s", "x": [0.1, 0.2, 0.3]},
+    "/races/{name}/learn": {"stream": "s", "x": [0.1, 0.2, 0.3], "y": 0.5},
 }
 OPEN = {"/healthz", "/readyz", "/", "/static/{file}"}  # probes; the dashboard page (no data)
 WRITES = {("POST", "/models"), ("DELETE", "/models/{name}"), ("POST", "/models/{name}/learn"),
-          ("POST", "/events"), ("GET", "/models/{name}/state")}
+          ("POST", "/events"), ("GET", "/models/{name}/state"), ("POST", "/races"),
+          ("DELETE", "/races/{name}"), ("POST", "/races/{name}/learn")}
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +47,17 @@ def api(redis_url: str) -> Iterator[TestClient]:
 
 @pytest.fixture
 def name(api: TestClient) -> Iterator[str]:
+    """A model, and a race of the same name (the routes of both take it)."""
     model = f"auth-{uuid.uuid4().hex[:10]}"
     r = api.post("/models", json={"name": model, **SPEC}, headers=bearer(ADMIN))
     assert r.status_code == 201, r.text
+    r = api.post("/races", json={"name": model, "spec": SPEC, "members": [{}]},
+                 headers=bearer(ADMIN))
+    assert r.status_code == 201, r.text
     yield model
-    api.delete(f"/models/{model}", headers=bearer(ADMIN))
+    for made in (model, f"{model}-new"):
+        api.delete(f"/models/{made}", headers=bearer(ADMIN))
+        api.delete(f"/races/{made}", headers=bearer(ADMIN))
 
 
 def bearer(key: str) -> dict[str, str]:
