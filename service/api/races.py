@@ -29,11 +29,29 @@ router = APIRouter(prefix="/races", tags=["races"])
 RaceName = Annotated[str, Path(pattern=MODEL_NAME_PATTERN, description="race name",
                                examples=["demo"])]
 _E404 = "no race of that name (field `name`)"
+_NEW = {"name": "demo", "spec": {"task": "regression", "n_features": 3, "hidden_size": 32},
+        "members": [{"norm": "streaming"}, {"norm": "layer"}, {"norm": "none"}]}
+_MEMBER = {"name": "demo.layer", "norm": "layer", "rank": 1, "version": 120, "updates": 120,
+           "rolling": 0.27, "metrics": {"MAE": {"value": 0.31, "rolling": 0.27},
+                                        "RMSE": {"value": 0.4, "rolling": 0.35}, "n": 120}}
+_RACE = {"name": "demo", "metric": "MAE", "leader": "demo.layer", "min_updates": 100,
+         "margin": 0.02, "spec": _NEW["spec"], "members": [_MEMBER]}
+_LEARN = {"stream": "sensor-7", "x": [0.1, 0.2, 0.3], "y": 1.5, "event_id": "evt-0001"}
+
+
+def _example(value: Any) -> dict[str, Any]:
+    return {"content": {"application/json": {"example": value}}}
+
+
+def _body(value: Any) -> dict[str, Any]:
+    return {"requestBody": _example(value)}
 
 
 @router.post("", status_code=201, response_model=RaceInfo, dependencies=[WriteAccess],
-             responses={200: {"model": RaceInfo, "description": "the very same race exists (a "
-                              "retried create): it, as it is now"},
+             openapi_extra=_body(_NEW),
+             responses={201: {"description": "created", **_example(_RACE)},
+                        200: {"model": RaceInfo, "description": "the very same race exists (a "
+                              "retried create): it, as it is now", **_example(_RACE)},
                         **errors(400, 409, 413, 422, 503,
                                  e409="the race's name, or a member's, is taken",
                                  e422="an invalid spec or member (the field is named: "
@@ -47,7 +65,8 @@ async def create_race(body: NewRace, engine: EngineDep, response: Response) -> d
     return await engine.races.describe(body.name)
 
 
-@router.get("", response_model=list[RaceInfo], responses=errors(503))
+@router.get("", response_model=list[RaceInfo], responses={**errors(503),
+                                                         200: _example([_RACE])})
 async def list_races(engine: EngineDep) -> list[dict[str, Any]]:
     """Every race with its members' standings."""
     out = []
@@ -59,7 +78,8 @@ async def list_races(engine: EngineDep) -> list[dict[str, Any]]:
     return out
 
 
-@router.get("/{name}", response_model=RaceInfo, responses=errors(404, 422, 503, e404=_E404))
+@router.get("/{name}", response_model=RaceInfo, responses={
+    **errors(404, 422, 503, e404=_E404), 200: _example(_RACE)})
 async def get_race(name: RaceName, engine: EngineDep) -> dict[str, Any]:
     """The race: its metric, its leader, and its members ranked by the rolling metric."""
     return await engine.races.describe(name)
@@ -82,8 +102,16 @@ def _result(out: Any) -> dict[str, Any]:
 
 
 @router.post("/{name}/learn", response_model=RaceLearnResponse, dependencies=[WriteAccess],
-             responses=errors(400, 404, 413, 422, 503, e404=_E404,
-                              e422="the input fits no member (the field is named)"))
+             openapi_extra=_body(_LEARN),
+             responses={**errors(400, 404, 413, 422, 503, e404=_E404,
+                                 e422="the input fits no member (the field is named)"),
+                        200: _example({"results": {
+                            "demo.layer": {"prediction": 1.37, "loss": 0.017, "version": 121,
+                                           "applied": True, "proba": None},
+                            "demo.none": {"status": 422, "detail": "update rejected: ...",
+                                          "field": "y"}},
+                            "leader": "demo.layer", "prediction": 1.37,
+                            "model": "demo.layer"})})
 async def race_learn(name: RaceName, body: LearnRequest, engine: EngineDep) -> Response:
     """Test-then-train every member on this event, each exactly once per ``event_id``; a
     member that fails (its update rejected, say) gets its error in ``results`` and holds no
@@ -99,7 +127,9 @@ async def race_learn(name: RaceName, body: LearnRequest, engine: EngineDep) -> R
 
 
 @router.post("/{name}/predict", response_model=RacePredictResponse,
-             responses=errors(400, 404, 413, 422, 503, e404=_E404))
+             openapi_extra=_body({"stream": "sensor-7", "x": [0.1, 0.2, 0.3]}),
+             responses={**errors(400, 404, 413, 422, 503, e404=_E404), 200: _example({
+                 "prediction": 1.37, "version": 121, "proba": None, "model": "demo.layer"})})
 async def race_predict(name: RaceName, body: PredictRequest, engine: EngineDep) -> Response:
     """The leader's prediction (the first member's until one has ``min_updates`` updates)."""
     member, (pred, proba, version) = await engine.races.predict(
