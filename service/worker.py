@@ -78,6 +78,8 @@ class Worker:
         self.held: dict[int, asyncio.Task[None]] = {}
         self.releasing: set[int] = set()  # partitions to hand back after the batch in hand
         self._applied: deque[tuple[float, int]] = deque()
+        # (partition, entry id) of a race's pending entry → its members that can never apply it
+        self._failed: dict[tuple[int, str], dict[str, str]] = {}
 
     def stop(self) -> None:
         """Finish the batches in hand, then return from ``run``."""
@@ -171,6 +173,8 @@ class Worker:
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 2.0)
         finally:
+            for key in [k for k in self._failed if k[0] == p]:
+                del self._failed[key]
             mine = [m for m in self.engine.cached()
                     if partition_of(m, self.settings.partitions) == p]
             await self.engine.checkpoint(mine)  # the next holder loads them, replays nothing
@@ -187,19 +191,23 @@ class Worker:
         jobs: dict[str, list[tuple[Entry, Event | Exception]]] = {}
         dead: list[tuple[Entry, str]] = []
         races: dict[str, RacePlan] = {}
+        outcomes: dict[str, list[str]] = {}  # entry id → its failures ("" = not settled)
         for entry, parsed in zip(entries, await self._prepared(p, entries), strict=True):
             if isinstance(parsed, str):
                 dead.append((entry, parsed))
                 continue
             race, events = parsed
-            if race is not None:
+            outcomes[entry.id] = []
+            if race is not None:  # members settled by an earlier try, or deleted alone, are done
                 races[race.name] = race
+                settled = self._failed.setdefault((p, entry.id), {})
+                events = {m: e for m, e in events.items()
+                          if m not in settled and not isinstance(e, UnknownModel)}
             for model, event in events.items():
                 jobs.setdefault(model, []).append((entry, event))
         results = await asyncio.gather(*(
             self.engine.learn(model, [event for _, event in items])
             for model, items in jobs.items()), return_exceptions=True)
-        outcomes: dict[str, list[str]] = {}  # entry id → its failures ("" = not settled)
         clean, applied = True, 0
         for (model, items), res in zip(jobs.items(), results, strict=True):
             if isinstance(res, BaseException):
@@ -207,30 +215,30 @@ class Worker:
                     log.warning("model %s: %r (will retry)", model, res)
                     clean = False
                     for entry, _ in items:
-                        outcomes.setdefault(entry.id, []).append("")
+                        outcomes[entry.id].append("")
                 else:  # e.g. an unreadable stored state: retrying would block the partition
                     log.error("model %s: %r (dead-lettered)", model, res)
                     for entry, _ in items:
-                        outcomes.setdefault(entry.id, []).append(
-                            f"{model}: {type(res).__name__}: {res}")
+                        self._fail(p, entry, model, f"{type(res).__name__}: {res}", outcomes)
                 continue
             waiting = False  # the rest of this model's entries wait behind an unsettled one
             for (entry, _), outcome in zip(items, res, strict=True):
-                failures = outcomes.setdefault(entry.id, [])
                 if waiting or not (isinstance(outcome, LearnOutcome) or _permanent(outcome)):
                     waiting, clean = True, False
-                    failures.append("")
+                    outcomes[entry.id].append("")
                 elif isinstance(outcome, LearnOutcome):
                     applied += outcome.applied
                 else:
-                    failures.append(f"{model}: {_describe(outcome)}")
+                    self._fail(p, entry, model, _describe(outcome), outcomes)
         acked: list[str] = []
         for entry in entries:
             failures = outcomes.get(entry.id)
             if failures is None or "" in failures:
                 continue  # dead already, or not settled: pending, retried first
-            if failures:
-                dead.append((entry, "; ".join(failures)))
+            earlier = self._failed.pop((p, entry.id), None)
+            why = [f"{m}: {w}" for m, w in earlier.items()] if earlier is not None else failures
+            if why:
+                dead.append((entry, "; ".join(why)))
             else:
                 acked.append(entry.id)
         dead.sort(key=lambda d: tuple(int(n) for n in d[0].id.split("-")))  # entry order
@@ -243,6 +251,16 @@ class Worker:
         m.DEAD_LETTERED.inc(len(dead))
         self._rate(applied)
         return clean
+
+    def _fail(self, p: int, entry: Entry, model: str, why: str,
+              outcomes: dict[str, list[str]]) -> None:
+        """Record that ``model`` can never apply ``entry``: a race's entry remembers it, so a
+        retry of the entry (pending for another member) does not run it again, out of order."""
+        settled = self._failed.get((p, entry.id))
+        if settled is not None:
+            settled[model] = why
+        else:
+            outcomes[entry.id].append(f"{model}: {why}")
 
     async def _prepared(self, p: int, entries: list[Entry]
                         ) -> list[str | tuple[RacePlan | None, dict[str, Event | Exception]]]:
@@ -258,7 +276,7 @@ class Worker:
                     race, _ = await self.engine.races.definition(name)
                     out.append((race, await self.engine.races.fan_out(race, payload)))
                     continue
-            except (ValueError, UnknownRace) as exc:  # InvalidInput is a ValueError
+            except (ValueError, UnknownRace, UnknownModel) as exc:  # InvalidInput: a ValueError
                 out.append(str(exc) if type(exc) is ValueError else _describe(exc))
                 continue
             by_model.setdefault(name, []).append((len(out), payload, valid_for))

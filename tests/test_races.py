@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from models import ModelSpec, OnlineLearner
+from service.api.app import create_app
 from service.engine.race import choose_leader
 from service.redis.keys import model_key, race_key
 from service.settings import Settings
@@ -75,6 +77,14 @@ def test_a_race_is_members_that_are_ordinary_models(client: TestClient, race: st
     body = {"name": race, "spec": SPEC, "members": [{"norm": n} for n in NORMS],
             "metric": "RMSE", "min_updates": 7, "margin": 0.1}
     assert client.post("/races", json=body).status_code == 200
+    other = f"{race}-d"  # defaults written out are the same race as defaults left out
+    try:
+        new_race(client, other)
+        same = {"name": other, "spec": SPEC, "members": [{"norm": n} for n in NORMS],
+                "metric": "MAE", "min_updates": 100, "margin": 0.02}
+        assert client.post("/races", json=same).status_code == 200
+    finally:
+        client.delete(f"/races/{other}")
     r = client.post("/races", json={**body, "margin": 0.2})
     assert r.status_code == 409 and r.json()["field"] == "name"
 
@@ -241,6 +251,8 @@ def test_a_leader_is_kept_until_beaten_by_the_margin(client: TestClient, race: s
     ("gone", {"a": (9, 1.0), "b": (9, 0.9)}, "RMSE", "b"),  # the leader was deleted
     ("a", {"a": (9, None), "b": (9, 0.9)}, "LogLoss", "b"),  # it has no value
     ("", {"a": (9, 0.3), "b": (9, 0.3)}, "MAE", "a"),  # ties: the first member
+    ("a", {"a": (9, 0.99), "b": (9, 1.0)}, "Accuracy", "b"),  # the margin is on the error
+    ("a", {"a": (9, 0.99), "b": (9, 0.9901)}, "Accuracy", "a"),
 ])
 def test_choose_leader(current: str, values: dict[str, tuple[int, float | None]],
                        metric: str, want: str) -> None:
@@ -280,3 +292,78 @@ def test_race_events_through_the_stream_apply_once_per_member(stream_settings: S
         for ev in [event(i) for i in range(20)] + [event(99)]:
             oracle.learn_one(ev["x"], ev["y"], stream=ev["stream"])
         assert got["states"][norm] == oracle.to_bytes()
+
+
+def test_a_race_re_created_elsewhere_is_served_as_it_is_now(settings: Settings,
+                                                            race: str) -> None:
+    """One process holds the members hot; another deletes the race and creates it again with
+    other inputs: the first validates against the members as they are now."""
+    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+        new_race(a, race)
+        assert a.post(f"/races/{race}/learn", json=event(0)).status_code == 200
+        assert b.delete(f"/races/{race}").status_code == 204
+        wide = {**SPEC, "n_features": 3}
+        assert b.post("/races", json={"name": race, "spec": wide, "members": [
+            {"norm": n} for n in NORMS]}).status_code == 201
+        body = {"stream": "s", "x": [0.1, 0.2, 0.3], "y": 1.0}
+        res = a.post(f"/races/{race}/learn", json=body)
+        assert res.status_code == 200, res.text
+        assert all(r["version"] == 1 for r in res.json()["results"].values())
+        assert a.post("/events", json={"race": race, **body}).status_code == 202
+        assert a.post(f"/races/{race}/predict", json={"stream": "s", "x": [0.1, 0.2, 0.3]}
+                      ).json()["version"] == 1
+
+
+def test_a_member_deleted_alone_is_left_out(client: TestClient, race: str) -> None:
+    new_race(client, race, min_updates=0)
+    assert client.delete(f"/models/{race}.streaming").status_code == 204  # the first member
+    pred = client.post(f"/races/{race}/predict", json={"stream": "s", "x": [0.1, 0.2]})
+    assert pred.status_code == 200 and pred.json()["model"] == f"{race}.layer"
+    assert client.post("/events", json={"race": race, **event(0)}).status_code == 202
+    body = client.post(f"/races/{race}/learn", json=event(1)).json()
+    assert body["results"][f"{race}.streaming"]["status"] == 404
+    assert body["leader"] in (f"{race}.layer", f"{race}.none")
+    for member in (f"{race}.layer", f"{race}.none"):
+        assert client.delete(f"/models/{member}").status_code == 204
+    res = client.post(f"/races/{race}/learn", json=event(2))  # nobody left to learn
+    assert res.status_code == 404 and res.json()["field"] == "name"
+    res = client.post("/events", json={"race": race, **event(2)})
+    assert res.status_code == 404 and res.json()["field"] == "race"
+
+
+def test_a_retried_race_event_does_not_run_a_rejected_update_again(
+        stream_settings: Settings, race: str) -> None:
+    """E1 is rejected by one member while another's lease is busy (a transient failure): the
+    entry stays pending; its retry does not run E1 again on the first member, after E2."""
+    settings = stream_settings.model_copy(update={"lock_wait_s": 0.2})
+    r = redis.Redis.from_url(settings.redis_url)
+    huge = {"stream": "s0", "x": [1e30, -1e30], "y": 1.0, "event_id": "huge"}
+    events = [{"race": race, **huge}, {"race": race, **event(2)}]
+
+    async def run() -> dict[str, Any]:
+        async with service(settings) as (c, app):
+            body = {"name": race, "spec": SPEC,
+                    "members": [{"norm": "streaming"}, {"norm": "none"}]}
+            assert (await c.post("/races", json=body)).status_code == 201
+            r.set(model_key(f"{race}.none", "lock"), "someone-else", px=60_000)
+            assert (await c.post("/events", json=events)).status_code == 202
+            worker_task = asyncio.create_task(drain_with_worker(settings,
+                                                                app.state.engine.streams,
+                                                                "w-retry"))
+            await asyncio.sleep(1.5)  # E1 rejected by streaming, none busy: retried meanwhile
+            r.delete(model_key(f"{race}.none", "lock"))
+            await worker_task
+            assert (await c.post(f"/races/{race}/learn", json=event(3))).status_code == 200
+            p = app.state.engine.streams.partitions
+            dead = [f for k in range(p) for _, f in r.xrange(f"sn:events:{{{k}}}:dead")]
+            return {"dead": dead, "meta": {n: r.hgetall(model_key(f"{race}.{n}", "meta"))
+                                           for n in ("streaming", "none")}}
+
+    got = asyncio.run(run())
+    assert len(got["dead"]) == 1 and got["dead"][0][b"error"].startswith(
+        f"{race}.streaming: Rejected".encode())
+    assert REGISTRY.get_sample_value("streamnorm_updates_rejected_total",
+                                     {"model": f"{race}.streaming"}) == 1  # run once, though
+    # the entry was retried meanwhile (this process's counter: the worker runs in it)
+    assert int(got["meta"]["streaming"][b"updates"]) == 2  # E2, E3
+    assert int(got["meta"]["none"][b"updates"]) == 3

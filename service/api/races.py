@@ -58,7 +58,7 @@ def _body(value: Any) -> dict[str, Any]:
                                       "spec.hidden_size, members[2].norm)")})
 async def create_race(body: NewRace, engine: EngineDep, response: Response) -> dict[str, Any]:
     """Create a race and its member models (each an ordinary model), all or nothing."""
-    request = body.model_dump(exclude_unset=True, exclude_none=True)
+    request = body.model_dump(exclude_none=True)
     request["members"] = [m.model_dump(exclude_none=True) for m in body.members]
     if not await engine.races.create(request):
         response.status_code = 200

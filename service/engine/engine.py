@@ -15,6 +15,7 @@ The engine speaks in domain errors (``service.engine.errors``); it knows no HTTP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -272,7 +273,8 @@ class Engine:
                 try:
                     specs[kind, name] = await self._target(kind, name)
                 except (UnknownModel, UnknownRace) as exc:
-                    raise type(exc)(name, f"{where}{kind}") from exc
+                    exc.field = f"{where}{kind}"  # which item of the list
+                    raise
             spec, uid = specs[kind, name]
             try:
                 event = await self.host.prepare(spec, payload)
@@ -295,7 +297,10 @@ class Engine:
         that marks it validated (none for a race: its members are checked when fanned out)."""
         if kind == "race":
             race, _ = await self.races.definition(name)
-            return await self.spec_of(race.names[0]), None
+            for member in race.names:  # the first that is there, as it is now
+                with contextlib.suppress(UnknownModel):
+                    return (await self.spec(member))[0], None
+            raise UnknownModel(race.names[0], "race")
         spec, head = await self.spec(name)
         return spec, head.uid
 

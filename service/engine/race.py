@@ -115,8 +115,9 @@ def plan(request: dict[str, Any]) -> tuple[RacePlan, list[ModelSpec]]:
     if metric not in TASK_METRICS[template.task]:
         raise InvalidInput("metric", f"{metric!r} is not a metric of a {template.task} model: "
                                      f"one of {list(TASK_METRICS[template.task])}")
-    return RacePlan(name, tuple(named), metric, int(request.get("min_updates", 100)),
-                    float(request.get("margin", 0.02)), request), specs
+    min_updates, margin = int(request.get("min_updates", 100)), float(request.get("margin", 0.02))
+    normal = {**request, "metric": metric, "min_updates": min_updates, "margin": margin}
+    return RacePlan(name, tuple(named), metric, min_updates, margin, normal), specs
 
 
 def rolling(standing: Standing | None, metric: str) -> float | None:
@@ -130,8 +131,10 @@ def rolling(standing: Standing | None, metric: str) -> float | None:
 def choose_leader(current: str, values: dict[str, tuple[int, float | None]], metric: str,
                   margin: float, min_updates: int) -> str:
     """The leader after this look at ``values`` (member → (updates, rolling metric), in member
-    order): the best member with ``min_updates`` updates, but the current leader stays unless
-    the best beats it by ``margin`` (relative); ``""`` while no member is ready.
+    order; a member gone is absent): the best member with ``min_updates`` updates, but the
+    current leader stays unless the best beats it by ``margin``, relative to its error (its
+    ``MAE``, ``RMSE``, ``LogLoss``, or 1 − its ``Accuracy``: a leader at 99 % accuracy is beaten
+    by 100 %); ``""`` while no member is ready.
 
     >>> choose_leader("a", {"a": (200, 1.00), "b": (200, 0.99)}, "MAE", 0.02, 100)
     'a'
@@ -140,16 +143,16 @@ def choose_leader(current: str, values: dict[str, tuple[int, float | None]], met
     >>> choose_leader("", {"a": (50, 0.5), "b": (200, 0.9)}, "MAE", 0.02, 100)
     'b'
     """
-    lower = metric in LOWER_IS_BETTER
-    ready = {m: v for m, (n, v) in values.items() if n >= min_updates and v is not None}
+    def error(value: float) -> float:
+        return value if metric in LOWER_IS_BETTER else 1.0 - value
+
+    ready = {m: error(v) for m, (n, v) in values.items() if n >= min_updates and v is not None}
     if not ready:
         return current if current in values else ""
-    best = min(ready, key=lambda m: ready[m] if lower else -ready[m])  # the first on ties
+    best = min(ready, key=ready.__getitem__)  # the first on ties
     if current not in ready or best == current:
         return best
-    challenger, leader = ready[best], ready[current]
-    beats = challenger < leader * (1 - margin) if lower else challenger > leader * (1 + margin)
-    return best if beats else current
+    return best if ready[best] < ready[current] * (1 - margin) else current
 
 
 @dataclass(frozen=True)
@@ -173,8 +176,8 @@ class Races:
     # -- definitions ---------------------------------------------------------------------------
     async def create(self, request: dict[str, Any]) -> bool:
         """Create the race and its members: ``True``; ``False`` when the very same race exists
-        (a retried create: members missing after a crash are created now). Nothing is stored
-        unless every member is valid; a name taken meanwhile undoes what this call made."""
+        (a retried create, answered as it is). Nothing is stored unless every member is valid
+        and free; a member name taken meanwhile undoes what this call made."""
         race, specs = plan(request)
         for i, spec in enumerate(specs):
             try:
@@ -187,37 +190,33 @@ class Races:
             for i, spec in enumerate(specs):
                 if await self.engine.store.head(spec.name) is not None:
                     raise Conflict(f"a model named {spec.name!r} exists", f"members[{i}].name")
-            if not await self.store.claim(race.name, race.to_json()):
-                existing = await self.store.get(race.name)
-        if existing is not None:
-            if existing[0] and RacePlan.from_json(existing[0]).request != request:
-                raise Conflict(f"a race named {race.name!r} exists with another definition",
-                               "name")
-            await self._create_members(specs, undo=False)
-            return False
-        try:
-            await self._create_members(specs, undo=True)
-        except BaseException:
-            await self.store.delete(race.name)
-            raise
-        return True
+            if await self.store.claim(race.name, race.to_json()):
+                try:
+                    await self._create_members(specs)
+                except BaseException:
+                    await self.store.delete(race.name)
+                    raise
+                return True
+            existing = await self.store.get(race.name)
+        if existing is not None and RacePlan.from_json(existing[0]).request != race.request:
+            raise Conflict(f"a race named {race.name!r} exists with another definition", "name")
+        return False
 
-    async def _create_members(self, specs: list[ModelSpec], *, undo: bool) -> None:
-        """Create the members that do not exist yet (one of the very same spec is taken as it
-        is: a concurrent retry of this create made it); on a conflict, ``undo`` deletes the
-        ones this call made."""
+    async def _create_members(self, specs: list[ModelSpec]) -> None:
+        """Create every member, or none: one whose name was taken since the check (by any
+        model) undoes the ones this call made."""
         made: list[str] = []
         try:
             for i, spec in enumerate(specs):
                 try:
-                    if await self.engine.create(spec):
-                        made.append(spec.name)
+                    if not await self.engine.create(spec):
+                        raise Conflict(f"a model named {spec.name!r} exists", "name")
                 except Conflict as exc:
                     raise Conflict(exc.detail, f"members[{i}].name") from None
+                made.append(spec.name)
         except BaseException:
-            if undo:
-                for name in made:
-                    await self._forget(name)
+            for name in made:
+                await self._forget(name)
             raise
 
     async def _forget(self, member: str) -> None:
@@ -248,7 +247,8 @@ class Races:
         return await self.store.names()
 
     async def describe(self, name: str) -> dict[str, Any]:
-        """The race with its members ranked by the rolling metric (best first), as stored."""
+        """The race with its members as stored, in the race's order (the order of its live
+        feed's cursor), each with its ``rank`` by the rolling metric (1 = best)."""
         race, leader = await self.definition(name)
         standings = await self.store.standings(race.names)
         values = {m: rolling(s, race.metric) for m, s in zip(race.names, standings,
@@ -269,19 +269,27 @@ class Races:
                 "spec": race.request["spec"], "members": members}
 
     # -- events --------------------------------------------------------------------------------
-    async def fan_out(self, race: RacePlan, payload: dict[str, Any],
-                      valid_for: str | None = None) -> dict[str, Event | Exception]:
-        """The event for each member: validated once (``InvalidInput`` for all), priced for
-        each member's spec, with the member-scoped id ``{event_id}@{member}``."""
+    async def fan_out(self, race: RacePlan, payload: dict[str, Any]
+                      ) -> dict[str, Event | Exception]:
+        """The event for each member: validated once, for the first member there is
+        (``InvalidInput`` for all; ``Engine.prepare``, so a member re-created elsewhere is
+        seen), priced for each member's spec, with the member-scoped id
+        ``{event_id}@{member}``; a member gone gets ``UnknownModel``, and ``UnknownModel`` is
+        raised when every member is gone."""
         engine = self.engine
         first: Event | None = None
         out: dict[str, Event | Exception] = {}
         event_id = payload.get("event_id")
         for member in race.names:
             try:
-                spec = await engine.spec_of(member)
                 if first is None:
-                    first = await engine.host.prepare(spec, payload)  # raises for everyone
+                    checked = (await engine.prepare(member, [payload]))[0]
+                    if isinstance(checked, Exception):
+                        raise checked  # invalid for one: invalid for every member
+                    first = checked
+                    spec = checked.spec or await engine.spec_of(member)
+                else:
+                    spec = await engine.spec_of(member)
                 cost_ms = engine.host.budget.request_ms(spec, first.body, train=True)
                 out[member] = Event(first.body, f"{event_id}@{member}" if event_id else None,
                                     body_json=first.body_json, digest=first.digest
@@ -292,6 +300,8 @@ class Races:
                 if first is None:
                     raise
                 out[member] = exc
+        if first is None:
+            raise UnknownModel(race.names[0], "name")
         return out
 
     async def learn(self, name: str, payload: dict[str, Any]) -> RaceLearned:
@@ -316,8 +326,8 @@ class Races:
     async def elect(self, race: RacePlan, leader: str) -> str:
         """Move the leader if a member now beats it by the margin (compare-and-set)."""
         standings = await self.store.standings(race.names)
-        values = {m: (s.updates if s else 0, rolling(s, race.metric))
-                  for m, s in zip(race.names, standings, strict=True)}
+        values = {m: (s.updates, rolling(s, race.metric))
+                  for m, s in zip(race.names, standings, strict=True) if s is not None}
         chosen = choose_leader(leader, values, race.metric, race.margin, race.min_updates)
         if chosen != leader and not await self.store.move_leader(race.name, leader, chosen):
             return (await self.definition(race.name))[1]
@@ -325,10 +335,14 @@ class Races:
 
     async def predict(self, name: str, payload: dict[str, Any]
                       ) -> tuple[str, tuple[float | int, dict[int, float] | None, int]]:
-        """The leader's prediction (the first member's while none leads), and who made it."""
+        """The leader's prediction (while none leads, the first member's that is there), and
+        who made it."""
         race, leader = await self.definition(name)
-        member = leader or race.names[0]
-        return member, await self.engine.predict(member, payload)
+        candidates = [leader] if leader else race.names
+        for member in candidates[:-1]:
+            with contextlib.suppress(UnknownModel):
+                return member, await self.engine.predict(member, payload)
+        return candidates[-1], await self.engine.predict(candidates[-1], payload)
 
     async def live(self, name: str, cursor: list[int] | None
                    ) -> AsyncIterator[tuple[str, dict[str, Any], list[int]] | None]:
