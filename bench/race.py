@@ -7,7 +7,9 @@ regression, Adam, warmed up with 50 learns. Then, in every round (the order alte
 
 - **singles**: ``learns`` learns of each single model, one at a time (concurrency 1): the mean
   ms per learn of each; their sum is what one event costs as eight separate learns;
-- **race**: ``learns`` ``POST /races/bench/learn`` one at a time: ms per race learn.
+- **race**: ``learns`` ``POST /races/bench/learn`` one at a time: ms per race learn;
+
+in blocks of 25 learns, singles and race alternating, so both see the same drift.
 
 Each sends the model(s) new events in order (an AR(1) stream over 4 stream keys; bodies encoded
 before the clock starts) through ``httpload.RawConnection``; the ratio is the median of the
@@ -16,11 +18,11 @@ per-round ratios.
 **Curve points**: two apps in this process (``httpx.ASGITransport``, no uvicorn) over the same
 Redis, one writing a point every 10 updates (the default), one none
 (``STREAMNORM_CURVE_EVERY=1000000``; it still keeps the running loss in the meta), each with a
-``streaming`` and a ``layer`` model, learn in alternating blocks of 25: the cost is the median
-over block pairs of 1 − (ms without / ms with). Single blocks drift ±20 % on these VMs; the
-median of many pairs is the estimate. ``--instructions N`` adds the exact count of this
-process's CPU instructions per learn + predict with and without points (callgrind, four runs of
-``bench/instructions.py``; Redis's own work is outside that count).
+``streaming`` and a ``layer`` model, learn in ``learns`` alternating blocks of 25 each: the
+cost is the median over block pairs of 1 − (ms without / ms with). Single blocks drift ±20 % on
+these VMs; the median of many pairs is the estimate. ``--instructions N`` adds the exact count
+of this process's CPU instructions per learn + predict with and without points (callgrind, four
+runs of ``bench/instructions.py``; Redis's own work is outside that count).
 
 Targets (issue 13): a race learn with 8 members ≤ 1.1× the sum of the 8 single learns; curve
 points cost ≤ 3 % of single-model learn throughput.
@@ -161,8 +163,8 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
     torch.set_num_threads(1)
     wall = time.perf_counter()
     norms = list(NORMS)
-    blocks = max(4, args.learns // 5)
-    data = bodies(WARMUP + (args.learns + 16) * args.repeats
+    blocks = max(4, args.learns)
+    data = bodies(WARMUP + (args.learns + 2 * args.learns // BLOCK) * args.repeats
                   + len(CURVED) * (WARMUP + blocks * BLOCK) + 100)
     singles: dict[str, list[float]] = {n: [] for n in norms}
     race_ms: list[float] = []
@@ -216,18 +218,20 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
             return statistics.fmean(res.latencies_ms) if concurrency == 1 else res.rate
 
         setup()
-        for rnd in range(args.repeats):
-            parts = ["singles", "race"] if rnd % 2 else ["race", "singles"]
-            got: dict[str, float] = {}
-            for part in parts:
-                if part == "singles":
-                    for norm in norms:
-                        got[norm] = runner.run(load(a, f"/models/single-{norm}/learn", 1,
-                                                    args.learns))
-                        singles[norm].append(got[norm])
-                else:
-                    got["race"] = runner.run(load(a, "/races/bench/learn", 1, args.learns))
-                    race_ms.append(got["race"])
+        for rnd in range(args.repeats):  # in blocks, alternating: both see the same drift
+            got: dict[str, float] = dict.fromkeys([*norms, "race"], 0.0)
+            for k in range(args.learns // BLOCK):
+                for part in (("singles", "race") if (rnd + k) % 2 else ("race", "singles")):
+                    if part == "singles":
+                        for norm in norms:
+                            got[norm] += runner.run(load(a, f"/models/single-{norm}/learn", 1,
+                                                         BLOCK)) / (args.learns // BLOCK)
+                    else:
+                        got["race"] += runner.run(load(a, "/races/bench/learn", 1,
+                                                       BLOCK)) / (args.learns // BLOCK)
+            for norm in norms:
+                singles[norm].append(got[norm])
+            race_ms.append(got["race"])
             ratios.append(got["race"] / sum(got[n] for n in norms))
         runner.run(curve_blocks(redis.url, data, blocks, curves))
         counted = instructions(redis.url, args.instructions) if args.instructions else None
