@@ -127,6 +127,32 @@ def test_a_race_over_two_api_processes_and_two_workers_applies_each_event_once_p
             res = httpx.get(f"{a.url}/races/{race}/live", headers={"Last-Event-ID": bad})
             assert res.status_code == 422 and res.json()["field"] == "last-event-id", bad
 
+        # a leader that a challenger can only beat with no error at all (margin 1) stays,
+        # whichever process or worker looks at it
+        steady = f"{race}-m"
+        assert httpx.post(f"{b.url}/races", json={
+            "name": steady, "spec": SPEC, "members": [{"norm": "streaming"}, {"norm": "none"}],
+            "min_updates": 3, "margin": 1.0}).status_code == 201
+        leaders = []
+        for i in range(30):
+            url = (a.url, b.url)[i % 2]
+            leaders.append(httpx.post(f"{url}/races/{steady}/learn", json=event(i)).json()
+                           ["leader"])
+            if i == 15:
+                res = httpx.post(f"{a.url}/events", json=[{"race": steady, **event(k)}
+                                                          for k in range(100, 130)])
+                assert res.status_code == 202
+        wait_updates(r, [f"{steady}.streaming", f"{steady}.none"], 60, timeout=60)
+        assert leaders[:2] == [None, None] and leaders[2] is not None
+        assert set(leaders[2:]) == {leaders[2]}
+        assert httpx.get(f"{b.url}/races/{steady}").json()["leader"] == leaders[2]
+        # an invalid race sent to a process creates nothing anywhere
+        bad = httpx.post(f"{a.url}/races", json={"name": f"{race}-x", "spec": SPEC, "members": [
+            {"norm": "layer"}, {"norm": "layer", "hidden_size": 0}]})
+        assert bad.status_code == 422 and bad.json()["field"] == "members[1].hidden_size"
+        assert not list(r.scan_iter(match=f"*{race}-x*"))
+
+        assert httpx.delete(f"{a.url}/races/{steady}").status_code == 204
         assert httpx.delete(f"{b.url}/races/{race}").status_code == 204
         left = [k for m in members for k in r.scan_iter(match=model_key(m, "*"))]
         assert left == [] and not r.exists(race_key(race))
