@@ -14,19 +14,38 @@ import asyncio
 import contextlib
 import json
 import math
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from models import InvalidInput, ModelSpec
 
 from ..redis.races import RaceStore, Standing
+from ..redis.store import Store
 from .errors import Conflict, UnknownModel, UnknownRace
 from .event import Event
+from .host import Host
 from .replica import Written
+
+
+class Models(Protocol):
+    """What races need of the engine (``Engine``): its models' verbs."""
+
+    store: Store
+    host: Host
+
+    async def create(self, spec: ModelSpec) -> bool: ...
+    async def delete(self, name: str) -> None: ...
+    async def spec_of(self, name: str) -> ModelSpec: ...
+    async def prepare(self, name: str, payloads: list[dict[str, Any]],
+                      valid_for: list[str | None] | None = None) -> list[Event | Exception]: ...
+    async def learn(self, name: str, events: list[Event | Exception]) -> list[Written]: ...
+    async def predict(self, name: str, payload: dict[str, Any]
+                      ) -> tuple[float | int, dict[int, float] | None, int]: ...
+    def follow(self, cursors: dict[str, int], alive: Callable[[], Awaitable[bool]]
+               ) -> AsyncIterator[tuple[str, dict[str, Any]] | None]: ...
 
 __all__ = ["LOWER_IS_BETTER", "MAX_MEMBERS", "RacePlan", "Races", "choose_leader", "plan"]
 
@@ -48,7 +67,6 @@ class RacePlan:
     min_updates: int
     margin: float
     request: dict[str, Any]
-    uid: str = ""
 
     @property
     def names(self) -> list[str]:
@@ -57,13 +75,13 @@ class RacePlan:
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "members": [list(m) for m in self.members],
                            "metric": self.metric, "min_updates": self.min_updates,
-                           "margin": self.margin, "request": self.request, "uid": self.uid})
+                           "margin": self.margin, "request": self.request})
 
     @classmethod
     def from_json(cls, raw: str) -> RacePlan:
         d = json.loads(raw)
         return cls(d["name"], tuple((m, n) for m, n in d["members"]), d["metric"],
-                   int(d["min_updates"]), float(d["margin"]), d["request"], d["uid"])
+                   int(d["min_updates"]), float(d["margin"]), d["request"])
 
 
 def _field(prefix: str, error: ValidationError) -> InvalidInput:
@@ -169,7 +187,7 @@ class RaceLearned:
 class Races:
     """The race verbs, over the engine's models (``Engine.races``)."""
 
-    def __init__(self, engine: Any, store: RaceStore) -> None:
+    def __init__(self, engine: Models, store: RaceStore) -> None:
         self.engine, self.store = engine, store
         self._plans: dict[str, RacePlan] = {}  # definition JSON → plan (immutable)
 
@@ -184,7 +202,6 @@ class Races:
                 self.engine.host.budget.check_spec(spec)
             except InvalidInput as exc:
                 raise InvalidInput(f"members[{i}].{exc.field}", exc.message) from None
-        race = RacePlan(**{**race.__dict__, "uid": uuid.uuid4().hex})
         existing = await self.store.get(race.name)
         if existing is None:
             for i, spec in enumerate(specs):
