@@ -39,7 +39,9 @@ class OnlineNormParams(NormParams):
 
     method: Literal["online"] = "online"
     alpha_f: float = Field(0.999, gt=0, lt=1, description="forward statistics decay")
-    alpha_b: float = Field(0.99, gt=0, lt=1, description="backward control decay")
+    alpha_b: float = Field(0.99, gt=0, le=1, description="backward control decay; 1 turns the "
+                           "backward control off (the gradient then treats the running "
+                           "statistics as constants, as Streaming Norm's does)")
     eps: float = Field(1e-5, gt=0, le=1, description="added to the variance inside the root")
     layer_scaling: bool = Field(True, description="rescale each gate to unit RMS after the affine")
     clamp: float | None = Field(None, gt=0, le=1e6,
@@ -79,6 +81,8 @@ class OnlineNormFn(torch.autograd.Function):
         y, scale = ctx.saved_tensors
         site: OnlineNormSite = ctx.site
         ab = 1.0 - site.alpha_b
+        if ab == 0.0:  # no backward control: u and v stay as they are (zero)
+            return gy * scale, None
         gx_tilde = gy - ab * site.v * y
         gx = gx_tilde * scale - ab * site.u
         if site.update_controls:
