@@ -84,18 +84,29 @@ def drifting(rng: np.random.Generator, steps: int, width: int) -> np.ndarray:
             * (1 + 0.5 * np.cos(t / 80)) + np.linspace(-2, 2, width))
 
 
-def test_the_normalizer_equals_the_paper_sample_by_sample() -> None:
+@pytest.mark.parametrize("alpha_b", [AB, 1.0])
+def test_the_normalizer_equals_the_paper_sample_by_sample(alpha_b: float) -> None:
+    """α_b = 1: no backward control (the controls then act with weight 1 − α_b = 0; ours
+    does not keep them at all)."""
     rng = np.random.default_rng(0)
     xs, gys = drifting(rng, 600, 5), rng.normal(size=(600, 5))
-    site, oracle = our_site(5), Normalizer(5)
+    site, oracle = our_site(5), Normalizer(5, alpha_b=alpha_b)
+    site.alpha_b = alpha_b
     for x, gy in zip(xs, gys, strict=True):
         xt = torch.tensor(x[None], requires_grad=True)
         y = OnlineNormFn.apply(xt, site)
         np.testing.assert_allclose(y.detach().numpy()[0], oracle.forward(x), **TOL)
         y.backward(torch.tensor(gy[None]))
         np.testing.assert_allclose(xt.grad.numpy()[0], oracle.backward(gy), **TOL)
-        assert_state(site, oracle)
-    assert np.abs(site.u.numpy()).max() > 0 and np.abs(site.v.numpy()).max() > 0
+        if alpha_b < 1:
+            assert_state(site, oracle)
+        else:  # the statistics as the paper's (and the gradient, y'/σ, checked above)
+            np.testing.assert_allclose(site.mean.numpy(), oracle.mu, **TOL)
+            np.testing.assert_allclose(site.var.numpy(), oracle.var, **TOL)
+    if alpha_b < 1:
+        assert np.abs(site.u.numpy()).max() > 0 and np.abs(site.v.numpy()).max() > 0
+    else:
+        assert not site.u.any() and not site.v.any()
 
 
 def test_the_normalizer_through_windows_equals_the_paper_in_time_order() -> None:
