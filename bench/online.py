@@ -49,6 +49,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "online, no backward control (α_b 1)": {"method": "online", "alpha_b": 1.0},
     "online, no backward control, no error check": {
         "method": "online", "alpha_b": 1.0, "layer_scaling": False},
+    "online, no backward control, clamping (±5)": {
+        "method": "online", "alpha_b": 1.0, "layer_scaling": False, "clamp": 5.0},
     "none": {"method": "none"},
     "layer": {"method": "layer"},
 }
@@ -106,10 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cells", nargs="+", default=["lstm"], choices=["lstm", "gru", "rnn"])
     p.add_argument("--tasks", nargs="+", default=["memory"],
                    choices=["memory", "digits", "pdigits"])
+    p.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                   help="only the variants whose name contains one of these")
     args = p.parse_args(argv)
     start = time.perf_counter()
+    variants = {n: v for n, v in VARIANTS.items()
+                if args.only is None or any(t in n for t in args.only)}
     jobs = [(task, name, cell, norm, args.hidden, args.events, args.lr, seed)
-            for task in args.tasks for cell in args.cells for name, norm in VARIANTS.items()
+            for task in args.tasks for cell in args.cells for name, norm in variants.items()
             for seed in args.seeds]
     results: dict[tuple[str, str, str], list[tuple[float, float, int]]] = {}
     with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for task, cell in [(t, c) for t in args.tasks for c in args.cells]:
         print(f"| {task}, {cell.upper()}: variant | last {TAIL} acc | all acc | rejected |")
         print("|---|---:|---:|---:|")
-        for name in VARIANTS:
+        for name in variants:
             rows = results[(task, name, cell)]
 
             def fmt(values: list[float]) -> str:
