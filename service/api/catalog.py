@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from models import ModelSpec
 
 from .deps import EngineDep, ModelName, WriteAccess
-from .errors import ApiError
+from .live import resume_from, sse_response
 from .schemas import Curve, ModelInfo, NewModel, errors
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -123,25 +123,14 @@ async def model_live(name: ModelName, engine: EngineDep,
                          "only")] = None) -> StreamingResponse:
     """The model's learning curve as it grows (Server-Sent Events), whichever process
     applies the updates; ends when the model is deleted."""
-    after = None
-    if last_event_id is not None:
-        if not (last_event_id.isascii() and last_event_id.isdigit()) or len(last_event_id) > 18:
-            raise ApiError(422, "Last-Event-ID: must be a version (a whole number >= 0)",
-                           "last-event-id")
-        after = int(last_event_id)
-    points = await engine.live(name, after)
+    resume = resume_from(last_event_id, 1)
+    points = await engine.live(name, None if resume is None else resume[0])
 
-    async def sse() -> AsyncIterator[bytes]:
-        yield b": following " + name.encode() + b"\n\n"
+    async def events() -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
         async for item in points:
-            if item is None:
-                yield b": keep-alive\n\n"
-            else:
-                point = item[1]
-                yield f"id: {point['version']}\ndata: {json.dumps(point)}\n\n".encode()
+            yield None if item is None else (str(item[1]["version"]), item[1])
 
-    return StreamingResponse(sse(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return sse_response(f"following {name}", events())
 
 
 @router.get("/{name}/state", response_class=Response, dependencies=[WriteAccess], responses={

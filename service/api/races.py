@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -11,8 +10,9 @@ from fastapi.responses import StreamingResponse
 
 from ..engine import LearnOutcome, UnknownRace
 from .deps import EngineDep, WriteAccess
-from .errors import ApiError, status_of
+from .errors import status_of
 from .learning import proba_json, reply_json
+from .live import resume_from, sse_response
 from .schemas import (
     MODEL_NAME_PATTERN,
     LearnRequest,
@@ -134,8 +134,9 @@ async def race_predict(name: RaceName, body: PredictRequest, engine: EngineDep) 
     """The leader's prediction (the first member's until one has ``min_updates`` updates)."""
     member, (pred, proba, version) = await engine.races.predict(
         name, body.model_dump(exclude_unset=True, warnings=False))
-    return Response(reply_json({"prediction": pred, "version": version, "proba": proba_json(proba),
-                           "model": member}), media_type="application/json")
+    return Response(reply_json({"prediction": pred, "version": version,
+                                "proba": proba_json(proba), "model": member}),
+                    media_type="application/json")
 
 
 @router.get("/{name}/live", response_class=StreamingResponse, responses={
@@ -153,25 +154,14 @@ async def race_live(name: RaceName, engine: EngineDep,
                     ) -> StreamingResponse:
     """Every member's learning curve as it grows, whichever process applies the updates;
     ends when the race is deleted."""
-    cursor = None
-    if last_event_id is not None:
-        parts = last_event_id.split(",")
-        if len(parts) > 16 or not all(
-                p.isascii() and p.isdigit() and len(p) <= 18 for p in parts):
-            raise ApiError(422, "Last-Event-ID: must list versions (whole numbers >= 0, "
-                                "comma-separated)", "last-event-id")
-        cursor = [int(p) for p in parts]
-    points = await engine.races.live(name, cursor)
+    points = await engine.races.live(name, resume_from(last_event_id, 16))
 
-    async def sse() -> AsyncIterator[bytes]:
-        yield b": following race " + name.encode() + b"\n\n"
+    async def events() -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
         async for item in points:
             if item is None:
-                yield b": keep-alive\n\n"
-                continue
-            member, point, at = item
-            data = json.dumps({"model": member, **point})
-            yield f"id: {','.join(map(str, at))}\ndata: {data}\n\n".encode()
+                yield None
+            else:
+                member, point, at = item
+                yield ",".join(map(str, at)), {"model": member, **point}
 
-    return StreamingResponse(sse(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return sse_response(f"following race {name}", events())
