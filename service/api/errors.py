@@ -64,12 +64,17 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or ("body" if loc[:1] == ("body",) else ".".join(str(p) for p in loc))
 
 
+def _mapped(exc: EngineError) -> tuple[int, bool]:
+    """The status of a domain error (by the first class of its MRO mapped) and whether a retry
+    may help; 500 for an unmapped one."""
+    return next((_STATUS[c] for c in type(exc).__mro__ if c in _STATUS), (500, False))
+
+
 def status_of(exc: Exception) -> tuple[int, str, str | None]:
     """The status, message and field a failure of one request maps to (the handlers below,
     and a race's per-member results, use it)."""
     if isinstance(exc, EngineError):
-        status = next((_STATUS[c][0] for c in type(exc).__mro__ if c in _STATUS), 500)
-        return status, exc.detail, exc.field
+        return _mapped(exc)[0], exc.detail, exc.field
     if isinstance(exc, InvalidInput):
         return 422, str(exc), exc.field
     if isinstance(exc, LeaseLost | redis.exceptions.RedisError):
@@ -98,9 +103,8 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EngineError)
     async def engine_error(_: Request, exc: EngineError) -> JSONResponse:
-        status, detail, field = status_of(exc)
-        retry = next((_STATUS[c][1] for c in type(exc).__mro__ if c in _STATUS), False)
-        return JSONResponse(_body(detail, field), status,
+        status, retry = _mapped(exc)
+        return JSONResponse(_body(exc.detail, exc.field), status,
                             headers={"Retry-After": "1"} if retry else None)
 
     @app.exception_handler(AccessDenied)
