@@ -33,9 +33,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench/: quality.digits
 
+from quality import MEMORY_DELAY as DELAY
+from quality import MEMORY_K as K
+from quality import memory_stream
+
 from models import ModelSpec, OnlineLearner, UpdateRejected
 
-K, DELAY, TAIL = 4, 2, 500
+TAIL = 500
 PAPER = {"alpha_f": 1 - 2 ** -13, "alpha_b": 1 - 2 ** -5}  # Chiley et al.'s PTB LSTM values
 VARIANTS: dict[str, dict[str, Any]] = {
     "online (default: α_f 0.999, α_b 0.99, layer scaling)": {"method": "online"},
@@ -65,7 +69,7 @@ def run(job: tuple[str, str, str, dict[str, Any], int, int, float, int]
     if task == "memory":
         classes, width, samples = K, K, memory(events, seed)
     else:
-        from quality import digits
+        from quality import digits  # scikit-learn: only for these tasks
 
         seqs, labels = digits(task == "pdigits", True)
         order = np.random.RandomState(seed).permutation(len(seqs))[:600 if task == "pdigits"
@@ -88,9 +92,8 @@ def run(job: tuple[str, str, str, dict[str, Any], int, int, float, int]
 
 
 def memory(events: int, seed: int) -> list[tuple[dict[str, Any], int]]:
-    """The memory stream: one-hot symbols, the label two events back."""
-    symbols = torch.randint(0, K, (events,),
-                            generator=torch.Generator().manual_seed(seed)).tolist()
+    """bench/quality.py's memory stream: one-hot symbols, the label two events back."""
+    symbols = memory_stream(events, seed)
     out = []
     for t, s in enumerate(symbols):
         x = [0.0] * K
