@@ -36,6 +36,8 @@ class Settings(BaseSettings):
                              "N updates of a model (written with the update that closes it)")
     curve_points: int = Field(10_000, ge=1, le=1_000_000,
                               description="learning-curve points kept per model (the newest)")
+    max_race_members: int = Field(16, ge=1, le=256, description="members a race may have (a "
+                                  "race learn costs as many learns)")
     max_live: int = Field(100, ge=0, description="live feeds (SSE clients) one API process "
                           "serves at once; more get 503")
     lease_ms: int = Field(5_000, ge=100, description="lifetime of a model's write lease")

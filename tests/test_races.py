@@ -227,6 +227,20 @@ def test_the_leader_serves_and_moves_only_past_the_margin(client: TestClient,
     assert (pred["prediction"], pred["version"]) == (alone["prediction"], alone["version"])
 
 
+def test_the_members_a_race_may_have_are_configured(settings: Settings, race: str) -> None:
+    few = settings.model_copy(update={"max_race_members": 2})
+    with TestClient(create_app(few)) as c:
+        res = c.post("/races", json={"name": race, "spec": SPEC,
+                                     "members": [{"norm": n} for n in NORMS]})
+        assert res.status_code == 422 and res.json()["field"] == "members"
+        assert "STREAMNORM_MAX_RACE_MEMBERS" in res.json()["detail"]
+        assert c.get(f"/races/{race}").status_code == 404
+        new_race_of = {"name": race, "spec": SPEC, "members": [{"norm": "layer"}, {}]}
+        assert c.post("/races", json=new_race_of).status_code == 201
+        bad = c.get(f"/races/{race}/live", headers={"Last-Event-ID": "1,2,3"})
+        assert bad.status_code == 422 and bad.json()["field"] == "last-event-id"
+
+
 def test_a_leader_is_kept_until_beaten_by_the_margin(client: TestClient, race: str) -> None:
     new_race(client, race, min_updates=3, margin=1.0)  # a challenger needs a rolling MAE of 0
     first = None

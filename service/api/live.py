@@ -14,8 +14,6 @@ from .errors import ApiError
 
 __all__ = ["resume_from", "sse_response"]
 
-_MOST_VERSIONS = 16  # a race has at most 16 members
-
 
 def resume_from(last_event_id: str | None, count: int) -> list[int] | None:
     """The versions a feed resumes after (a model's: one; a race's: one per member, comma
@@ -24,7 +22,7 @@ def resume_from(last_event_id: str | None, count: int) -> list[int] | None:
     if last_event_id is None:
         return None
     parts = last_event_id.split(",")
-    if len(parts) > min(count, _MOST_VERSIONS) or not all(
+    if len(parts) > count or not all(
             p.isascii() and p.isdigit() and len(p) <= 18 for p in parts):
         raise ApiError(422, "Last-Event-ID: must be the id of a point this feed sent (a "
                             "version, whole number >= 0; a race's: one per member, comma "

@@ -154,7 +154,8 @@ async def race_live(name: RaceName, engine: EngineDep,
                     ) -> StreamingResponse:
     """Every member's learning curve as it grows, whichever process applies the updates;
     ends when the race is deleted."""
-    points = await engine.races.live(name, resume_from(last_event_id, 16))
+    points = await engine.races.live(name, resume_from(last_event_id,
+                                                               engine.settings.max_race_members))
 
     async def events() -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
         async for item in points:

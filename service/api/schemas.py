@@ -186,7 +186,8 @@ class NewRace(BaseModel):
     name: str = Field(pattern=MODEL_NAME_PATTERN, description="the race's name")
     spec: dict[str, Any] = Field(description="a model spec without `name`: what the members "
                                              "share unless they change it")
-    members: list[RaceMember] = Field(min_length=1, max_length=16)
+    members: list[RaceMember] = Field(min_length=1, max_length=256, description="at most "
+                                      "STREAMNORM_MAX_RACE_MEMBERS (16)")
     metric: Literal["MAE", "RMSE", "Accuracy", "LogLoss"] | None = Field(
         None, description="what ranks the members, by its rolling value (default: MAE for "
                           "regression, Accuracy for classification)")

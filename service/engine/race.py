@@ -24,6 +24,7 @@ from models import InvalidInput, ModelSpec
 
 from ..redis.races import RaceStore, Standing
 from ..redis.store import Store
+from ..settings import Settings
 from .errors import Conflict, UnknownModel, UnknownRace
 from .event import Event
 from .host import Host
@@ -35,6 +36,7 @@ class Models(Protocol):
 
     store: Store
     host: Host
+    settings: Settings
 
     async def create(self, spec: ModelSpec) -> bool: ...
     async def delete(self, name: str) -> None: ...
@@ -47,13 +49,12 @@ class Models(Protocol):
     def follow(self, cursors: dict[str, int], alive: Callable[[], Awaitable[bool]]
                ) -> AsyncIterator[tuple[str, dict[str, Any]] | None]: ...
 
-__all__ = ["LOWER_IS_BETTER", "MAX_MEMBERS", "RacePlan", "Races", "choose_leader", "plan"]
+__all__ = ["LOWER_IS_BETTER", "RacePlan", "Races", "choose_leader", "plan"]
 
 LOWER_IS_BETTER = frozenset({"MAE", "RMSE", "LogLoss"})
 TASK_METRICS = {"regression": ("MAE", "RMSE"), "binary": ("Accuracy", "LogLoss"),
                 "multiclass": ("Accuracy", "LogLoss")}
 SHARED = ("task", "n_features", "features", "n_classes")  # what members may not override
-MAX_MEMBERS = 16
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def _field(prefix: str, error: ValidationError) -> InvalidInput:
     return InvalidInput(f"{prefix}{where}", str(first["msg"]))
 
 
-def plan(request: dict[str, Any]) -> tuple[RacePlan, list[ModelSpec]]:
+def plan(request: dict[str, Any], max_members: int) -> tuple[RacePlan, list[ModelSpec]]:
     """The race a ``POST /races`` body describes and its members' specs, or ``InvalidInput``
     naming the field (``spec.hidden_size``, ``members[2].norm``): nothing is stored here."""
     name, base = request["name"], dict(request["spec"])
@@ -102,8 +103,9 @@ def plan(request: dict[str, Any]) -> tuple[RacePlan, list[ModelSpec]]:
     except ValidationError as exc:
         raise _field("spec", exc) from None
     members = request["members"]
-    if not 1 <= len(members) <= MAX_MEMBERS:
-        raise InvalidInput("members", f"a race has 1 to {MAX_MEMBERS} members")
+    if not 1 <= len(members) <= max_members:
+        raise InvalidInput("members", f"a race has 1 to {max_members} members "
+                                      "(STREAMNORM_MAX_RACE_MEMBERS)")
     specs, taken, named = [], set(), []
     for i, member in enumerate(members):
         overrides = {k: v for k, v in member.items() if k != "name"}
@@ -196,7 +198,7 @@ class Races:
         """Create the race and its members: ``True``; ``False`` when the very same race exists
         (a retried create, answered as it is). Nothing is stored unless every member is valid
         and free; a member name taken meanwhile undoes what this call made."""
-        race, specs = plan(request)
+        race, specs = plan(request, self.engine.settings.max_race_members)
         for i, spec in enumerate(specs):
             try:
                 self.engine.host.budget.check_spec(spec)
