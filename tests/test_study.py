@@ -1,0 +1,137 @@
+"""``bench/study.py``: its statistics against hand computations and SciPy, and one ``--quick`` run
+of the whole protocol (tuning on the prefix, evaluation on the rest, the paired test), checked
+from its JSON output: the configuration chosen is the best of the tuning runs, every method got
+the same budget, the evaluation scores only the events after the prefix, and the references are
+what an independent count gives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn", reason="the study's digits need scikit-learn (dev extra)")
+pytest.importorskip("matplotlib", reason="the study's plot needs matplotlib (dev extra)")
+scipy_stats = pytest.importorskip("scipy.stats")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import study  # noqa: E402
+
+
+def test_tuning_images_are_never_scored() -> None:
+    for name in ("digits", "digits16", "pdigits"):
+        stream = study.STREAMS[name]
+        for n in (stream.n - stream.n % stream.batch, stream.quick):
+            start = study.prefix(stream, n)
+            tuning = study.image_order(stream, start, study.TUNE_SEED)  # what tuning runs see
+            for seed in study.SEEDS:
+                order = study.image_order(stream, n, seed)
+                assert len(set(order)) == len(order) == n
+                assert set(order[:start]) == set(tuning)  # the same images, another order
+                assert not set(order[start:]) & set(tuning)
+
+
+def test_every_method_gets_the_same_budget() -> None:
+    import models
+
+    for method in models.NORMS:
+        grid = study.configs(method)
+        assert len(grid) == study.GRID
+        assert len({json.dumps(n, sort_keys=True) + str(lr) for n, lr in grid}) == study.GRID
+
+
+def test_the_char_stream_is_real_text() -> None:
+    codes = study.text(2000)
+    assert len(codes) == 2001
+    decoded = "".join(study.ALPHABET[c] if c < len(study.ALPHABET) else "#" for c in codes)
+    words = decoded.split()
+    assert {"the", "of", "is"} <= set(words)
+    assert decoded.count(" ") / len(decoded) > 0.1
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("study")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "study.py"), "--quick", "--json",
+         str(out / "study.json"), "--plot", str(out / "study.png")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "study.png").stat().st_size > 10_000
+    data = json.loads((out / "study.json").read_text())
+    data["stdout"] = proc.stdout
+    return data
+
+
+def test_quick_study_covers_every_stream_cell_and_method(quick: dict[str, Any]) -> None:
+    import models
+
+    got = {(c["stream"], c["cell"]) for c in quick["cells"]}
+    assert got == {(s.name, s.cells[0]) for s in study.STREAMS.values()}  # --quick: one cell each
+    for c in quick["cells"]:
+        assert set(c["evals"]) == set(models.NORMS)
+        for runs in c["evals"].values():
+            assert sorted(r["seed"] for r in runs) == list(study.SEEDS)
+            assert all(len(r["scores"]) == c["n"] for r in runs)
+            assert all(math.isfinite(s) for r in runs for s in r["scores"])
+    for method in models.NORMS:
+        assert f"\n| {method} | " in quick["stdout"]
+
+
+def test_the_chosen_configuration_is_the_best_on_the_prefix(quick: dict[str, Any]) -> None:
+    for c in quick["cells"]:
+        higher = study.STREAMS[c["stream"]].higher_better
+        for method, (norm, lr) in c["chosen"].items():
+            tuned = [r for r in c["tuning"] if r["method"] == method]
+            assert len(tuned) == study.GRID
+            assert all(r["samples"] == c["start"] and r["seed"] == study.TUNE_SEED for r in tuned)
+            best = (max if higher else min)(r["metric"] for r in tuned)
+            picked = [r for r in tuned if r["norm"] == norm and r["lr"] == lr]
+            assert len(picked) == 1 and picked[0]["metric"] == best
+            for r in c["evals"][method]:
+                assert (r["norm"], r["lr"]) == (norm, lr)
+
+
+def test_the_paired_test_is_a_t_test_over_the_seeds(quick: dict[str, Any]) -> None:
+    for c in quick["cells"]:
+        start = c["start"]
+        base = {r["seed"]: np.mean(r["scores"][start:]) for r in c["evals"]["none"]}
+        for method, runs in c["evals"].items():
+            if method == "none":
+                continue
+            diffs = [np.mean(r["scores"][start:]) - base[r["seed"]] for r in runs]
+            mean, p = c["tests"][method]
+            assert mean == pytest.approx(np.mean(diffs))
+            if np.ptp(diffs) > 0:
+                assert p == pytest.approx(scipy_stats.ttest_rel(
+                    [np.mean(r["scores"][start:]) for r in runs],
+                    [base[r["seed"]] for r in runs]).pvalue)
+
+
+def test_the_count_references_are_independent_counts() -> None:
+    n = 400
+    refs = study.references(study.STREAMS["chars"], n)
+    codes = study.text(n)
+    k = len(study.ALPHABET) + 1
+    uni, bi = Counter(), Counter()
+    for t in range(n):  # predict codes[t + 1] from the pairs seen before
+        a, b = codes[t], codes[t + 1]
+        context = sum(bi[(a, x)] for x in range(k))
+        assert refs["unigram counts"][t] == pytest.approx(
+            -math.log2((uni[b] + 0.5) / (t + 0.5 * k)))
+        assert refs["bigram counts"][t] == pytest.approx(
+            -math.log2((bi[(a, b)] + 0.5) / (context + 0.5 * k)))
+        uni[b] += 1
+        bi[(a, b)] += 1
+    # on English text the bigram counts beat the unigram counts once they have seen enough
+    assert np.mean(refs["bigram counts"][200:]) < np.mean(refs["unigram counts"][200:])
