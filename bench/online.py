@@ -41,20 +41,21 @@ from models import ModelSpec, OnlineLearner, UpdateRejected
 
 TAIL = 500
 PAPER = {"alpha_f": 1 - 2 ** -13, "alpha_b": 1 - 2 ** -5}  # Chiley et al.'s PTB LSTM values
+BASE = {"method": "online", "alpha_b": 0.99}  # the paper's defaults (α_f 0.999, layer scaling)
 VARIANTS: dict[str, dict[str, Any]] = {
-    "online (default: α_f 0.999, α_b 0.99, layer scaling)": {"method": "online"},
-    "online, the paper's PTB α_f, α_b": {"method": "online", **PAPER},
-    "online, α_f 0.99": {"method": "online", "alpha_f": 0.99},
+    "online, the paper's defaults (α_f 0.999, α_b 0.99, layer scaling)": BASE,
+    "online, the paper's PTB α_f, α_b": {**BASE, **PAPER},
+    "online, α_f 0.99": {**BASE, "alpha_f": 0.99},
     "online, clamping (±5) instead of layer scaling": {
-        "method": "online", "layer_scaling": False, "clamp": 5.0},
-    "online, no error check": {"method": "online", "layer_scaling": False},
-    "online, α_b 0.9": {"method": "online", "alpha_b": 0.9},
-    "online, α_b 0.999": {"method": "online", "alpha_b": 0.999},
-    "online, no backward control (α_b 1)": {"method": "online", "alpha_b": 1.0},
+        **BASE, "layer_scaling": False, "clamp": 5.0},
+    "online, no error check": {**BASE, "layer_scaling": False},
+    "online, α_b 0.9": {**BASE, "alpha_b": 0.9},
+    "online, α_b 0.999": {**BASE, "alpha_b": 0.999},
+    "online, no backward control (α_b 1, the default since issue 14)": {**BASE, "alpha_b": 1.0},
     "online, no backward control, no error check": {
-        "method": "online", "alpha_b": 1.0, "layer_scaling": False},
+        **BASE, "alpha_b": 1.0, "layer_scaling": False},
     "online, no backward control, clamping (±5)": {
-        "method": "online", "alpha_b": 1.0, "layer_scaling": False, "clamp": 5.0},
+        **BASE, "alpha_b": 1.0, "layer_scaling": False, "clamp": 5.0},
     "none": {"method": "none"},
     "layer": {"method": "layer"},
 }

@@ -19,15 +19,16 @@ from models import ModelSpec, OnlineLearner
 
 K, DELAY, EVENTS, TAIL = 4, 2, 2000, 400
 CHANCE = 1 / K
-# accuracy over the last TAIL events; measured on these machines (seed 0): online 0.45-0.55,
-# recurrent_batch ~0.75, the others 0.8-1.0 (online without backward control too: the control is
-# what holds Online Norm back at batch size 1, bench/online.py)
-THRESHOLD = {"online": 0.38, "recurrent_batch": 0.55}
+# accuracy over the last TAIL events; measured on these machines (seed 0): Online Norm with the
+# paper's backward control (alpha_b 0.99) 0.45-0.55, recurrent_batch ~0.75, the others 0.8-1.0
+# (Online Norm's default, alpha_b 1, too: the control is what holds it back at batch size 1,
+# bench/online.py and bench/study.py)
+THRESHOLD = {"online-0.99": 0.38, "recurrent_batch": 0.55}
 NORMS: list[dict[str, Any]] = [
     {"method": m} for m in ("none", "layer", "streaming", "online", "recurrent_batch",
                             "batch_rnn", "weight", "cosine")
 ] + [{"method": "streaming", "preset": "sample"},
-      {"method": "online", "alpha_b": 1.0}]  # Online Norm without its backward control
+      {"method": "online", "alpha_b": 0.99}]  # Online Norm with the paper's backward control
 
 
 @pytest.mark.parametrize("norm", NORMS, ids=lambda n: "-".join(map(str, n.values())))
@@ -44,4 +45,5 @@ def test_memory_task_is_learned_in_stream_mode(norm: dict[str, Any]) -> None:
         y = symbols[t - DELAY] if t >= DELAY else 0
         hits.append(learner.learn_one(x, y, stream="s").prediction == y)
     accuracy = sum(hits[-TAIL:]) / TAIL
-    assert accuracy > THRESHOLD.get(norm["method"], 0.6) > 1.5 * CHANCE, accuracy
+    key = "-".join(map(str, norm.values()))  # the test's id
+    assert accuracy > THRESHOLD.get(key, 0.6) > 1.5 * CHANCE, accuracy

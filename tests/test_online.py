@@ -16,8 +16,8 @@ AF, AB, EPS = 0.999, 0.99, 1e-5
 
 def make_site(width: int = 4, groups: int = 1, layer_scaling: bool = False,
               clamp: float | None = None) -> OnlineNormSite:
-    site = norms.build({"method": "online", "layer_scaling": layer_scaling, "clamp": clamp}).site(
-        "pre", width, groups=groups)
+    site = norms.build({"method": "online", "alpha_b": AB, "layer_scaling": layer_scaling,
+                        "clamp": clamp}).site("pre", width, groups=groups)
     assert isinstance(site, OnlineNormSite)
     return site.double()
 
@@ -152,8 +152,8 @@ def test_leading_constant_steps_blow_up_layer_scaling_not_clamping() -> None:
     """README's diagnosis of the permuted-digits divergence: a gate fed the same constant at
     every sample's first steps is scaled up by as much as 1/sqrt(eps) per step, so the controls
     sum enormous gradients; with clamping instead they stay of the gradients' size."""
-    _, scaled = _controls_after_leading_zeros({"method": "online"})
+    _, scaled = _controls_after_leading_zeros({"method": "online", "alpha_b": AB})
     rejected, clamped = _controls_after_leading_zeros(
-        {"method": "online", "layer_scaling": False, "clamp": 5.0})
+        {"method": "online", "alpha_b": AB, "layer_scaling": False, "clamp": 5.0})
     assert scaled > 1e6
     assert rejected == 0 and clamped < 100.0

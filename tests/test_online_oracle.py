@@ -65,7 +65,7 @@ class Normalizer:
 
 
 def our_site(width: int, groups: int = 1, layer_scaling: bool = False) -> OnlineNormSite:
-    site = norms.build({"method": "online", "layer_scaling": layer_scaling}).site(
+    site = norms.build({"method": "online", "alpha_b": AB, "layer_scaling": layer_scaling}).site(
         "pre", width, groups=groups)
     assert isinstance(site, OnlineNormSite)
     return site.double()
@@ -237,7 +237,8 @@ def test_online_norm_in_its_cell_equals_the_oracle_over_hundreds_of_windows(kind
     torch.manual_seed(3)
     rng = np.random.default_rng(3)
     steps, n_in, hidden, lr = 6, 3, 5, 0.05
-    cell = (LSTMCell if kind == "lstm" else GRUCell)(n_in, hidden, "online").double()
+    cell = (LSTMCell if kind == "lstm" else GRUCell)(
+        n_in, hidden, {"method": "online", "alpha_b": AB}).double()
     oracle = OracleLSTM(cell) if isinstance(cell, LSTMCell) else OracleGRU(cell)
     assert all(isinstance(s, OnlineNormSite) and s.layer_scaling for s in our_sites(cell))
     state: tuple[Tensor, ...] | None = None

@@ -185,12 +185,17 @@ def test_a_model_stored_by_c5d1c0d_serves_and_learns_on(stored: redis.Redis,
                         snapshot_every=SERVICE["snapshot_every"], stream_ttl_s=CENTURY_S)
     replies: dict[str, list[dict[str, Any]]] = {}
     states: dict[str, bytes] = {}
+    served: dict[str, ModelSpec] = {}
     with TestClient(create_app(settings)) as client:
         for name in NAMES:
             record = SERVICE["records"][name]
             info = client.get(f"/models/{name}")
             assert info.status_code == 200, info.text
             assert subset(info.json(), record["model"]) == record["model"]
+            # the spec as stored, with its writer's defaults (Online Norm's alpha_b was 0.99)
+            served[name] = ModelSpec.model_validate(
+                {k: v for k, v in info.json().items() if k in ModelSpec.model_fields})
+            assert served[name].norm.method != "online" or served[name].norm.alpha_b == 0.99
             metrics = client.get(f"/models/{name}/metrics").json()
             assert subset(metrics, record["metrics"]) == record["metrics"]
             for probe, answer in zip(record["probes"], record["answers"], strict=True):
@@ -221,7 +226,7 @@ def test_a_model_stored_by_c5d1c0d_serves_and_learns_on(stored: redis.Redis,
     for name in NAMES:
         # the same learner as one trained here from scratch on the same events, in the order
         # they were applied (the fixture recorded it; its writer checked it against the state)
-        local = OnlineLearner(ModelSpec.model_validate(SERVICE["specs"][name]))
+        local = OnlineLearner(served[name])
         for body in SERVICE["applied"][name]:
             learn(local, body)
         here = SERVICE["machine"] == machine()  # else the last bits may differ: same_answer

@@ -63,7 +63,8 @@ NORMS: dict[str, NormInfo] = {
         NormInfo("layer", "Layer Normalization (Ba et al. 2016): per-sample statistics over "
                  "units; stateless", LayerNormParams, LayerNorm),
         NormInfo("online", "Online Normalization (Chiley et al. 2019): per-feature running "
-                 "statistics with backward control and layer scaling", OnlineNormParams,
+                 "statistics and layer scaling; its backward control is off by default at "
+                 "batch size 1 (alpha_b 1; the paper's 0.99 turns it on)", OnlineNormParams,
                  OnlineNorm),
         NormInfo("recurrent_batch", "Recurrent Batch Norm (Cooijmans et al. 2016): per-time-step "
                  "statistics, gain initialised at 0.1", RecurrentBatchNormParams,

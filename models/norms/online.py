@@ -1,5 +1,9 @@
 """Online Normalization (Chiley et al. 2019), with backward control and layer scaling.
 
+The backward control is off by default (``alpha_b = 1``, not the paper's 0.99): at batch size 1
+in a stream it removed the learning signal on most streams of ``bench/study.py`` (README,
+"Which normalization for online recurrent learning?"); ``alpha_b = 0.99`` turns it on.
+
 Per feature, with the statistics from before the sample::
 
     y = (x − μ) / sqrt(σ² + ε)
@@ -39,9 +43,10 @@ class OnlineNormParams(NormParams):
 
     method: Literal["online"] = "online"
     alpha_f: float = Field(0.999, gt=0, lt=1, description="forward statistics decay")
-    alpha_b: float = Field(0.99, gt=0, le=1, description="backward control decay; 1 turns the "
-                           "backward control off (the gradient then treats the running "
-                           "statistics as constants, as Streaming Norm's does)")
+    alpha_b: float = Field(1.0, gt=0, le=1, description="backward control decay; 1 (the "
+                           "default: at batch size 1 the control removes the learning signal, "
+                           "bench/study.py) turns it off, the gradient then treats the running "
+                           "statistics as constants; the paper's 0.99 for mini-batches")
     eps: float = Field(1e-5, gt=0, le=1, description="added to the variance inside the root")
     layer_scaling: bool = Field(True, description="rescale each gate to unit RMS after the affine")
     clamp: float | None = Field(None, gt=0, le=1e6,

@@ -28,7 +28,7 @@ const HINTS = {
   L: "long-term statistics", S: "short-term statistics", GL: "long-term gradient",
   GS: "short-term gradient", counters: "n, m, steps…", running_mean: "running mean",
   running_var: "running variance", mean: "running mean", var: "running variance",
-  u: "backward control u", v: "backward control v",
+  u: "backward control u (0 while off)", v: "backward control v (0 while off)",
 };
 
 export function normLabel(norm) {
