@@ -43,8 +43,8 @@ Hidden 32, Adam, clipping 1.0; one torch thread per process, runs in a process p
 per update is the median over the evaluation runs of (run seconds / updates) on this machine.
 
     bash bench/setup.sh                          # once: river, scikit-learn, matplotlib
-    .venv/bin/python bench/study.py              # ≈ 20 min on 2 cores
-    .venv/bin/python bench/study.py --quick      # ≈ 1.5 min: shorter streams, one cell each
+    .venv/bin/python bench/study.py              # ≈ 22 min on 2 cores (1,308 s, 2026-12-07)
+    .venv/bin/python bench/study.py --quick      # ≈ 2 min: shorter streams, one cell each
     .venv/bin/python bench/study.py --streams memory digits --methods none layer streaming
 
 Writes markdown tables to stdout, every run's scores to ``--json`` and the learning curves to
