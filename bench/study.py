@@ -478,62 +478,58 @@ def _mean(c: Cell, runs: list[Run]) -> float:
     return statistics.fmean(r.metric(c.start) for r in runs)
 
 
+def _table(result: list[Cell], rows: dict[str, list[str]], align: str = "---:|") -> list[str]:
+    """A markdown table: a row per key, a column per stream × cell."""
+    head = " | ".join(f"{c.stream} {c.cell.upper()}" for c in result)
+    return [f"| method | {head} |", "|---|" + align * len(result),
+            *(f"| {k} | " + " | ".join(v) + " |" for k, v in rows.items())]
+
+
 def report(result: list[Cell], methods: list[str]) -> str:
     """Markdown: quality with the paired test, the chosen configurations, the recommended knobs,
     cost per update."""
-    head = " | ".join(f"{c.stream} {c.cell.upper()}" for c in result)
-    lines = ["| method | " + " | ".join(f"{c.stream} {c.cell.upper()} "
-                                          f"{STREAMS[c.stream].metric} "
-                                          f"{'↑' if STREAMS[c.stream].higher_better else '↓'}"
-                                          for c in result) + " |",
-             "|---|" + "---:|" * len(result)]
+    rows: dict[str, list[str]] = {}
     for m in methods:
-        row = []
+        rows[m] = []
         for c in result:
             txt = _cell_text(c, c.evals[m], c.tests.get(m))
             pick = max if STREAMS[c.stream].higher_better else min
             best = pick(methods, key=lambda k, c=c: _mean(c, c.evals[k]))
-            row.append(f"**{txt}**" if m == best else txt)
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
+            rows[m].append(f"**{txt}**" if m == best else txt)
     for ref in sorted({k for c in result for k in references(STREAMS[c.stream], c.n)}):
-        vals = []
+        rows[f"*{ref}*"] = []
         for c in result:
             refs = references(STREAMS[c.stream], c.n)
             digits_ = 2 if STREAMS[c.stream].metric == "MAE" else 3
-            vals.append(f"{np.mean(refs[ref][c.start:]):.{digits_}f}" if ref in refs else "")
-        lines.append(f"| *{ref}* | " + " | ".join(vals) + " |")
+            rows[f"*{ref}*"].append(f"{np.mean(refs[ref][c.start:]):.{digits_}f}"
+                                    if ref in refs else "")
+    lines = _table(result, rows)
+    lines[0] = "| method | " + " | ".join(
+        f"{c.stream} {c.cell.upper()} {STREAMS[c.stream].metric} "
+        f"{'↑' if STREAMS[c.stream].higher_better else '↓'}" for c in result) + " |"
+    chosen = {m: [f"{c.chosen[m][1]:g}" + (f"; {knob_text(c.chosen[m][0])}"
+                                           if knob_text(c.chosen[m][0]) else "") for c in result]
+              for m in methods}
     lines += ["", "Chosen on the prefix (learning rate; the method's knob):", "",
-              f"| method | {head} |", "|---|" + "---|" * len(result)]
-    for m in methods:
-        row = []
-        for c in result:
-            norm, lr = c.chosen[m]
-            row.append(f"{lr:g}" + (f"; {knob_text(norm)}" if knob_text(norm) else ""))
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
+              *_table(result, chosen, "---|")]
     knobbed = [m for m in methods if m in KNOBS]
     if knobbed and result[0].with_knob:
+        with_knob = {}
+        for m in knobbed:
+            label = f"{m}: {knob_text(result[0].with_knob[m][0].norm)}"
+            with_knob[label] = [
+                _cell_text(c, c.with_knob[m], c.knob_tests.get(m))
+                + (f" ({rej} rej.)" if (rej := sum(r.rejected for r in c.with_knob[m])) else "")
+                for c in result]
         lines += ["", "With the knob chosen most often at batch size 1 on every stream (its best "
                   "learning rate on the prefix; rejected updates over the seeds):", "",
-                  f"| method | {head} |", "|---|" + "---:|" * len(result)]
-        for m in knobbed:
-            row = []
-            for c in result:
-                runs = c.with_knob[m]
-                rej = sum(r.rejected for r in runs)
-                row.append(_cell_text(c, runs, c.knob_tests.get(m))
-                           + (f" ({rej} rej.)" if rej else ""))
-            lines.append(f"| {m}: {knob_text(result[0].with_knob[m][0].norm)} | "
-                         + " | ".join(row) + " |")
+                  *_table(result, with_knob)]
+    cost = {m: [f"{statistics.median(1000 * r.seconds / max(r.updates, 1) for r in c.evals[m]):.1f}"
+                + (f" ({rej} rej.)" if (rej := sum(r.rejected for r in c.evals[m])) else "")
+                for c in result] for m in methods}
     lines += ["", "Cost: milliseconds per learn call (median over the evaluation runs; one torch "
               "thread; a rejected update counts) and rejected updates over the three seeds:", "",
-              f"| method | {head} |", "|---|" + "---:|" * len(result)]
-    for m in methods:
-        row = []
-        for c in result:
-            ms = statistics.median(1000 * r.seconds / max(r.updates, 1) for r in c.evals[m])
-            rej = sum(r.rejected for r in c.evals[m])
-            row.append(f"{ms:.1f}" + (f" ({rej} rej.)" if rej else ""))
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
+              *_table(result, cost)]
     return "\n".join(lines)
 
 
