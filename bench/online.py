@@ -33,9 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench/: quality.digits
 
-from quality import MEMORY_DELAY as DELAY
+import study
 from quality import MEMORY_K as K
-from quality import memory_stream
 
 from models import ModelSpec, OnlineLearner, UpdateRejected
 
@@ -68,7 +67,9 @@ def run(job: tuple[str, str, str, dict[str, Any], int, int, float, int]
     task, name, cell, norm, hidden, events, lr, seed = job
     torch.set_num_threads(1)
     if task == "memory":
-        classes, width, samples = K, K, memory(events, seed)
+        stream = study.STREAMS["memory"]  # one-hot symbols, the label two events back
+        classes, width = K, K
+        samples = [(kw, y) for kw, y, _ in study.samples(stream, events, seed)]
     else:
         from quality import digits  # scikit-learn: only for these tasks
 
@@ -90,17 +91,6 @@ def run(job: tuple[str, str, str, dict[str, Any], int, int, float, int]
             pred = learner.predict_one(**kwargs)
         hits.append(pred == y)
     return task, name, cell, seed, sum(hits[-TAIL:]) / TAIL, sum(hits) / len(hits), rejected
-
-
-def memory(events: int, seed: int) -> list[tuple[dict[str, Any], int]]:
-    """bench/quality.py's memory stream: one-hot symbols, the label two events back."""
-    symbols = memory_stream(events, seed)
-    out = []
-    for t, s in enumerate(symbols):
-        x = [0.0] * K
-        x[s] = 1.0
-        out.append(({"x": x, "stream": "s"}, symbols[t - DELAY] if t >= DELAY else 0))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
