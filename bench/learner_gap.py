@@ -13,22 +13,17 @@ starts from zero, as deep-river's; ``const``: a constant input feature 1.0, so a
 ``W_x x`` keeps the inputs' magnitude relative to it; ``sample``: Streaming Norm's per-sample
 preset, the one bench/study.py chose most often).
 
-Then (``--elsewhere``) the question the answer raises: does PyTorch's initialisation help on the
-other streams too, or only here? ``none``, ``layer``, ``streaming`` with ours and PyTorch's, on
-bench/study.py's memory, chars and digits streams (LSTM, each at the learning rate the study chose
-most often for ``none``, 0.008; seeds 0–2; scored after the prefix as in the study).
+The question the answer raises — does PyTorch's initialisation help on other streams too, once
+each method's rate is tuned? — is answered by ``bench/study.py --init pytorch`` (README).
 
     bash bench/setup.sh                                  # once: deep-river
     .venv/bin/python bench/learner_gap.py                # ~1.5 min on 2 cores
-    .venv/bin/python bench/learner_gap.py --elsewhere    # + ~4 min
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
 import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -40,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench/: learner's stream and runner
 
 from learner import HIDDEN, WINDOW, run_deep_river, synthetic_stream
+from study import pytorch_init
 
 from models import ModelSpec, OnlineLearner
 
@@ -65,35 +61,6 @@ VARIANTS = {
 }
 
 
-def pytorch_init(learner: OnlineLearner, which: list[str]) -> None:
-    """Draw the cell's ``W_x`` (``wx``), ``W_h`` (``wh``), biases (``bias``) as PyTorch's LSTM."""
-    bound = 1 / math.sqrt(learner.spec.hidden_size)
-    gen = torch.Generator().manual_seed(learner.spec.seed)  # the same draw in any process
-    with torch.no_grad():
-        for name, p in learner.net.named_parameters():  # the cell's own, not its norms'
-            kind = {"lx.weight": "wx", "lh.weight": "wh"}.get(".".join(name.split(".")[-2:]))
-            if re.fullmatch(r"stack\.layers\.\d+\.bias", name):
-                kind = "bias"
-            if kind in which:
-                p.uniform_(-bound, bound, generator=gen)
-
-
-def elsewhere(job: tuple[str, str, bool, int]) -> tuple[str, str, bool, float]:
-    """One method (LSTM, lr 0.008) on one of bench/study.py's streams, ours or PyTorch's init."""
-    import study
-
-    method, name, torch_init, seed = job
-    torch.set_num_threads(1)
-    stream = study.STREAMS[name]
-    learner = OnlineLearner(study.spec(stream, "lstm", {"method": method}, 0.008, seed))
-    if torch_init:
-        pytorch_init(learner, ["wx", "wh", "bias"])
-    scores = [study.score(stream, learner.learn_one(y=y, **kw), y, c)
-              for kw, y, c in study.samples(stream, stream.n, seed)]
-    return method, name, torch_init, float(sum(scores[study.prefix(stream, stream.n):])
-                                   / (stream.n - study.prefix(stream, stream.n)))
-
-
 def ours(variant: str, seed: int) -> float:
     """Prequential MAE of one variant of our learner."""
     norm, *changes = variant.split("/")
@@ -105,7 +72,7 @@ def ours(variant: str, seed: int) -> float:
         hidden_size=HIDDEN, window=WINDOW, seed=seed,
         norm={"method": norm, "preset": "sample"} if "sample" in changes else norm,
         optimizer={"name": "adam", "lr": LR, "clip": None if "noclip" in changes else 1.0}))
-    pytorch_init(learner, changes)
+    pytorch_init(learner, tuple(changes))
     err, window = 0.0, []
     for i, (x, y) in enumerate(events):
         if "zerostate" in changes:
@@ -130,8 +97,6 @@ def job(args: tuple[str, int]) -> tuple[str, int, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--elsewhere", action="store_true",
-                   help="also none with ours / PyTorch's init on bench/study.py's streams")
     args = p.parse_args(argv)
     names = {"deep-river RollingRegressor": "deep-river", **VARIANTS}
     got: dict[str, list[float]] = {}
@@ -146,25 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         values = got[variant]
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         print(f"| {name} | {statistics.fmean(values):.4f} ± {sd:.4f} |")
-    if args.elsewhere:
-        streams, methods = ("memory", "chars", "digits"), ("none", "layer", "streaming")
-        with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
-            found: dict[tuple[str, str, bool], list[float]] = {}
-            for method, name, torch_init, value in pool.map(elsewhere, [
-                    (m, n, t, s) for m in methods for n in streams for t in (False, True)
-                    for s in args.seeds]):
-                found.setdefault((method, name, torch_init), []).append(value)
-        print("\nLSTM, lr 0.008, on bench/study.py's streams (scored after the prefix):\n")
-        print("| method, initialisation | memory acc. ↑ | chars bits/char ↓ | digits acc. ↑ |")
-        print("|---|---:|---:|---:|")
-        for method in methods:
-            for torch_init, label in ((False, "ours"), (True, "PyTorch's LSTM")):
-                cells = []
-                for n in streams:
-                    v = found[(method, n, torch_init)]
-                    cells.append(f"{statistics.fmean(v):.3f} ± {statistics.stdev(v):.3f}"
-                                 if len(v) > 1 else f"{v[0]:.3f}")
-                print(f"| {method}, {label} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -60,6 +60,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import string
 import sys
@@ -259,6 +260,9 @@ def spec(stream: Stream, cell: str, norm: dict[str, Any], lr: float, seed: int) 
 
 
 # -- one run -------------------------------------------------------------------------------------
+Job = tuple[str, str, str, dict[str, Any], float, int, int]  # stream cell method norm lr seed n
+
+
 def score(stream: Stream, result: Any, target: Any, context: Any) -> float:
     """A sample's score: hit, bits of the true symbol, or absolute error in original units."""
     if stream.metric == "bits/char":
@@ -280,13 +284,33 @@ class _Predicted:
                       if learner.spec.task == "multiclass" else None)
 
 
-def run(job: tuple[str, str, str, dict[str, Any], float, int, int]) -> Run:
-    """Learn ``samples`` of a stream prequentially with one configuration and seed."""
+def pytorch_init(learner: OnlineLearner, which: tuple[str, ...] = ("wx", "wh", "bias")) -> None:
+    """Redraw the cell's ``W_x`` (``wx``), ``W_h`` (``wh``), biases (``bias``) as PyTorch's
+    ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` do: uniform in ±1/√H (ours: ``W_h`` orthogonal, zero
+    biases with an LSTM's forget gate at 1). Seeded by the spec, so any process draws the same."""
+    if learner.spec.norm.method == "weight":  # its W are (g, v) pairs: not redrawn here
+        raise ValueError("PyTorch's initialisation is not defined here for weight norm")
+    bound = 1 / math.sqrt(learner.spec.hidden_size)
+    gen = torch.Generator().manual_seed(learner.spec.seed)
+    with torch.no_grad():
+        for name, p in learner.net.named_parameters():  # the cell's own, not its norms'
+            kind = {"lx.weight": "wx", "lh.weight": "wh"}.get(".".join(name.split(".")[-2:]))
+            if re.fullmatch(r"stack\.layers\.\d+\.bias(_hn)?", name):  # GRU: b_hn too
+                kind = "bias"
+            if kind in which:
+                p.uniform_(-bound, bound, generator=gen)
+
+
+def run(job: Job, init: str = "ours") -> Run:
+    """Learn ``samples`` of a stream prequentially with one configuration and seed, from our
+    initialisation or (``init="pytorch"``) PyTorch's."""
     name, cell, method, norm, lr, seed, n = job
     torch.set_num_threads(1)
     stream = STREAMS[name]
     out = Run(name, cell, method, norm, lr, seed, n)
     learner = OnlineLearner(spec(stream, cell, norm, lr, seed))
+    if init == "pytorch":
+        pytorch_init(learner)
     start = time.perf_counter()
     batch: list[tuple[dict[str, Any], Any, Any]] = []
     for sample in samples(stream, n, seed):
@@ -346,18 +370,19 @@ def references(stream: Stream, n: int) -> dict[str, list[float]]:
 
 
 # -- statistics ----------------------------------------------------------------------------------
-def paired(evals: dict[str, list[Run]], start: int) -> dict[str, tuple[float, float]]:
-    """Per method: (mean over seeds of its scored metric minus ``none``'s on the same seed,
+def paired(evals: dict[str, list[Run]], start: int, against: str = "none"
+           ) -> dict[str, tuple[float, float]]:
+    """Per key: (mean over seeds of its scored metric minus ``against``'s on the same seed,
     two-sided p of a paired t-test over the seeds). The seed is the unit: two runs of one seed
     share the stream, so blocks or events of one run are not independent samples."""
     from scipy.stats import ttest_1samp
 
-    if "none" not in evals:
+    if against not in evals:
         return {}
-    base = {r.seed: r.metric(start) for r in evals["none"]}
+    base = {r.seed: r.metric(start) for r in evals[against]}
     out = {}
     for method, runs in evals.items():
-        if method == "none":
+        if method == against:
             continue
         diffs = [r.metric(start) - base[r.seed] for r in runs]
         p = float(ttest_1samp(diffs, 0.0).pvalue) if np.ptp(diffs) > 0 else (
@@ -394,19 +419,16 @@ class Cell:
         return pick.norm, pick.lr
 
 
-Job = tuple[str, str, str, dict[str, Any], float, int, int]
-
-
-def _pooled(pool: ProcessPoolExecutor, jobs: list[tuple[Cell, Job]], cost: list[float]
-            ) -> list[tuple[Cell, Run]]:
+def _pooled(pool: ProcessPoolExecutor, jobs: list[tuple[Cell, Job]], cost: list[float],
+            init: str) -> list[tuple[Cell, Run]]:
     """Run ``jobs`` longest first (so no long run starts last), results in the jobs' order."""
     order = sorted(range(len(jobs)), key=lambda i: -cost[i])
-    futures = {i: pool.submit(run, jobs[i][1]) for i in order}
+    futures = {i: pool.submit(run, jobs[i][1], init) for i in order}
     return [(jobs[i][0], futures[i].result()) for i in range(len(jobs))]
 
 
 def study(streams: list[str], methods: list[str], cells: list[str] | None, quick: bool,
-          workers: int, log: Any = sys.stderr) -> list[Cell]:
+          workers: int, init: str = "ours", log: Any = sys.stderr) -> list[Cell]:
     """Tune every method on each stream's prefix, evaluate the chosen configurations, then the
     knob methods with their recommended knob where a stream chose the other one."""
     out: list[Cell] = []
@@ -427,7 +449,7 @@ def study(streams: list[str], methods: list[str], cells: list[str] | None, quick
                 for c in out for m in methods for norm, lr in configs(m)]
         steps = {"pdigits": 64, "chars": 16}  # a rough cost: samples × steps, GRU twice
         cost = [j[6] * steps.get(j[0], 8) * (2 if j[1] == "gru" else 1) for _, j in tune]
-        for c, r in _pooled(pool, tune, cost):
+        for c, r in _pooled(pool, tune, cost, init):
             c.tuning.append(r)
         done("tuning", len(tune))
         for c in out:
@@ -438,7 +460,7 @@ def study(streams: list[str], methods: list[str], cells: list[str] | None, quick
         evals = [(c, (c.stream, c.cell, m, *c.chosen[m], seed, c.n))
                  for c in out for m in methods for seed in SEEDS]
         for c, r in _pooled(pool, evals, [seconds[(*j[:3], json.dumps(j[3]), j[4])]
-                                          for _, j in evals]):
+                                          for _, j in evals], init):
             c.evals.setdefault(r.method, []).append(r)
         done("evaluation", len(evals))
         knobs = {m: r["norm"] for m, r in recommended(out, methods).items() if m in KNOBS}
@@ -451,7 +473,7 @@ def study(streams: list[str], methods: list[str], cells: list[str] | None, quick
                     extra += [(c, (c.stream, c.cell, m, *c.best(m, norm[KNOBS[m][0]]), seed, c.n))
                               for seed in SEEDS]
         for c, r in _pooled(pool, extra, [seconds[(*j[:3], json.dumps(j[3]), j[4])]
-                                          for _, j in extra]):
+                                          for _, j in extra], init):
             c.with_knob.setdefault(r.method, []).append(r)
         done("recommended knobs", len(extra))
     for c in out:
@@ -485,9 +507,12 @@ def _mean(c: Cell, runs: list[Run]) -> float:
     return statistics.fmean(r.metric(c.start) for r in runs)
 
 
-def _table(result: list[Cell], rows: dict[str, list[str]], align: str = "---:|") -> list[str]:
-    """A markdown table: a row per key, a column per stream × cell."""
-    head = " | ".join(f"{c.stream} {c.cell.upper()}" for c in result)
+def _table(result: list[Cell], rows: dict[str, list[str]], align: str = "---:|",
+           metric: bool = False) -> list[str]:
+    """A markdown table: a row per key, a column per stream × cell (with its metric)."""
+    head = " | ".join(f"{c.stream} {c.cell.upper()}" + (
+        f" {STREAMS[c.stream].metric} {'↑' if STREAMS[c.stream].higher_better else '↓'}"
+        if metric else "") for c in result)
     return [f"| method | {head} |", "|---|" + align * len(result),
             *(f"| {k} | " + " | ".join(v) + " |" for k, v in rows.items())]
 
@@ -510,10 +535,7 @@ def report(result: list[Cell], methods: list[str]) -> str:
             digits_ = 2 if STREAMS[c.stream].metric == "MAE" else 3
             rows[f"*{ref}*"].append(f"{np.mean(refs[ref][c.start:]):.{digits_}f}"
                                     if ref in refs else "")
-    lines = _table(result, rows)
-    lines[0] = "| method | " + " | ".join(
-        f"{c.stream} {c.cell.upper()} {STREAMS[c.stream].metric} "
-        f"{'↑' if STREAMS[c.stream].higher_better else '↓'}" for c in result) + " |"
+    lines = _table(result, rows, metric=True)
     chosen = {m: [f"{c.chosen[m][1]:g}" + (f"; {knob_text(c.chosen[m][0])}"
                                            if knob_text(c.chosen[m][0]) else "") for c in result]
               for m in methods}
@@ -537,6 +559,35 @@ def report(result: list[Cell], methods: list[str]) -> str:
     lines += ["", "Cost: milliseconds per learn call (median over the evaluation runs; one torch "
               "thread; a rejected update counts) and rejected updates over the three seeds:", "",
               *_table(result, cost)]
+    return "\n".join(lines)
+
+
+def compare(paths: list[Path]) -> str:
+    """Markdown: the methods of two or more full runs side by side (e.g. ``--init ours`` and
+    ``--init pytorch``), each run's tuning its own; ▲/▼: the paired test over the seeds against the
+    first run's same method."""
+    loaded = [json.loads(p.read_text()) for p in paths]
+    labels = [r.get("init", p.stem) for r, p in zip(loaded, paths, strict=True)]
+    runs = [{(c["stream"], c["cell"], c["n"]): c for c in r["cells"]} for r in loaded]
+    keys = [k for k in runs[0] if all(k in r for r in runs)]  # the columns all runs have
+    cells = [Cell(*k, runs[0][k]["start"]) for k in keys]
+    methods = [m for m in runs[0][keys[0]]["evals"] if all(m in r[k]["evals"]
+                                                          for r in runs for k in keys)]
+    rows: dict[str, list[str]] = {}
+    better: dict[str, list[bool]] = {}
+    for m in methods:
+        for i, (label, run_) in enumerate(zip(labels, runs, strict=True)):
+            rows[f"{m}, {label}"] = []
+            for c, k in zip(cells, keys, strict=True):
+                c.evals[label] = [Run(**r) for r in run_[k]["evals"][m]]
+            for c in cells:
+                test = paired(c.evals, c.start, against=labels[0]).get(label) if i else None
+                rows[f"{m}, {label}"].append(_cell_text(c, c.evals[label], test))
+                if i and test is not None and (test[0] > 0) == STREAMS[c.stream].higher_better:
+                    better.setdefault(f"{m}, {label}", []).append(test[1] < ALPHA)
+    lines = _table(cells, rows, metric=True)
+    lines += ["", *(f"- {k}: better than {labels[0]} on {len(v)} of {len(cells)} columns "
+                    f"({sum(v)} significantly)" for k, v in better.items())]
     return "\n".join(lines)
 
 
@@ -612,22 +663,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="shorter streams, each stream's first cell only; the same protocol")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--init", choices=["ours", "pytorch"], default="ours",
+                   help="every model's initialisation: ours (the learner's) or PyTorch's "
+                        "(uniform ±1/√H for W_x, W_h and the biases)")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "study.json")
-    p.add_argument("--plot", type=Path, default=ROOT / "bench" / "out" / "study.png")
+    p.add_argument("--plot", type=lambda v: Path(v) if v else None,
+                   default=ROOT / "bench" / "out" / "study.png", help='"": no plot')
+    p.add_argument("--compare", type=Path, nargs="+", metavar="JSON",
+                   help="print the methods of these runs' JSON side by side, then stop")
     args = p.parse_args(argv)
+    if args.compare:
+        print(compare(args.compare))
+        return 0
     wall = time.perf_counter()
     print(f"# bench/study.py{' --quick' if args.quick else ''} — torch {torch.__version__}, "
           f"Python {platform.python_version()} (its pydoc_data text), "
           f"{args.workers} processes; grid of {GRID} per method, tuning seed {TUNE_SEED}, "
-          f"evaluation seeds {list(SEEDS)}; load average {os.getloadavg()[0]:.1f}\n", flush=True)
-    result = study(args.streams, args.methods, args.cells, args.quick, args.workers)
+          f"evaluation seeds {list(SEEDS)}; {args.init} initialisation; "
+          f"load average {os.getloadavg()[0]:.1f}\n", flush=True)
+    result = study(args.streams, args.methods, args.cells, args.quick, args.workers, args.init)
     print(report(result, args.methods))
     rec = recommended(result, args.methods)
     print("\nMost often chosen at batch size 1 (knob; learning rate, median):\n")
     for m, r in rec.items():
         print(f"- {m}: {knob_text(r['norm']) or '-'}; lr {r['lr']:g} (median {r['lr median']:g})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"quick": args.quick, "recommended": rec, "cells": [
+    args.json.write_text(json.dumps({
+        "quick": args.quick, "init": args.init, "recommended": rec, "cells": [
         {**{k: v for k, v in asdict(c).items() if k not in ("tuning", "evals", "with_knob")},
          "tuning": [asdict(r) | {"scores": None, "metric": r.metric()} for r in c.tuning],
          "evals": {m: [asdict(r) for r in runs] for m, runs in c.evals.items()},

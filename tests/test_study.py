@@ -69,7 +69,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "study.png").stat().st_size > 10_000
     data = json.loads((out / "study.json").read_text())
-    data["stdout"] = proc.stdout
+    data["stdout"], data["path"] = proc.stdout, out / "study.json"
     return data
 
 
@@ -135,3 +135,64 @@ def test_the_count_references_are_independent_counts() -> None:
         bi[(a, b)] += 1
     # on English text the bigram counts beat the unigram counts once they have seen enough
     assert np.mean(refs["bigram counts"][200:]) < np.mean(refs["unigram counts"][200:])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_pytorch_init_draws_what_pytorchs_own_cell_draws(cell: str) -> None:
+    """``--init pytorch`` redraws every weight and bias of the cell (GRU's b_hn too) uniform in
+    ±1/√H, as ``nn.LSTM`` / ``nn.GRU`` do, seeded by the spec; the norm's gains are untouched."""
+    import torch
+
+    from models import OnlineLearner
+
+    stream = study.STREAMS["memory"]
+    learners = [OnlineLearner(study.spec(stream, cell, {"method": "layer"}, 0.01, seed))
+                for seed in (3, 3, 4)]
+    before = {k: v.clone() for k, v in learners[0].net.named_parameters()}
+    for learner in learners:
+        study.pytorch_init(learner)
+    after = dict(learners[0].net.named_parameters())
+    bound = 1 / math.sqrt(32)
+    reference = getattr(torch.nn, cell.upper())(stream.window, 32)  # PyTorch's own rule
+    assert all(p.abs().max() <= bound for p in reference.parameters())
+    redrawn = [k for k in after if not torch.equal(after[k], before[k])]
+    cell_params = [k for k in after if k.startswith("stack") and (
+        k.split(".")[-2] in ("lx", "lh") or k.split(".")[-2].isdigit())]  # not nx/nc's
+    assert sorted(redrawn) == sorted(cell_params)  # the cell's own, nothing else
+    for k in redrawn:
+        values = after[k].detach()
+        assert values.abs().max() <= bound
+        assert values.std() == pytest.approx(bound / math.sqrt(3), rel=0.25)  # uniform's std
+        assert torch.equal(values, dict(learners[1].net.named_parameters())[k])  # same seed
+        assert not torch.equal(values, dict(learners[2].net.named_parameters())[k])
+
+
+def test_compare_sets_two_initialisations_side_by_side(quick: dict[str, Any], tmp_path: Path
+                                                       ) -> None:
+    """``--init pytorch`` on one stream, then ``--compare`` against the quick run: each row's
+    figure is that run's mean over its seeds, the mark a paired t-test against the first run."""
+    pytorch = tmp_path / "pytorch.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "study.py"), "--quick", "--streams", "memory",
+         "--methods", "none", "layer", "--init", "pytorch", "--json", str(pytorch), "--plot", ""],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = json.loads(pytorch.read_text())
+    assert theirs["init"] == "pytorch" and quick["init"] == "ours"
+    table = study.compare([quick["path"], pytorch])
+    mine = next(c for c in quick["cells"] if c["stream"] == "memory")
+    (other,) = theirs["cells"]
+    start = mine["start"]
+    assert table.count("\n| ") == 4  # none and layer, ours and PyTorch's
+    assert table.splitlines()[0].count("|") == 3  # the memory column only
+    for method in ("none", "layer"):
+        a = [np.mean(r["scores"][start:]) for r in mine["evals"][method]]
+        b = [np.mean(r["scores"][start:]) for r in other["evals"][method]]
+        assert a != b  # another initialisation learns otherwise
+        row_a = next(x for x in table.splitlines() if x.startswith(f"| {method}, ours |"))
+        row_b = next(x for x in table.splitlines() if x.startswith(f"| {method}, pytorch |"))
+        assert f"{np.mean(a):.3f} ± {np.std(a, ddof=1):.3f}" in row_a
+        assert f"{np.mean(b):.3f} ± {np.std(b, ddof=1):.3f}" in row_b
+        p = scipy_stats.ttest_rel(b, a).pvalue
+        marked = "▲" in row_b or "▼" in row_b
+        assert marked == (p < study.ALPHA)
