@@ -47,6 +47,14 @@ per update is the median over the evaluation runs of (run seconds / updates) on 
     .venv/bin/python bench/study.py --quick      # ≈ 2 min: shorter streams, one cell each
     .venv/bin/python bench/study.py --streams memory digits --methods none layer streaming
 
+Every model starts from our initialisation (the learner's); ``--init pytorch`` draws the cell's
+weights and biases as PyTorch's own ``nn.LSTM`` / ``nn.GRU`` do, and ``--compare`` sets the two
+runs side by side (≈ 13 min each for three methods, 2026-12-07):
+
+    .venv/bin/python bench/study.py --methods none layer streaming --init ours --json ours.json
+    .venv/bin/python bench/study.py --methods none layer streaming --init pytorch --json pt.json
+    .venv/bin/python bench/study.py --compare ours.json pt.json
+
 Writes markdown tables to stdout, every run's scores to ``--json`` and the learning curves to
 ``--plot``.
 """
