@@ -12,9 +12,9 @@ per-site workers are in ``models.fast.sites``.
 Working arrays are kept per cell and window shape and reused by the next window once the
 previous one's backward has run (a window whose graph is still pending gets fresh ones); a second
 backward (``retain_graph=True``) through a window whose arrays a newer window has reused raises
-instead of reading overwritten data. ``disabled()`` turns the kernel off; ``try_window`` returns
-``None`` where it does not apply (GRU/RNN, other methods, Streaming Norm in eval, CUDA, other
-dtypes), and the generic loop runs.
+instead of reading overwritten data. ``disabled()`` (``models.fast.switch``) turns the kernels
+off; ``try_window`` returns ``None`` where it does not apply (GRU/RNN, other methods, Streaming
+Norm in eval, CUDA, other dtypes), and the generic loop runs.
 """
 
 from __future__ import annotations
@@ -33,26 +33,16 @@ from ..norms.layer import LayerNormSite
 from ..norms.streaming import StreamingSite
 from .arrays import Arr, add, const, mul, sub
 from .sites import RowSite, WindowSite
+from .switch import disabled, is_enabled
 
 __all__ = ["disabled", "forward_only", "is_enabled", "try_window"]
 
 State = tuple[Tensor, ...]
-_ENABLED = [True]
 _TAKEN: list[list[Any]] = []  # kernels taken inside ``forward_only`` blocks
 _PLANS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], tuple[int, ...], list[Arr]]] = (
     weakref.WeakKeyDictionary())
 _KERNELS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _Kernel]] = (
     weakref.WeakKeyDictionary())
-
-
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """Inside this block LSTM windows take the generic autograd loop (for comparisons)."""
-    old, _ENABLED[0] = _ENABLED[0], False
-    try:
-        yield
-    finally:
-        _ENABLED[0] = old
 
 
 @contextlib.contextmanager
@@ -68,11 +58,6 @@ def forward_only() -> Iterator[None]:
         _TAKEN.pop()
         for k in taken:
             k.busy = False
-
-
-def is_enabled() -> bool:
-    """Whether ``try_window`` may take the fast path."""
-    return _ENABLED[0]
 
 
 class _Kernel:
@@ -305,7 +290,7 @@ def try_window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int =
 
     Applies to ``layer``, and to ``streaming`` in training mode, in float32/float64 on the CPU.
     """
-    if not _ENABLED[0] or x.dim() != 3 or x.shape[0] == 0 or x.shape[2] != cell.input_size:
+    if not is_enabled() or x.dim() != 3 or x.shape[0] == 0 or x.shape[2] != cell.input_size:
         return None
     plan = _plan(cell)
     if plan is None or x.dtype != plan[0][0].dtype or x.device.type != "cpu":

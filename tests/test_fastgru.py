@@ -1,0 +1,158 @@
+"""``models.fast.gru_kernel`` against its oracles: PyTorch's ``torch.gru`` (the path it replaces,
+``switch.disabled()``) and the cell's own per-step autograd loop (``input_term`` + ``step``), to
+float rounding (the kernel's σ and sums run in another order: not bit for bit); ``gradcheck`` of
+the ``autograd.Function`` in float64; and a learner on the kernel against one without it."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+import torch
+
+import models
+from models import ModelSpec, OnlineLearner
+from models.cells import GRUCell
+from models.fast import gru_kernel, switch
+
+# float32: 64 steps of rounding in another order reach ~4e-5 relative on a gradient element;
+# float64 is the tight check of the same arithmetic
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-11, atol=1e-13)}
+
+
+def _run(cell: GRUCell, x: torch.Tensor, h0: torch.Tensor | None, fast: bool
+         ) -> list[torch.Tensor]:
+    """Outputs, final state and every gradient of a loss on all outputs and the final state."""
+    cell.zero_grad()
+    if h0 is not None:
+        h0.grad = None
+    with contextlib.nullcontext() if fast else switch.disabled():
+        out, (h,) = cell.forward_seq(x, None if h0 is None else (h0,))
+    weights = torch.linspace(-1, 1, out.numel(), dtype=x.dtype).reshape(out.shape)
+    ((out * weights).sum() + 0.7 * h.pow(2).sum()).backward()
+    grads = [p.grad.clone() for p in cell.parameters()]
+    return [out.detach(), h.detach(), *grads, *([h0.grad.clone()] if h0 is not None else [])]
+
+
+def _per_step(cell: GRUCell, x: torch.Tensor, h0: torch.Tensor | None) -> list[torch.Tensor]:
+    """The same through the cell's generic per-step loop (what every non-fused method runs)."""
+    cell.zero_grad()
+    if h0 is not None:
+        h0.grad = None
+    gx, state, outs = cell.input_term(x), None if h0 is None else (h0,), []
+    for t in range(x.shape[0]):
+        state = cell.step(gx[t], state, t)
+        outs.append(state[0])
+    out, h = torch.stack(outs), state[0]
+    weights = torch.linspace(-1, 1, out.numel(), dtype=x.dtype).reshape(out.shape)
+    ((out * weights).sum() + 0.7 * h.pow(2).sum()).backward()
+    grads = [p.grad.clone() for p in cell.parameters()]
+    return [out.detach(), h.detach(), *grads, *([h0.grad.clone()] if h0 is not None else [])]
+
+
+def _cell(method: str, dtype: torch.dtype, seed: int = 0) -> GRUCell:
+    torch.manual_seed(seed)
+    cell = GRUCell(5, 12, method).to(dtype)
+    with torch.no_grad():  # non-zero biases, so that every bias path is exercised
+        cell.bias.uniform_(-0.5, 0.5)
+        cell.bias_hn.uniform_(-0.5, 0.5)
+    return cell
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["none", "weight"])
+@pytest.mark.parametrize(("steps", "batch"), [(1, 1), (16, 1), (64, 1), (5, 3), (16, 5)])
+@pytest.mark.parametrize("start", ["zero", "state"])
+def test_kernel_equals_torch_gru(dtype: torch.dtype, method: str, steps: int, batch: int,
+                                 start: str) -> None:
+    cell = _cell(method, dtype)
+    x = torch.randn(steps, batch, 5, dtype=dtype) * 2
+    h0 = torch.randn(batch, 12, dtype=dtype, requires_grad=True) if start == "state" else None
+    fast, ref = _run(cell, x, h0, True), _run(cell, x, h0, False)
+    assert len(fast) == len(ref)
+    for a, b in zip(fast, ref, strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+@pytest.mark.parametrize("method", ["none", "weight"])
+@pytest.mark.parametrize("steps", [1, 9])
+def test_kernel_equals_the_per_step_cell(method: str, steps: int) -> None:
+    cell = _cell(method, torch.float64, seed=3)
+    x = torch.randn(steps, 2, 5, dtype=torch.float64)
+    h0 = torch.randn(2, 12, dtype=torch.float64, requires_grad=True)
+    for a, b in zip(_run(cell, x, h0, True), _per_step(cell, x, h0), strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+def test_the_kernel_is_taken() -> None:
+    """The fast path really runs (a ``_GRUWindow`` node), and not when switched off."""
+    cell = _cell("none", torch.float32)
+    x = torch.randn(4, 1, 5)
+    out, _ = cell.forward_seq(x)
+    assert type(out.grad_fn).__name__ == "_GRUWindowBackward"
+    with switch.disabled():
+        out, _ = cell.forward_seq(x)
+    assert "GRUWindow" not in type(out.grad_fn).__name__
+
+
+def test_gradcheck_in_float64() -> None:
+    torch.manual_seed(1)
+    h = 4
+    args = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in
+            ((5, 2, 3), (2, h), (3 * h, 3), (3 * h, h), (3 * h,), (h,))]
+    fn: Any = gru_kernel._GRUWindow.apply
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck is not None  # once_differentiable: no double backward
+
+
+def test_other_dtypes_and_switch_fall_back() -> None:
+    x, h0 = torch.randn(3, 1, 2).half(), torch.zeros(1, 4).half()
+    w = [torch.zeros(12, 2).half(), torch.zeros(12, 4).half(), torch.zeros(12).half(),
+         torch.zeros(4).half()]
+    assert gru_kernel.try_window(x, h0, *w) is None
+    x32 = torch.randn(3, 1, 2)
+    w32 = [t.float() for t in w]
+    assert gru_kernel.try_window(x32, h0.float(), *w32) is not None
+    assert gru_kernel.try_window(x32, h0.double(), *w32) is None  # mixed dtypes
+    with switch.disabled():
+        assert gru_kernel.try_window(x32, h0.float(), *w32) is None
+
+
+@pytest.mark.parametrize("method", ["none", "weight"])
+def test_learner_on_the_kernel_learns_as_on_torch_gru(method: str) -> None:
+    """Stream mode (carried state, the state captured mid-window) and ``learn_many``: the same
+    predictions with the kernel as with PyTorch's, to float rounding, over 60 updates."""
+    spec = ModelSpec(name="g", task="regression", n_features=3, cell="gru", hidden_size=16,
+                     window=6, norm={"method": method}, seed=5,
+                     optimizer={"name": "adam", "lr": 0.01})
+    gen = torch.Generator().manual_seed(2)
+    xs = torch.randn(60, 3, generator=gen).tolist()
+    preds: list[list[float]] = []
+    for fast in (True, False):
+        learner, got = OnlineLearner(spec), []
+        with contextlib.nullcontext() if fast else switch.disabled():
+            for i, x in enumerate(xs):
+                got.append(learner.learn_one(x, sum(x) * 0.5, stream="s").prediction)
+                if i % 20 == 19:
+                    seqs = [xs[j:j + 6] for j in range(0, 12, 3)]
+                    learner.learn_many(seqs, [1.0, -1.0, 0.5, 0.0])
+            got.append(learner.predict_one(xs[0], stream="s"))
+        preds.append(got)
+    assert preds[0] == pytest.approx(preds[1], rel=1e-4, abs=1e-5)
+    assert len(set(preds[0])) > 30  # it learns: predictions move
+
+
+def test_stack_of_two_gru_layers_through_the_kernel() -> None:
+    torch.manual_seed(0)
+    net = models.RecurrentStack("gru", 3, 8, num_layers=2, norm="none").double()
+    x = torch.randn(7, 2, 3, dtype=torch.float64)
+    res = []
+    for fast in (True, False):
+        net.zero_grad()
+        with contextlib.nullcontext() if fast else switch.disabled():
+            out, (h,) = net(x)
+            (out.sum() + h.sum()).backward()
+        res.append([out.detach(), h.detach(), *(p.grad.clone() for p in net.parameters())])
+    for a, b in zip(*res, strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
