@@ -68,7 +68,6 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
 import string
 import sys
@@ -100,6 +99,7 @@ from quality import (
 
 import models
 from models import ModelSpec, OnlineLearner, UpdateRejected
+from models.cells import GRUCell
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = 6
@@ -293,20 +293,32 @@ class _Predicted:
 
 
 def pytorch_init(learner: OnlineLearner, which: tuple[str, ...] = ("wx", "wh", "bias")) -> None:
-    """Redraw the cell's ``W_x`` (``wx``), ``W_h`` (``wh``), biases (``bias``) as PyTorch's
-    ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` do: uniform in ±1/√H (ours: ``W_h`` orthogonal, zero
-    biases with an LSTM's forget gate at 1). Seeded by the spec, so any process draws the same."""
+    """Redraw the cells' ``W_x`` (``wx``), ``W_h`` (``wh``), biases (``bias``) as PyTorch's
+    ``nn.LSTM`` / ``nn.GRU`` draw theirs: every weight uniform in ±1/√H, and two bias vectors
+    ``b_ih``, ``b_hh`` uniform in ±1/√H whose sum is the cell's bias (a GRU's ``b_hn`` is its own:
+    it sits inside ``r ⊙ (…)``). Ours: ``W_h`` orthogonal, zero biases with an LSTM's forget gate
+    at 1. Seeded by the spec, so any process draws the same."""
     if learner.spec.norm.method == "weight":  # its W are (g, v) pairs: not redrawn here
         raise ValueError("PyTorch's initialisation is not defined here for weight norm")
     bound = 1 / math.sqrt(learner.spec.hidden_size)
     gen = torch.Generator().manual_seed(learner.spec.seed)
+
+    def draw(t: torch.Tensor) -> torch.Tensor:
+        return t.uniform_(-bound, bound, generator=gen)
+
     with torch.no_grad():
-        for name, p in learner.net.named_parameters():  # the cell's own, not its norms'
-            kind = {"lx.weight": "wx", "lh.weight": "wh"}.get(".".join(name.split(".")[-2:]))
-            if re.fullmatch(r"stack\.layers\.\d+\.bias(_hn)?", name):  # GRU: b_hn too
-                kind = "bias"
-            if kind in which:
-                p.uniform_(-bound, bound, generator=gen)
+        for layer in learner.net.stack.layers:
+            if "wx" in which:
+                draw(layer.lx.weight)
+            if "wh" in which:
+                draw(layer.lh.weight)
+            if "bias" in which:
+                b_ih, b_hh = draw(torch.empty_like(layer.bias)), draw(torch.empty_like(layer.bias))
+                if isinstance(layer, GRUCell):
+                    h = layer.hidden_size
+                    layer.bias_hn.copy_(b_hh[2 * h:])
+                    b_hh[2 * h:] = 0.0
+                layer.bias.copy_(b_ih + b_hh)
 
 
 def run(job: Job, init: str = "ours") -> Run:
@@ -576,8 +588,12 @@ def compare(paths: list[Path]) -> str:
     first run's same method."""
     loaded = [json.loads(p.read_text()) for p in paths]
     labels = [r.get("init", p.stem) for r, p in zip(loaded, paths, strict=True)]
+    if len(set(labels)) < len(labels):  # runs of one initialisation: name them by position
+        labels = [f"{p.name} #{i + 1}" for i, p in enumerate(paths)]
     runs = [{(c["stream"], c["cell"], c["n"]): c for c in r["cells"]} for r in loaded]
     keys = [k for k in runs[0] if all(k in r for r in runs)]  # the columns all runs have
+    if not keys:
+        raise ValueError("the runs share no stream × cell × length to compare")
     cells = [Cell(*k, runs[0][k]["start"]) for k in keys]
     methods = [m for m in runs[0][keys[0]]["evals"] if all(m in r[k]["evals"]
                                                           for r in runs for k in keys)]
@@ -588,11 +604,14 @@ def compare(paths: list[Path]) -> str:
             rows[f"{m}, {label}"] = []
             for c, k in zip(cells, keys, strict=True):
                 c.evals[label] = [Run(**r) for r in run_[k]["evals"][m]]
+            if i:
+                better[f"{m}, {label}"] = []
             for c in cells:
                 test = paired(c.evals, c.start, against=labels[0]).get(label) if i else None
                 rows[f"{m}, {label}"].append(_cell_text(c, c.evals[label], test))
-                if i and test is not None and (test[0] > 0) == STREAMS[c.stream].higher_better:
-                    better.setdefault(f"{m}, {label}", []).append(test[1] < ALPHA)
+                if test is not None and test[0] != 0 and (
+                        test[0] > 0) == STREAMS[c.stream].higher_better:
+                    better[f"{m}, {label}"].append(test[1] < ALPHA)
     lines = _table(cells, rows, metric=True)
     lines += ["", *(f"- {k}: better than {labels[0]} on {len(v)} of {len(cells)} columns "
                     f"({sum(v)} significantly)" for k, v in better.items())]
@@ -680,6 +699,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", type=Path, nargs="+", metavar="JSON",
                    help="print the methods of these runs' JSON side by side, then stop")
     args = p.parse_args(argv)
+    if args.init == "pytorch" and "weight" in args.methods:
+        p.error("--init pytorch does not redraw weight norm's (g, v): leave weight out of "
+                "--methods")
     if args.compare:
         print(compare(args.compare))
         return 0
