@@ -160,6 +160,11 @@ class RecurrentCell(nn.Module):
                       ) -> tuple[Tensor, State, State | None]:
         """The fused kernel over the window, and the state after step ``capture``."""
         out, final = self._fused(x, state)
+        return self._captured(x, state, capture, out, final)
+
+    def _captured(self, x: Tensor, state: State | None, capture: int | None, out: Tensor,
+                  final: State) -> tuple[Tensor, State, State | None]:
+        """A whole-window kernel's result with the state after step ``capture`` added."""
         if capture is None:
             return out, final, None
         if capture >= x.shape[0] - 1:
@@ -281,14 +286,20 @@ class GRUCell(RecurrentCell):
         new = n - z * n if state is None else n + z * (state[0] - n)
         return (new,)
 
+    def forward_window(self, x: Tensor, state: State | None = None, t0: int = 0,
+                       capture: int | None = None) -> tuple[Tensor, State, State | None]:
+        """As ``RecurrentCell.forward_window``; ``none``, ``weight`` and ``layer`` run the numpy
+        kernel (``models.fast.gru_kernel``) where it applies."""
+        if gru_kernel.supports(self, x):
+            with self.method.window():  # type: ignore[attr-defined]
+                h0 = state[0] if state is not None else self.zero_state(x)[0]
+                out = gru_kernel.window(self, x, h0, t0)
+            return self._captured(x, state, capture, out, (out[-1],))
+        return super().forward_window(x, state, t0, capture)
+
     def _fused(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
-        """``none`` / ``weight``: the numpy window (``models.fast.gru_kernel``, ~3× faster than
-        ``torch.gru`` at batch size 1), else PyTorch's kernel."""
+        """PyTorch's kernel, where ``gru_kernel`` does not apply (other dtypes, CUDA)."""
         h0 = state[0] if state is not None else self.zero_state(x)[0]
-        out = gru_kernel.try_window(x, h0, self.lx.weight, self.lh.weight, self.bias,
-                                    self.bias_hn)
-        if out is not None:
-            return out, (out[-1],)
         b_hh = torch.cat([self._zeros[:2 * self.hidden_size], self.bias_hn])
         params = [self.lx.weight, self.lh.weight, self.bias, b_hh]
         out, h = torch.gru(x, h0.unsqueeze(0), params, True, 1, 0.0, self.training, False, False)

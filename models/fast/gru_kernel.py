@@ -1,18 +1,27 @@
-"""A GRU window in numpy for the methods with nothing to do per step (``none``, ``weight``).
+"""A GRU window in numpy: the recurrence of ``none``, ``weight`` and ``layer`` GRUs.
 
 PyTorch's own CPU GRU (``torch.gru``) is about 3× slower than its LSTM at batch size 1 although a
-GRU has three gates to the LSTM's four (``bench/cells.py``). Here one ``autograd.Function`` runs
-a whole window: the input term of every step in one matmul, then per step one matmul with
-``W_hh`` and a few numpy calls on rows (~0.3 µs each, where a torch op costs ~1.2 µs); the
-backward walks the steps back by hand (the derivation is in ``_GRUWindow.backward``) and forms
-the weight gradients as one matmul over the window. Weight Norm's ``W = g·v/‖v‖`` is computed by
-its parametrization before the call, so its gradient reaches ``g`` and ``v`` through autograd.
+GRU has three gates to the LSTM's four, and a ``layer`` GRU's per-step autograd loop builds ~30
+tiny torch ops a step (~1.2 µs of dispatch each). How a window runs here:
 
-It computes PyTorch's GRU (gate order r, z, n; ``n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))``,
-``h' = (1 − z) ⊙ n + z ⊙ h``) to float rounding, not bit for bit: σ is ``½·tanh(a/2) + ½``
-(no overflow in float32) and the sums run in another order. ``tests/test_fastgru.py`` checks it
-against the generic per-step cell and ``torch.gru`` (outputs, every gradient, float32 and
-float64, windows 1 to 64, batches 1 to 5) and ``gradcheck``\\s it in float64.
+- the **input term** of every step, ``N_x(W_x x) + b`` (``GRUCell.input_term``), is computed by
+  torch for the whole window at once, so its normalization and its gradient stay autograd's;
+- the **recurrence** is one ``autograd.Function``: per step one matmul with ``W_hh`` and a few
+  numpy calls on rows (~0.3 µs each); the backward walks the steps back by hand (derivation in
+  ``_GRUWindow.backward``) and forms ``dW_hh`` as one matmul over the window;
+- a method plugs in through its **h sites** (the ``N_h`` of ``W_h^{rz} h`` and ``W_h^n h``): a
+  class with ``forward(a, t)``, ``backward(dy, t)`` and ``grads()`` on numpy rows — ``_Plain``
+  (``none``, ``weight``: nothing to do) and ``_LayerRows`` (``layer``: ``F.layer_norm`` with a
+  gain). Weight Norm's ``W = g·v/‖v‖`` is computed by its parametrization before the call, so its
+  gradient reaches ``g`` and ``v`` through autograd.
+
+It computes the generic path's GRU (gate order r, z, n; ``n = tanh(a_n + r ⊙ (N(W_hn h) + b_hn))``,
+``h' = (1 − z) ⊙ n + z ⊙ h``) to float rounding, not bit for bit: σ is ``½·tanh(a/2) + ½`` (no
+overflow in float32) and sums run in another order. ``tests/test_fastgru.py`` checks it against
+``torch.gru`` and the per-step cell (outputs, every gradient, float32 and float64, windows 1 to
+64, batches 1 to 5) and ``gradcheck``\\s it in float64. A zero start state runs as an explicit zero
+``h``: its ``W_h h`` is exactly zero, a Layer Norm of it is zero, and ``dW_hh`` gets nothing from
+it, as on the generic path, where a ``None`` state skips the term.
 """
 
 from __future__ import annotations
@@ -24,12 +33,15 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..norms.layer import LayerNormSite
 from .switch import is_enabled
 
-__all__ = ["try_window"]
+__all__ = ["supports", "window"]
+
+Arr = np.ndarray
 
 
-def _sigmoid(a: np.ndarray) -> np.ndarray:
+def _sigmoid(a: Arr) -> Arr:
     """σ(a) in place, as ``½·tanh(a/2) + ½``."""
     a *= 0.5
     np.tanh(a, out=a)
@@ -38,36 +50,88 @@ def _sigmoid(a: np.ndarray) -> np.ndarray:
     return a
 
 
+class _Plain:
+    """An h site that does nothing (``none``, ``weight``)."""
+
+    def forward(self, a: Arr, t: int) -> Arr:
+        return a
+
+    def backward(self, dy: Arr, t: int) -> Arr:
+        return dy
+
+    def grads(self) -> Arr | None:
+        return None
+
+
+class _LayerRows:
+    """``F.layer_norm(a, (F,), g, None, eps)`` per step on rows ``[B, F]``, and its backward::
+
+        x̂ = (a − mean a)·r,  r = 1/sqrt(var a + ε),  y = x̂ ⊙ g
+        da = r·(dy⊙g − mean(dy⊙g) − x̂ ⊙ mean(dy⊙g⊙x̂)),  dg = Σ dy ⊙ x̂
+    """
+
+    def __init__(self, g: Arr, eps: float, steps: int, batch: int) -> None:
+        self.g, self.eps = g, eps
+        self.xhat = np.empty((steps, batch, g.shape[0]), g.dtype)
+        self.r = np.empty((steps, batch, 1), g.dtype)
+        self.dy = np.empty_like(self.xhat)  # each step's dy, for dg over the window at the end
+
+    def forward(self, a: Arr, t: int) -> Arr:
+        xc = a - a.mean(-1, keepdims=True)
+        r = self.r[t]
+        np.reciprocal(np.sqrt(np.einsum("bf,bf->b", xc, xc)[:, None] / a.shape[-1] + self.eps),
+                      out=r)
+        np.multiply(xc, r, out=self.xhat[t])
+        return self.xhat[t] * self.g
+
+    def backward(self, dy: Arr, t: int) -> Arr:
+        xh = self.xhat[t]
+        self.dy[t] = dy
+        dyg = dy * self.g
+        inv = 1.0 / dy.shape[-1]
+        m1 = dyg.sum(-1, keepdims=True) * inv
+        m2 = np.einsum("bf,bf->b", dyg, xh)[:, None] * inv
+        return (dyg - m1 - xh * m2) * self.r[t]
+
+    def grads(self) -> Arr | None:
+        return np.einsum("tbf,tbf->f", self.dy, self.xhat)
+
+
 class _GRUWindow(torch.autograd.Function):
-    """``out [T, B, H]`` of a GRU window from ``h0 [B, H]``; the biases are ``bias [3H]`` (the
-    input side's r, z, n) and ``bias_hn [H]`` (the hidden side's n: inside ``r ⊙ (…)``)."""
+    """``out [T, B, H]`` of a GRU window from the input term ``gx [T, B, 3H]`` and ``h0 [B, H]``,
+    with ``W_hh [3H, H]``, ``b_hn [H]`` (inside ``r ⊙ (…)``) and, for ``layer``, the h sites'
+    gains ``g_rz [2H]``, ``g_n [H]`` (``None``: plain sites)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor,
-                bias_hn: Tensor) -> Tensor:
-        X, Wi, Wh = x.detach().numpy(), w_ih.detach().numpy(), w_hh.detach().numpy()
-        steps, batch, _ = X.shape
+    def forward(ctx: Any, gx: Tensor, h0: Tensor, w_hh: Tensor, bias_hn: Tensor,
+                g_rz: Tensor | None, g_n: Tensor | None, eps: float) -> Tensor:
+        GX, Wh = gx.detach().numpy(), w_hh.detach().numpy()
+        steps, batch, _ = GX.shape
         h = Wh.shape[1]
-        gx = np.matmul(X, Wi.T)  # [T, B, 3H]: every step's input term at once
-        gx += bias.detach().numpy()
+        if g_rz is None or g_n is None:
+            s_rz: Any = _Plain()
+            s_n: Any = _Plain()
+        else:
+            s_rz = _LayerRows(g_rz.detach().numpy(), eps, steps, batch)
+            s_n = _LayerRows(g_n.detach().numpy(), eps, steps, batch)
         bhn, WhT = bias_hn.detach().numpy(), Wh.T
-        hs = np.empty((steps + 1, batch, h), X.dtype)  # h_{t-1} for each step, then the last
+        hs = np.empty((steps + 1, batch, h), GX.dtype)  # h_{t-1} for each step, then the last
         hs[0] = h0.detach().numpy()
-        rz = np.empty((steps, batch, 2 * h), X.dtype)
-        n = np.empty((steps, batch, h), X.dtype)
-        ghn = np.empty((steps, batch, h), X.dtype)  # W_hn h + b_hn, which r gates
+        rz = np.empty((steps, batch, 2 * h), GX.dtype)
+        n = np.empty((steps, batch, h), GX.dtype)
+        ghn = np.empty((steps, batch, h), GX.dtype)  # N(W_hn h) + b_hn, which r gates
         for t in range(steps):
             gh = np.matmul(hs[t], WhT)
-            np.add(gx[t, :, :2 * h], gh[:, :2 * h], out=rz[t])
+            np.add(GX[t, :, :2 * h], s_rz.forward(gh[:, :2 * h], t), out=rz[t])
             _sigmoid(rz[t])
-            np.add(gh[:, 2 * h:], bhn, out=ghn[t])
+            np.add(s_n.forward(gh[:, 2 * h:], t), bhn, out=ghn[t])
             np.multiply(rz[t, :, :h], ghn[t], out=n[t])
-            n[t] += gx[t, :, 2 * h:]
+            n[t] += GX[t, :, 2 * h:]
             np.tanh(n[t], out=n[t])
             np.subtract(hs[t], n[t], out=hs[t + 1])  # h' = n + z ⊙ (h − n)
             hs[t + 1] *= rz[t, :, h:]
             hs[t + 1] += n[t]
-        ctx.saved = (X, Wi, Wh, hs, rz, n, ghn)
+        ctx.saved = (Wh, hs, rz, n, ghn, s_rz, s_n)
         return torch.from_numpy(hs[1:].copy())
 
     @staticmethod
@@ -77,52 +141,77 @@ class _GRUWindow(torch.autograd.Function):
 
             dn = dh ⊙ (1 − z),  dz = dh ⊙ (h − n),  da_n = dn ⊙ (1 − n²)
             da_r = (da_n ⊙ ghn) ⊙ r(1 − r),  da_z = dz ⊙ z(1 − z),  dghn = da_n ⊙ r
-            dh_prev = dh ⊙ z + [da_r, da_z, dghn] · W_hh
+            dh_prev = dh ⊙ z + [N_rz'(da_r, da_z), N_n'(dghn)] · W_hh
 
-        and over the window ``dW_ih = Σ da_xᵀ x``, ``dW_hh = Σ [da_r, da_z, dghn]ᵀ h_prev``."""
-        X, Wi, Wh, hs, rz, n, ghn = ctx.saved
-        steps, batch, _ = X.shape
-        h = Wh.shape[1]
+        (``N'``: an h site's backward) and over the window ``dW_hh = Σ [N'(…)]ᵀ h_prev``."""
+        Wh, hs, rz, n, ghn, s_rz, s_n = ctx.saved
+        steps, batch, h = n.shape
         D = dout.numpy()
-        da_x = np.empty((steps, batch, 3 * h), X.dtype)  # ∂/∂ (W_ih x + bias) per step
-        da_h = np.empty((steps, batch, 3 * h), X.dtype)  # ∂/∂ (W_hh h) per step
-        dh = np.zeros((batch, h), X.dtype)
+        da_x = np.empty((steps, batch, 3 * h), n.dtype)  # ∂/∂ gx per step
+        da_h = np.empty((steps, batch, 3 * h), n.dtype)  # ∂/∂ (W_hh h) per step
+        dy = np.empty((batch, 3 * h), n.dtype)  # ∂/∂ the h sites' outputs (b_hn's: [:, 2H:])
+        dh = np.zeros((batch, h), n.dtype)
+        dbhn = np.zeros(h, n.dtype)
         for t in range(steps - 1, -1, -1):
             dh += D[t]
-            r, z, nt = rz[t, :, :h], rz[t, :, h:], n[t]
-            ax, ah = da_x[t], da_h[t]
+            r, z, nt, ax = rz[t, :, :h], rz[t, :, h:], n[t], da_x[t]
             dn = dh - dh * z
             np.multiply(1.0 - nt * nt, dn, out=ax[:, 2 * h:])  # da_n
-            np.multiply(ax[:, 2 * h:], r, out=ah[:, 2 * h:])  # dghn
-            np.multiply(ax[:, 2 * h:], ghn[t], out=ah[:, :h])  # dr, then da_r
-            ah[:, :h] *= r - r * r
-            np.subtract(hs[t], nt, out=ah[:, h:2 * h])  # dz, then da_z
-            ah[:, h:2 * h] *= dh
-            ah[:, h:2 * h] *= z - z * z
-            ax[:, :2 * h] = ah[:, :2 * h]
+            np.multiply(ax[:, 2 * h:], r, out=dy[:, 2 * h:])  # dghn
+            np.multiply(ax[:, 2 * h:], ghn[t], out=dy[:, :h])  # dr, then da_r
+            dy[:, :h] *= r - r * r
+            np.subtract(hs[t], nt, out=dy[:, h:2 * h])  # dz, then da_z
+            dy[:, h:2 * h] *= dh
+            dy[:, h:2 * h] *= z - z * z
+            ax[:, :2 * h] = dy[:, :2 * h]
+            dbhn += dy[:, 2 * h:].sum(0)
+            da_h[t, :, :2 * h] = s_rz.backward(dy[:, :2 * h], t)
+            da_h[t, :, 2 * h:] = s_n.backward(dy[:, 2 * h:], t)
             dh *= z
-            dh += np.matmul(ah, Wh)
+            dh += np.matmul(da_h[t], Wh)
         need = ctx.needs_input_grad
-        flat_x, flat_h = da_x.reshape(-1, 3 * h), da_h.reshape(-1, 3 * h)
-        grads: list[np.ndarray | None] = [
-            np.matmul(da_x, Wi) if need[0] else None,
+        grads: list[Arr | None] = [
+            da_x if need[0] else None,
             dh if need[1] else None,
-            np.matmul(flat_x.T, X.reshape(-1, X.shape[2])) if need[2] else None,
-            np.matmul(flat_h.T, hs[:-1].reshape(-1, h)) if need[3] else None,
-            flat_x.sum(0) if need[4] else None,
-            flat_h[:, 2 * h:].sum(0) if need[5] else None,
+            np.matmul(da_h.reshape(-1, 3 * h).T, hs[:-1].reshape(-1, h)) if need[2] else None,
+            dbhn if need[3] else None,
+            s_rz.grads() if need[4] else None,
+            s_n.grads() if need[5] else None,
         ]
-        return tuple(None if g is None else torch.from_numpy(np.ascontiguousarray(g))
-                     for g in grads)
+        return (*(None if g is None else torch.from_numpy(np.ascontiguousarray(g))
+                  for g in grads), None)
 
 
-def try_window(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor,
-               bias_hn: Tensor) -> Tensor | None:
-    """The window's outputs ``[T, B, H]`` through the kernel, or ``None`` where it does not apply
-    (switched off, CUDA, a dtype other than float32/float64, mixed dtypes, an empty window)."""
-    args = (x, h0, w_ih, w_hh, bias, bias_hn)
+# the methods the kernel runs, and whether their h sites are Layer Norm's (else: plain; ``cosine``
+# has no sites either, but its linear maps are not matmuls with a weight)
+_METHODS = {"none": False, "weight": False, "layer": True}
+
+
+def _layer(cell: Any) -> bool | None:
+    """``True``: Layer Norm h sites; ``False``: plain ones; ``None``: not a method run here."""
+    layer = _METHODS.get(cell.method.name)
+    if layer and not (type(cell.nh_rz) is LayerNormSite and type(cell.nh_n) is LayerNormSite
+                      and cell.nh_rz.bias is None and cell.nh_n.bias is None):
+        return None  # not the sites this kernel knows
+    return layer
+
+
+def supports(cell: Any, x: Tensor) -> bool:
+    """Whether ``window`` runs this cell's window ``x [T, B, I]``: the kernels are on, the method
+    is ``none``, ``weight`` or ``layer``, and everything is float32 or float64 on the CPU."""
     if (not is_enabled() or x.dim() != 3 or x.shape[0] == 0
-            or x.dtype not in (torch.float32, torch.float64)
-            or any(a.dtype != x.dtype or a.device.type != "cpu" for a in args)):
-        return None
-    return _GRUWindow.apply(*args)
+            or x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu"
+            or _layer(cell) is None):
+        return False
+    return all(p.dtype == x.dtype and p.device.type == "cpu" for p in cell.parameters())
+
+
+def window(cell: Any, x: Tensor, h0: Tensor, t0: int = 0) -> Tensor:
+    """The outputs ``[T, B, H]`` of ``cell`` (a ``GRUCell`` that ``supports`` ``x``) over the
+    window ``x`` from ``h0``."""
+    gx = cell.input_term(x, t0)
+    if _layer(cell):
+        nh_rz, nh_n = cell.nh_rz, cell.nh_n
+        return _GRUWindow.apply(gx, h0, cell.lh.weight, cell.bias_hn, nh_rz.weight, nh_n.weight,
+                                nh_rz.eps)
+    return _GRUWindow.apply(gx, h0, cell.lh.weight, cell.bias_hn, None, None, 0.0)
