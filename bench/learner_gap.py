@@ -19,7 +19,7 @@ each method's rate is tuned? — is answered by ``bench/study.py --init pytorch`
 
     bash bench/setup.sh                                  # once: deep-river
     .venv/bin/python bench/learner_gap.py                # ~1.5 min on 2 cores
-    .venv/bin/python bench/learner_gap.py --lrs 0.001 0.002 0.004 0.008   # ~6 min
+    .venv/bin/python bench/learner_gap.py --lrs 0.001 0.002 0.004 0.008   # ~8 min
 """
 
 from __future__ import annotations
