@@ -8,10 +8,13 @@ and say *what* is computed; the modules here make it cheap without changing a nu
 - ``optim``: the optimizers (Adam, RMSprop, SGD) as one update over those flat buffers;
 - ``clone``: a blank learner per spec copied by structure, not rebuilt (``from_bytes``);
 - ``lstm_kernel``: a hand-written LSTM window for Layer and Streaming Norm in numpy, with its
-  per-site workers (``sites``) and shared array helpers (``arrays``).
+  per-site workers (``sites``) and shared array helpers (``arrays``);
+- ``gru_kernel``: the recurrence of a ``none`` / ``weight`` / ``layer`` GRU window in numpy, its
+  methods plugged in as h sites;
+- ``switch``: turns the kernels off (``disabled()``), for comparisons.
 
 Each is checked against the plain path it replaces (``tests/test_fastlstm.py``,
-``tests/test_optim.py``, ``tests/test_learner.py``). This package imports none of them itself:
+``tests/test_fastgru.py``, ``tests/test_optim.py``, ``tests/test_learner.py``). This package imports none of them itself:
 import the module you need (``from models.fast import lstm_kernel``), so that using one piece
 (``cells`` uses the kernel) never runs the others.
 """
