@@ -43,13 +43,13 @@ Hidden 32, Adam, clipping 1.0; one torch thread per process, runs in a process p
 per update is the median over the evaluation runs of (run seconds / updates) on this machine.
 
     bash bench/setup.sh                          # once: river, scikit-learn, matplotlib
-    .venv/bin/python bench/study.py              # ≈ 22 min on 2 cores (1,308 s, 2026-12-07)
+    .venv/bin/python bench/study.py              # ≈ 21 min on 2 cores (1,263 s, 2026-12-07)
     .venv/bin/python bench/study.py --quick      # ≈ 2 min: shorter streams, one cell each
     .venv/bin/python bench/study.py --streams memory digits --methods none layer streaming
 
 Every model starts from our initialisation (the learner's); ``--init pytorch`` draws the cell's
 weights and biases as PyTorch's own ``nn.LSTM`` / ``nn.GRU`` do, and ``--compare`` sets the two
-runs side by side (≈ 13 min each for three methods, 2026-12-07):
+runs side by side (three methods: ≈ 8 min, 457 s on 2026-12-07; the full run as above):
 
     .venv/bin/python bench/study.py --methods none layer streaming --init ours --json ours.json
     .venv/bin/python bench/study.py --methods none layer streaming --init pytorch --json pt.json
