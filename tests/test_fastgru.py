@@ -7,6 +7,7 @@ learner on the kernel against one without it."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,34 +36,42 @@ def _grad(p: torch.Tensor) -> torch.Tensor:
     return p.grad.clone() if p.grad is not None else torch.zeros_like(p)
 
 
-def _run(cell: GRUCell, x: torch.Tensor, h0: torch.Tensor | None, fast: bool
-         ) -> list[torch.Tensor]:
-    """Outputs, final state and every gradient of a loss on all outputs and the final state."""
+def _measured(cell: GRUCell, h0: torch.Tensor | None, window: Callable[[], Any]
+              ) -> list[torch.Tensor]:
+    """Outputs, final state and every gradient of a loss on all outputs and the final state of
+    ``window()`` (``(out, h)``), from cleared gradients."""
     cell.zero_grad()
     if h0 is not None:
         h0.grad = None
-    with contextlib.nullcontext() if fast else switch.disabled():
-        out, (h,) = cell.forward_seq(x, None if h0 is None else (h0,))
-    weights = torch.linspace(-1, 1, out.numel(), dtype=x.dtype).reshape(out.shape)
+    out, h = window()
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
     ((out * weights).sum() + 0.7 * h.pow(2).sum()).backward()
     grads = [_grad(p) for p in cell.parameters()]
     return [out.detach(), h.detach(), *grads, *([h0.grad.clone()] if h0 is not None else [])]
+
+
+def _run(cell: GRUCell, x: torch.Tensor, h0: torch.Tensor | None, fast: bool
+         ) -> list[torch.Tensor]:
+    """Through ``forward_seq``: the kernel (``fast``) or the path it replaces."""
+    def window() -> tuple[torch.Tensor, torch.Tensor]:
+        with contextlib.nullcontext() if fast else switch.disabled():
+            out, (h,) = cell.forward_seq(x, None if h0 is None else (h0,))
+        return out, h
+
+    return _measured(cell, h0, window)
 
 
 def _per_step(cell: GRUCell, x: torch.Tensor, h0: torch.Tensor | None) -> list[torch.Tensor]:
-    """The same through the cell's generic per-step loop (what every non-fused method runs)."""
-    cell.zero_grad()
-    if h0 is not None:
-        h0.grad = None
-    gx, state, outs = cell.input_term(x), None if h0 is None else (h0,), []
-    for t in range(x.shape[0]):
-        state = cell.step(gx[t], state, t)
-        outs.append(state[0])
-    out, h = torch.stack(outs), state[0]
-    weights = torch.linspace(-1, 1, out.numel(), dtype=x.dtype).reshape(out.shape)
-    ((out * weights).sum() + 0.7 * h.pow(2).sum()).backward()
-    grads = [_grad(p) for p in cell.parameters()]
-    return [out.detach(), h.detach(), *grads, *([h0.grad.clone()] if h0 is not None else [])]
+    """Through the cell's generic per-step loop (what every method without a kernel runs)."""
+    def window() -> tuple[torch.Tensor, torch.Tensor]:
+        gx, state, outs = cell.input_term(x), None if h0 is None else (h0,), []
+        for t in range(x.shape[0]):
+            state = cell.step(gx[t], state, t)
+            outs.append(state[0])
+        assert state is not None
+        return torch.stack(outs), state[0]
+
+    return _measured(cell, h0, window)
 
 
 def _cell(method: str, dtype: torch.dtype, seed: int = 0) -> GRUCell:
