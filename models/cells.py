@@ -12,7 +12,8 @@ with Online Norm's ``pre`` site wrapped around each summed pre-activation. The i
 term of a whole window is computed in one matmul and normalized in one site call. A ``None``
 state is the zero initial state: its hidden-to-hidden term is exactly zero and never enters any
 statistic (``norms.md`` rule 6). Methods with nothing to do per step (``none``, ``weight``) run
-the window through ``torch.lstm`` / ``models.fast.gru_kernel`` / ``torch.rnn_tanh``.
+the window through ``torch.lstm`` / ``models.fast.gru_kernel`` / ``torch.rnn_tanh``; ``layer``
+(and ``streaming`` LSTMs) through the numpy kernels of ``models.fast``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import norms
-from .fast import gru_kernel, lstm_kernel
+from .fast import gru_kernel, lstm_kernel, rnn_kernel
 from .norms import NormMethod, NormParams
 
 __all__ = ["CELLS", "GRUCell", "LSTMCell", "RNNCell", "RecurrentCell", "RecurrentStack",
@@ -57,6 +58,10 @@ class RecurrentCell(nn.Module):
 
     gates: ClassVar[int] = 1
     n_state: ClassVar[int] = 1
+    # a module with ``supports(cell, x)`` and ``window(cell, x, h0, t0)`` running this cell's
+    # window in numpy where it applies (``models.fast.gru_kernel``, ``rnn_kernel``); LSTM's own
+    # kernel keeps its cell state too and is called by ``LSTMCell.forward_window``
+    kernel: ClassVar[Any] = None
 
     def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "none") -> None:
         super().__init__()
@@ -137,6 +142,12 @@ class RecurrentCell(nn.Module):
         """
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"x must be [T, B, {self.input_size}], got {list(x.shape)}")
+        kernel = self.kernel
+        if kernel is not None and kernel.supports(self, x):  # a numpy window (single-state cells)
+            with self.method.window():  # type: ignore[attr-defined]
+                h0 = state[0] if state is not None else self.zero_state(x)[0]
+                out = kernel.window(self, x, h0, t0)
+            return self._captured(x, state, capture, out, (out[-1],))
         with self.method.window():  # type: ignore[attr-defined]
             if self.fused:
                 return self._fused_window(x, state, capture)
@@ -244,6 +255,7 @@ class GRUCell(RecurrentCell):
     """GRU with separate sites for the ``rz`` (2H) and ``n`` (H) terms of ``x`` and ``h``."""
 
     gates = 3
+    kernel = gru_kernel
 
     def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "none") -> None:
         super().__init__(input_size, hidden_size, norm)
@@ -286,17 +298,6 @@ class GRUCell(RecurrentCell):
         new = n - z * n if state is None else n + z * (state[0] - n)
         return (new,)
 
-    def forward_window(self, x: Tensor, state: State | None = None, t0: int = 0,
-                       capture: int | None = None) -> tuple[Tensor, State, State | None]:
-        """As ``RecurrentCell.forward_window``; ``none``, ``weight`` and ``layer`` run the numpy
-        kernel (``models.fast.gru_kernel``) where it applies."""
-        if gru_kernel.supports(self, x):
-            with self.method.window():  # type: ignore[attr-defined]
-                h0 = state[0] if state is not None else self.zero_state(x)[0]
-                out = gru_kernel.window(self, x, h0, t0)
-            return self._captured(x, state, capture, out, (out[-1],))
-        return super().forward_window(x, state, t0, capture)
-
     def _fused(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
         """PyTorch's kernel, where ``gru_kernel`` does not apply (other dtypes, CUDA)."""
         h0 = state[0] if state is not None else self.zero_state(x)[0]
@@ -310,6 +311,7 @@ class RNNCell(RecurrentCell):
     """Elman RNN with a ``tanh`` non-linearity."""
 
     gates = 1
+    kernel = rnn_kernel
 
     def step(self, gx: Tensor, state: State | None, t: int) -> State:
         return (torch.tanh(self._summed(gx, state, t)),)

@@ -14,7 +14,7 @@ and say *what* is computed; the modules here make it cheap without changing a nu
 - ``switch``: turns the kernels off (``disabled()``), for comparisons.
 
 Each is checked against the plain path it replaces (``tests/test_fastlstm.py``,
-``tests/test_fastgru.py``, ``tests/test_optim.py``, ``tests/test_learner.py``). This package
+``tests/test_fastrecurrent.py``, ``tests/test_optim.py``, ``tests/test_learner.py``). This package
 imports none of them itself: import the module you need (``from models.fast import
 lstm_kernel``), so that using one piece (``cells`` uses the kernels) never runs the others.
 """

@@ -10,18 +10,18 @@ tiny torch ops a step (~1.2 µs of dispatch each). How a window runs here:
   numpy calls on rows (~0.3 µs each); the backward walks the steps back by hand (derivation in
   ``_GRUWindow.backward``) and forms ``dW_hh`` as one matmul over the window;
 - a method plugs in through its **h sites** (the ``N_h`` of ``W_h^{rz} h`` and ``W_h^n h``): a
-  class with ``forward(a, t)``, ``backward(dy, t)`` and ``grads()`` on numpy rows — ``_Plain``
-  (``none``, ``weight``: nothing to do) and ``_LayerRows`` (``layer``: ``F.layer_norm`` with a
-  gain). Weight Norm's ``W = g·v/‖v‖`` is computed by its parametrization before the call, so its
+  class with ``forward(a, t)``, ``backward(dy, t)`` and ``grads()`` on numpy rows
+  (``models.fast.rows``: ``PlainRows`` for ``none``, ``weight``; ``LayerRows`` for ``layer``).
+  Weight Norm's ``W = g·v/‖v‖`` is computed by its parametrization before the call, so its
   gradient reaches ``g`` and ``v`` through autograd.
 
 It computes the generic path's GRU (gate order r, z, n; ``n = tanh(a_n + r ⊙ (N(W_hn h) + b_hn))``,
 ``h' = (1 − z) ⊙ n + z ⊙ h``) to float rounding, not bit for bit: σ is ``½·tanh(a/2) + ½`` (no
-overflow in float32) and sums run in another order. ``tests/test_fastgru.py`` checks it against
-``torch.gru`` and the per-step cell (outputs, every gradient, float32 and float64, windows 1 to
-64, batches 1 to 5) and ``gradcheck``\\s it in float64. A zero start state runs as an explicit zero
-``h``: its ``W_h h`` is exactly zero, a Layer Norm of it is zero, and ``dW_hh`` gets nothing from
-it, as on the generic path, where a ``None`` state skips the term.
+overflow in float32) and sums run in another order. ``tests/test_fastrecurrent.py`` checks it
+against ``torch.gru`` and the per-step cell (outputs, every gradient, float32 and float64, windows
+1 to 64, batches 1 to 5) and ``gradcheck``\\s it in float64. A zero start state runs as an
+explicit zero ``h``: its ``W_h h`` is exactly zero, a Layer Norm of it is zero, and ``dW_hh`` gets
+nothing from it, as on the generic path, where a ``None`` state skips the term.
 """
 
 from __future__ import annotations
@@ -34,67 +34,12 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..norms.layer import LayerNormSite
+from .rows import LayerRows, PlainRows, sigmoid_
 from .switch import is_enabled
 
 __all__ = ["supports", "window"]
 
 Arr = np.ndarray
-
-
-def _sigmoid(a: Arr) -> Arr:
-    """σ(a) in place, as ``½·tanh(a/2) + ½``."""
-    a *= 0.5
-    np.tanh(a, out=a)
-    a *= 0.5
-    a += 0.5
-    return a
-
-
-class _Plain:
-    """An h site that does nothing (``none``, ``weight``)."""
-
-    def forward(self, a: Arr, t: int) -> Arr:
-        return a
-
-    def backward(self, dy: Arr, t: int) -> Arr:
-        return dy
-
-    def grads(self) -> Arr | None:
-        return None
-
-
-class _LayerRows:
-    """``F.layer_norm(a, (F,), g, None, eps)`` per step on rows ``[B, F]``, and its backward::
-
-        x̂ = (a − mean a)·r,  r = 1/sqrt(var a + ε),  y = x̂ ⊙ g
-        da = r·(dy⊙g − mean(dy⊙g) − x̂ ⊙ mean(dy⊙g⊙x̂)),  dg = Σ dy ⊙ x̂
-    """
-
-    def __init__(self, g: Arr, eps: float, steps: int, batch: int) -> None:
-        self.g, self.eps = g, eps
-        self.xhat = np.empty((steps, batch, g.shape[0]), g.dtype)
-        self.r = np.empty((steps, batch, 1), g.dtype)
-        self.dy = np.empty_like(self.xhat)  # each step's dy, for dg over the window at the end
-
-    def forward(self, a: Arr, t: int) -> Arr:
-        xc = a - a.mean(-1, keepdims=True)
-        r = self.r[t]
-        np.reciprocal(np.sqrt(np.einsum("bf,bf->b", xc, xc)[:, None] / a.shape[-1] + self.eps),
-                      out=r)
-        np.multiply(xc, r, out=self.xhat[t])
-        return self.xhat[t] * self.g
-
-    def backward(self, dy: Arr, t: int) -> Arr:
-        xh = self.xhat[t]
-        self.dy[t] = dy
-        dyg = dy * self.g
-        inv = 1.0 / dy.shape[-1]
-        m1 = dyg.sum(-1, keepdims=True) * inv
-        m2 = np.einsum("bf,bf->b", dyg, xh)[:, None] * inv
-        return (dyg - m1 - xh * m2) * self.r[t]
-
-    def grads(self) -> Arr | None:
-        return np.einsum("tbf,tbf->f", self.dy, self.xhat)
 
 
 class _GRUWindow(torch.autograd.Function):
@@ -109,11 +54,11 @@ class _GRUWindow(torch.autograd.Function):
         steps, batch, _ = GX.shape
         h = Wh.shape[1]
         if g_rz is None or g_n is None:
-            s_rz: Any = _Plain()
-            s_n: Any = _Plain()
+            s_rz: Any = PlainRows()
+            s_n: Any = PlainRows()
         else:
-            s_rz = _LayerRows(g_rz.detach().numpy(), eps, steps, batch)
-            s_n = _LayerRows(g_n.detach().numpy(), eps, steps, batch)
+            s_rz = LayerRows(g_rz.detach().numpy(), eps, steps, batch)
+            s_n = LayerRows(g_n.detach().numpy(), eps, steps, batch)
         bhn, WhT = bias_hn.detach().numpy(), Wh.T
         hs = np.empty((steps + 1, batch, h), GX.dtype)  # h_{t-1} for each step, then the last
         hs[0] = h0.detach().numpy()
@@ -123,7 +68,7 @@ class _GRUWindow(torch.autograd.Function):
         for t in range(steps):
             gh = np.matmul(hs[t], WhT)
             np.add(GX[t, :, :2 * h], s_rz.forward(gh[:, :2 * h], t), out=rz[t])
-            _sigmoid(rz[t])
+            sigmoid_(rz[t])
             np.add(s_n.forward(gh[:, 2 * h:], t), bhn, out=ghn[t])
             np.multiply(rz[t, :, :h], ghn[t], out=n[t])
             n[t] += GX[t, :, 2 * h:]

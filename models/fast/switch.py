@@ -1,6 +1,6 @@
 """The one switch of the hand-written kernels (``lstm_kernel``, ``gru_kernel``): off, every window
 runs the generic path its kernel is checked against (``tests/test_fastlstm.py``,
-``tests/test_fastgru.py``, ``bench/cells.py --generic``)."""
+``tests/test_fastrecurrent.py``, ``bench/cells.py --generic``)."""
 
 from __future__ import annotations
 

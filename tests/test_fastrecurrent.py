@@ -1,8 +1,8 @@
-"""``models.fast.gru_kernel`` against its oracles: the path it replaces (``switch.disabled()``:
-``torch.gru`` for ``none`` / ``weight``, the per-step autograd loop for ``layer``) and the cell's
-own per-step loop (``input_term`` + ``step``), to float rounding (the kernel's σ and sums run in
-another order: not bit for bit); ``gradcheck`` of the ``autograd.Function`` in float64; and a
-learner on the kernel against one without it."""
+"""``models.fast.gru_kernel`` and ``rnn_kernel`` against their oracles: the path each replaces
+(``switch.disabled()``: ``torch.gru`` for ``none`` / ``weight`` GRUs, the per-step autograd loop
+for ``layer``) and the cell's own per-step loop (``input_term`` + ``step``), to float rounding
+(the kernels' σ and sums run in another order: not bit for bit); ``gradcheck`` of each
+``autograd.Function`` in float64; and a learner on the kernel against one without it."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ import torch
 
 import models
 from models import ModelSpec, OnlineLearner
-from models.cells import GRUCell
-from models.fast import gru_kernel, switch
+from models.cells import CELLS, RecurrentCell
+from models.fast import gru_kernel, rnn_kernel, switch
+
+# (cell, method) that run a numpy kernel
+CASES = [("gru", "none"), ("gru", "weight"), ("gru", "layer"), ("rnn", "layer")]
 
 # float64 is the tight check of the arithmetic; in float32, 64 steps of rounding in another order
 # (Layer Norm's 1/σ amplifies it) move a small gradient element by ~1e-5 of its tensor's largest
@@ -36,7 +39,7 @@ def _grad(p: torch.Tensor) -> torch.Tensor:
     return p.grad.clone() if p.grad is not None else torch.zeros_like(p)
 
 
-def _measured(cell: GRUCell, h0: torch.Tensor | None, window: Callable[[], Any]
+def _measured(cell: RecurrentCell, h0: torch.Tensor | None, window: Callable[[], Any]
               ) -> list[torch.Tensor]:
     """Outputs, final state and every gradient of a loss on all outputs and the final state of
     ``window()`` (``(out, h)``), from cleared gradients."""
@@ -50,7 +53,7 @@ def _measured(cell: GRUCell, h0: torch.Tensor | None, window: Callable[[], Any]
     return [out.detach(), h.detach(), *grads, *([h0.grad.clone()] if h0 is not None else [])]
 
 
-def _run(cell: GRUCell, x: torch.Tensor, h0: torch.Tensor | None, fast: bool
+def _run(cell: RecurrentCell, x: torch.Tensor, h0: torch.Tensor | None, fast: bool
          ) -> list[torch.Tensor]:
     """Through ``forward_seq``: the kernel (``fast``) or the path it replaces."""
     def window() -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +64,7 @@ def _run(cell: GRUCell, x: torch.Tensor, h0: torch.Tensor | None, fast: bool
     return _measured(cell, h0, window)
 
 
-def _per_step(cell: GRUCell, x: torch.Tensor, h0: torch.Tensor | None) -> list[torch.Tensor]:
+def _per_step(cell: RecurrentCell, x: torch.Tensor, h0: torch.Tensor | None) -> list[torch.Tensor]:
     """Through the cell's generic per-step loop (what every method without a kernel runs)."""
     def window() -> tuple[torch.Tensor, torch.Tensor]:
         gx, state, outs = cell.input_term(x), None if h0 is None else (h0,), []
@@ -74,25 +77,25 @@ def _per_step(cell: GRUCell, x: torch.Tensor, h0: torch.Tensor | None) -> list[t
     return _measured(cell, h0, window)
 
 
-def _cell(method: str, dtype: torch.dtype, seed: int = 0) -> GRUCell:
+def _cell(kind: str, method: str, dtype: torch.dtype, seed: int = 0) -> RecurrentCell:
     torch.manual_seed(seed)
-    cell = GRUCell(5, 12, method).to(dtype)
+    cell = CELLS[kind](5, 12, method).to(dtype)
     with torch.no_grad():  # non-zero biases, gains off 1: every path is exercised
-        cell.bias.uniform_(-0.5, 0.5)
-        cell.bias_hn.uniform_(-0.5, 0.5)
-        for site in (cell.nx_rz, cell.nx_n, cell.nh_rz, cell.nh_n):
-            if site is not None:
-                site.weight.uniform_(0.5, 1.5)
+        for name, p in cell.named_parameters():
+            if name.startswith("bias"):
+                p.uniform_(-0.5, 0.5)
+            elif name.startswith("n") and name.endswith("weight"):  # a site's gain
+                p.uniform_(0.5, 1.5)
     return cell
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("method", ["none", "weight", "layer"])
+@pytest.mark.parametrize(("kind", "method"), CASES)
 @pytest.mark.parametrize(("steps", "batch"), [(1, 1), (16, 1), (64, 1), (5, 3), (16, 5)])
 @pytest.mark.parametrize("start", ["zero", "state"])
-def test_kernel_equals_the_path_it_replaces(dtype: torch.dtype, method: str, steps: int, batch: int,
-                                 start: str) -> None:
-    cell = _cell(method, dtype)
+def test_kernel_equals_the_path_it_replaces(dtype: torch.dtype, kind: str, method: str,
+                                            steps: int, batch: int, start: str) -> None:
+    cell = _cell(kind, method, dtype)
     x = torch.randn(steps, batch, 5, dtype=dtype) * 2
     h0 = torch.randn(batch, 12, dtype=dtype, requires_grad=True) if start == "state" else None
     fast, ref = _run(cell, x, h0, True), _run(cell, x, h0, False)
@@ -101,26 +104,36 @@ def test_kernel_equals_the_path_it_replaces(dtype: torch.dtype, method: str, ste
         _close(a, b)
 
 
-@pytest.mark.parametrize("method", ["none", "weight", "layer"])
+@pytest.mark.parametrize(("kind", "method"), CASES)
 @pytest.mark.parametrize("steps", [1, 9])
-def test_kernel_equals_the_per_step_cell(method: str, steps: int) -> None:
-    cell = _cell(method, torch.float64, seed=3)
+def test_kernel_equals_the_per_step_cell(kind: str, method: str, steps: int) -> None:
+    cell = _cell(kind, method, torch.float64, seed=3)
     x = torch.randn(steps, 2, 5, dtype=torch.float64)
     h0 = torch.randn(2, 12, dtype=torch.float64, requires_grad=True)
     for a, b in zip(_run(cell, x, h0, True), _per_step(cell, x, h0), strict=True):
         _close(a, b)
 
 
-@pytest.mark.parametrize("method", ["none", "weight", "layer"])
-def test_the_kernel_is_taken(method: str) -> None:
-    """The fast path really runs (a ``_GRUWindow`` node), and not when switched off."""
-    cell = _cell(method, torch.float32)
+@pytest.mark.parametrize(("kind", "method"), CASES)
+def test_the_kernel_is_taken(kind: str, method: str) -> None:
+    """The fast path really runs (a ``_GRUWindow`` / ``_RNNWindow`` node), not when switched off."""
+    cell = _cell(kind, method, torch.float32)
     x = torch.randn(4, 1, 5)
     out, _ = cell.forward_seq(x)
-    assert type(out.grad_fn).__name__ == "_GRUWindowBackward"
+    node = f"_{kind.upper()}WindowBackward"
+    assert type(out.grad_fn).__name__ == node
     with switch.disabled():
         out, _ = cell.forward_seq(x)
-    assert "GRUWindow" not in type(out.grad_fn).__name__
+    assert type(out.grad_fn).__name__ != node
+
+
+def test_rnn_gradcheck_in_float64() -> None:
+    torch.manual_seed(2)
+    h = 4
+    args: list[Any] = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in
+                       ((5, 2, h), (2, h), (h, h), (h,))]
+    fn: Any = rnn_kernel._RNNWindow.apply
+    assert torch.autograd.gradcheck(lambda *a: fn(*a, 1e-3), args)
 
 
 @pytest.mark.parametrize("layer", [False, True])
@@ -138,21 +151,25 @@ def test_gradcheck_in_float64(layer: bool) -> None:
 @pytest.mark.parametrize("method", ["streaming", "online", "recurrent_batch", "batch_rnn",
                                     "cosine"])
 def test_other_methods_dtypes_and_the_switch_take_the_generic_path(method: str) -> None:
-    assert not gru_kernel.supports(_cell(method, torch.float32), torch.randn(3, 1, 5))
-    cell = _cell("layer", torch.float32)
-    assert gru_kernel.supports(cell, torch.randn(3, 1, 5))
-    assert not gru_kernel.supports(cell, torch.randn(3, 1, 5).double())  # mixed dtypes
-    assert not gru_kernel.supports(cell.half(), torch.randn(3, 1, 5).half())
-    assert not gru_kernel.supports(_cell("none", torch.float32), torch.randn(0, 1, 5))
-    with switch.disabled():
-        assert not gru_kernel.supports(_cell("none", torch.float32), torch.randn(3, 1, 5))
+    x = torch.randn(3, 1, 5)
+    assert not gru_kernel.supports(_cell("gru", method, torch.float32), x)
+    assert not rnn_kernel.supports(_cell("rnn", method, torch.float32), x)
+    assert not rnn_kernel.supports(_cell("rnn", "none", torch.float32), x)  # torch.rnn_tanh's
+    for kernel, kind in ((gru_kernel, "gru"), (rnn_kernel, "rnn")):
+        cell = _cell(kind, "layer", torch.float32)
+        assert kernel.supports(cell, x)
+        assert not kernel.supports(cell, x.double())  # mixed dtypes
+        assert not kernel.supports(cell, torch.randn(0, 1, 5))
+        with switch.disabled():
+            assert not kernel.supports(cell, x)
+        assert not kernel.supports(cell.half(), x.half())
 
 
-@pytest.mark.parametrize("method", ["none", "weight", "layer"])
-def test_learner_on_the_kernel_learns_as_without_it(method: str) -> None:
+@pytest.mark.parametrize(("kind", "method"), CASES)
+def test_learner_on_the_kernel_learns_as_without_it(kind: str, method: str) -> None:
     """Stream mode (carried state, the state captured mid-window) and ``learn_many``: the same
-    predictions with the kernel as with PyTorch's, to float rounding, over 60 updates."""
-    spec = ModelSpec(name="g", task="regression", n_features=3, cell="gru", hidden_size=16,
+    predictions with the kernel as without, to float rounding, over 60 updates."""
+    spec = ModelSpec(name="g", task="regression", n_features=3, cell=kind, hidden_size=16,
                      window=6, norm={"method": method}, seed=5,
                      optimizer={"name": "adam", "lr": 0.01})
     gen = torch.Generator().manual_seed(2)
@@ -172,9 +189,10 @@ def test_learner_on_the_kernel_learns_as_without_it(method: str) -> None:
     assert len(set(preds[0])) > 30  # it learns: predictions move
 
 
-def test_stack_of_two_layer_norm_gru_layers_through_the_kernel() -> None:
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+def test_stack_of_two_layer_norm_layers_through_the_kernel(kind: str) -> None:
     torch.manual_seed(0)
-    net = models.RecurrentStack("gru", 3, 8, num_layers=2, norm="layer").double()
+    net = models.RecurrentStack(kind, 3, 8, num_layers=2, norm="layer").double()
     x = torch.randn(7, 2, 3, dtype=torch.float64)
     res = []
     for fast in (True, False):
