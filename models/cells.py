@@ -271,6 +271,8 @@ class GRUCell(RecurrentCell):
     def input_term(self, x: Tensor, t0: int = 0) -> Tensor:
         h = self.hidden_size
         ax = self.lx(x)
+        if self.nx_rz is None and self.nx_n is None:  # the same values without a split and cat
+            return ax + self.bias
         rz, n = ax[..., :2 * h], ax[..., 2 * h:]
         if self.nx_rz is not None:
             rz = self.nx_rz.forward_seq(rz, t0)
