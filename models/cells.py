@@ -143,7 +143,8 @@ class RecurrentCell(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"x must be [T, B, {self.input_size}], got {list(x.shape)}")
         kernel = self.kernel
-        if kernel is not None and kernel.supports(self, x):  # a numpy window (single-state cells)
+        if kernel is not None and kernel.supports(self, x) and (state is None or all(
+                s.dtype == x.dtype and s.device == x.device for s in state)):  # a numpy window
             with self.method.window():  # type: ignore[attr-defined]
                 h0 = state[0] if state is not None else self.zero_state(x)[0]
                 out = kernel.window(self, x, h0, t0)

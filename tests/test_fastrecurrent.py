@@ -29,7 +29,7 @@ TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-11
 def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     tol = TOL[b.dtype]
     torch.testing.assert_close(a, b, rtol=tol["rtol"],
-                               atol=tol["atol"] * max(1.0, float(b.abs().max())))
+                               atol=tol["atol"] * max(1.0, float(b.detach().abs().max())))
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:
@@ -203,3 +203,69 @@ def test_stack_of_two_layer_norm_layers_through_the_kernel(kind: str) -> None:
         res.append([out.detach(), h.detach(), *(_grad(p) for p in net.parameters())])
     for a, b in zip(*res, strict=True):
         _close(a, b)
+
+
+@pytest.mark.parametrize(("kind", "method"), CASES)
+def test_capture_mid_window_equals_the_generic_path(kind: str, method: str) -> None:
+    """The state after step ``capture`` (a stream's next window start) as without the kernel."""
+    cell = _cell(kind, method, torch.float64)
+    x = torch.randn(6, 2, 5, dtype=torch.float64)
+    h0 = (torch.randn(2, 12, dtype=torch.float64),)
+    for capture in (0, 3, 5):
+        got = [cell.forward_window(x, h0, 0, capture)]
+        with switch.disabled():
+            got.append(cell.forward_window(x, h0, 0, capture))
+        (out_a, fin_a, cap_a), (out_b, fin_b, cap_b) = got
+        _close(out_a, out_b)
+        _close(fin_a[0], fin_b[0])
+        assert cap_a is not None and cap_b is not None
+        _close(cap_a[0], cap_b[0])
+
+
+@pytest.mark.parametrize(("kind", "method"), CASES)
+def test_frozen_weights_and_a_second_backward(kind: str, method: str) -> None:
+    """``W_h`` frozen: no gradient for it, the others as without the kernel; a second backward
+    through the same graph (``retain_graph``) gives the same gradients again."""
+    cell = _cell(kind, method, torch.float64)
+    lh = dict(cell.named_parameters())["lh.parametrizations.weight.original1" if method == "weight"
+                                       else "lh.weight"]
+    lh.requires_grad_(False)
+    x = torch.randn(5, 1, 5, dtype=torch.float64)
+    grads = []
+    for fast in (True, False):
+        cell.zero_grad()
+        with contextlib.nullcontext() if fast else switch.disabled():
+            out, _ = cell.forward_seq(x)
+        out.pow(2).sum().backward(retain_graph=True)
+        first = [_grad(p) for p in cell.parameters()]
+        cell.zero_grad()
+        out.pow(2).sum().backward()
+        second = [_grad(p) for p in cell.parameters()]
+        for a, b in zip(first, second, strict=True):
+            assert torch.equal(a, b)
+        assert lh.grad is None
+        grads.append(first)
+    for a, b in zip(*grads, strict=True):
+        _close(a, b)
+
+
+@pytest.mark.parametrize(("kind", "method"), [("gru", "none"), ("gru", "layer"), ("rnn", "layer")])
+def test_a_weight_changed_before_backward_raises(kind: str, method: str) -> None:
+    """As on the generic path: the kernel's backward would read the changed ``W_h``."""
+    cell = _cell(kind, method, torch.float32)
+    out, _ = cell.forward_seq(torch.randn(3, 1, 5))
+    with torch.no_grad():
+        cell.lh.weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_a_state_of_another_dtype_takes_the_generic_path() -> None:
+    """A float64 state with a float32 window: not silently cast by the kernel; the generic path
+    decides (``torch.gru`` raises on the mix, as before the kernel)."""
+    cell = _cell("gru", "none", torch.float32)
+    x, h0 = torch.randn(3, 1, 5), torch.randn(1, 12, dtype=torch.float64)
+    with pytest.raises(RuntimeError):
+        cell.forward_seq(x, (h0,))
+    out, _ = cell.forward_seq(x, (h0.float(),))
+    assert type(out.grad_fn).__name__ == "_GRUWindowBackward"

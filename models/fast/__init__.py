@@ -9,8 +9,9 @@ and say *what* is computed; the modules here make it cheap without changing a nu
 - ``clone``: a blank learner per spec copied by structure, not rebuilt (``from_bytes``);
 - ``lstm_kernel``: a hand-written LSTM window for Layer and Streaming Norm in numpy, with its
   per-site workers (``sites``) and shared array helpers (``arrays``);
-- ``gru_kernel``: the recurrence of a ``none`` / ``weight`` / ``layer`` GRU window in numpy, its
-  methods plugged in as h sites;
+- ``gru_kernel``, ``rnn_kernel``: the recurrence of a ``none`` / ``weight`` / ``layer`` GRU
+  window and a ``layer`` RNN window in numpy, the methods plugged in as h sites (``rows``: one
+  class of per-step site math per method);
 - ``switch``: turns the kernels off (``disabled()``), for comparisons.
 
 Each is checked against the plain path it replaces (``tests/test_fastlstm.py``,

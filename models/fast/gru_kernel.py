@@ -77,6 +77,7 @@ class _GRUWindow(torch.autograd.Function):
             hs[t + 1] *= rz[t, :, h:]
             hs[t + 1] += n[t]
         ctx.saved = (Wh, hs, rz, n, ghn, s_rz, s_n)
+        ctx.save_for_backward(w_hh, g_rz, g_n)  # an in-place change before backward raises
         return torch.from_numpy(hs[1:].copy())
 
     @staticmethod
@@ -89,6 +90,7 @@ class _GRUWindow(torch.autograd.Function):
             dh_prev = dh ⊙ z + [N_rz'(da_r, da_z), N_n'(dghn)] · W_hh
 
         (``N'``: an h site's backward) and over the window ``dW_hh = Σ [N'(…)]ᵀ h_prev``."""
+        _ = ctx.saved_tensors  # autograd's check that the weights read below are unchanged
         Wh, hs, rz, n, ghn, s_rz, s_n = ctx.saved
         steps, batch, h = n.shape
         D = dout.numpy()
@@ -136,7 +138,8 @@ def _layer(cell: Any) -> bool | None:
     """``True``: Layer Norm h sites; ``False``: plain ones; ``None``: not a method run here."""
     layer = _METHODS.get(cell.method.name)
     if layer and not (type(cell.nh_rz) is LayerNormSite and type(cell.nh_n) is LayerNormSite
-                      and cell.nh_rz.bias is None and cell.nh_n.bias is None):
+                      and cell.nh_rz.bias is None and cell.nh_n.bias is None
+                      and cell.nh_rz.eps == cell.nh_n.eps):
         return None  # not the sites this kernel knows
     return layer
 
@@ -144,7 +147,7 @@ def _layer(cell: Any) -> bool | None:
 def supports(cell: Any, x: Tensor) -> bool:
     """Whether ``window`` runs this cell's window ``x [T, B, I]``: the kernels are on, the method
     is ``none``, ``weight`` or ``layer``, and everything is float32 or float64 on the CPU."""
-    if (not is_enabled() or x.dim() != 3 or x.shape[0] == 0
+    if (not is_enabled() or x.dim() != 3 or x.shape[0] == 0 or x.shape[2] != cell.input_size
             or x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu"
             or _layer(cell) is None):
         return False

@@ -44,11 +44,13 @@ class _RNNWindow(torch.autograd.Function):
             np.add(GX[t], site.forward(np.matmul(hs[t], WhT), t), out=hs[t + 1])
             np.tanh(hs[t + 1], out=hs[t + 1])
         ctx.saved = (Wh, hs, site)
+        ctx.save_for_backward(w_hh, g)  # an in-place change before backward raises
         return torch.from_numpy(hs[1:].copy())
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        _ = ctx.saved_tensors  # autograd's check that the weights read below are unchanged
         Wh, hs, site = ctx.saved
         steps, batch, h = dout.shape
         D = dout.numpy()
@@ -78,7 +80,8 @@ def supports(cell: Any, x: Tensor) -> bool:
     nh = cell._modules.get("nh")
     if (not is_enabled() or cell.method.name != "layer" or type(nh) is not LayerNormSite
             or nh.bias is not None or cell._modules.get("npre") is not None
-            or x.dim() != 3 or x.shape[0] == 0 or x.dtype not in (torch.float32, torch.float64)
+            or x.dim() != 3 or x.shape[0] == 0 or x.shape[2] != cell.input_size
+            or x.dtype not in (torch.float32, torch.float64)
             or x.device.type != "cpu"):
         return False
     return all(p.dtype == x.dtype and p.device.type == "cpu" for p in cell.parameters())

@@ -1,5 +1,5 @@
-"""The one switch of the hand-written kernels (``lstm_kernel``, ``gru_kernel``): off, every window
-runs the generic path its kernel is checked against (``tests/test_fastlstm.py``,
+"""The one switch of the hand-written kernels (``lstm_kernel``, ``gru_kernel``, ``rnn_kernel``):
+off, every window runs the generic path its kernel is checked against (``tests/test_fastlstm.py``,
 ``tests/test_fastrecurrent.py``, ``bench/cells.py --generic``)."""
 
 from __future__ import annotations
