@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 
 from ..norms.layer import LayerNormSite
 from .rows import LayerRows, PlainRows, sigmoid_
-from .switch import is_enabled
+from .switch import fits
 
 __all__ = ["supports", "window"]
 
@@ -147,11 +147,7 @@ def _layer(cell: Any) -> bool | None:
 def supports(cell: Any, x: Tensor) -> bool:
     """Whether ``window`` runs this cell's window ``x [T, B, I]``: the kernels are on, the method
     is ``none``, ``weight`` or ``layer``, and everything is float32 or float64 on the CPU."""
-    if (not is_enabled() or x.dim() != 3 or x.shape[0] == 0 or x.shape[2] != cell.input_size
-            or x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu"
-            or _layer(cell) is None):
-        return False
-    return all(p.dtype == x.dtype and p.device.type == "cpu" for p in cell.parameters())
+    return _layer(cell) is not None and fits(cell, x)
 
 
 def window(cell: Any, x: Tensor, h0: Tensor, t0: int = 0) -> Tensor:

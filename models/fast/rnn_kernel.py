@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 
 from ..norms.layer import LayerNormSite
 from .rows import LayerRows
-from .switch import is_enabled
+from .switch import fits
 
 __all__ = ["supports", "window"]
 
@@ -78,13 +78,8 @@ def supports(cell: Any, x: Tensor) -> bool:
     """Whether ``window`` runs this cell's window ``x [T, B, I]``: the kernels are on, the method
     is ``layer`` with the sites this kernel knows, everything float32 or float64 on the CPU."""
     nh = cell._modules.get("nh")
-    if (not is_enabled() or cell.method.name != "layer" or type(nh) is not LayerNormSite
-            or nh.bias is not None or cell._modules.get("npre") is not None
-            or x.dim() != 3 or x.shape[0] == 0 or x.shape[2] != cell.input_size
-            or x.dtype not in (torch.float32, torch.float64)
-            or x.device.type != "cpu"):
-        return False
-    return all(p.dtype == x.dtype and p.device.type == "cpu" for p in cell.parameters())
+    return (cell.method.name == "layer" and type(nh) is LayerNormSite and nh.bias is None
+            and cell._modules.get("npre") is None and fits(cell, x))
 
 
 def window(cell: Any, x: Tensor, h0: Tensor, t0: int = 0) -> Tensor:

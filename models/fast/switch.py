@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["disabled", "is_enabled"]
+import torch
+from torch import Tensor
+
+__all__ = ["disabled", "fits", "is_enabled"]
 
 _ENABLED = [True]
 
@@ -25,3 +29,12 @@ def disabled() -> Iterator[None]:
 def is_enabled() -> bool:
     """Whether a kernel may take its fast path."""
     return _ENABLED[0]
+
+
+def fits(cell: Any, x: Tensor) -> bool:
+    """What every numpy window needs, whatever the method: the kernels on, a non-empty window
+    ``x [T, B, I]`` of the cell's input size, ``x`` and every parameter float32 or float64 (one
+    dtype) on the CPU."""
+    return (is_enabled() and x.dim() == 3 and x.shape[0] > 0 and x.shape[2] == cell.input_size
+            and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
+            and all(p.dtype == x.dtype and p.device.type == "cpu" for p in cell.parameters()))
