@@ -1,4 +1,4 @@
-"""numpy helpers the fast LSTM kernel and its site workers share: positional-``out`` ufuncs
+"""numpy helpers the fast kernels and their site workers share: positional-``out`` ufuncs
 (the cheapest calls numpy has), cached read-only constants, and a cumulative sum as a matmul.
 
 They live apart from both users because both use them; nothing here knows about norms.

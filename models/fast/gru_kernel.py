@@ -34,12 +34,11 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..norms.layer import LayerNormSite
+from .arrays import Arr
 from .rows import LayerRows, PlainRows, sigmoid_
 from .switch import fits
 
 __all__ = ["supports", "window"]
-
-Arr = np.ndarray
 
 
 class _GRUWindow(torch.autograd.Function):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LayerRows", "PlainRows", "sigmoid_"]
+from .arrays import Arr
 
-Arr = np.ndarray
+__all__ = ["LayerRows", "PlainRows", "sigmoid_"]
 
 
 def sigmoid_(a: Arr) -> Arr:
