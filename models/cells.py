@@ -58,7 +58,7 @@ class RecurrentCell(nn.Module):
 
     gates: ClassVar[int] = 1
     n_state: ClassVar[int] = 1
-    # a module with ``supports(cell, x)`` and ``window(cell, x, h0, t0)`` running this cell's
+    # a module with ``supports(cell, x, state)`` and ``window(cell, x, h0, t0)`` running this cell's
     # window in numpy where it applies (``models.fast.gru_kernel``, ``rnn_kernel``); LSTM's own
     # kernel keeps its cell state too and is called by ``LSTMCell.forward_window``
     kernel: ClassVar[Any] = None
@@ -143,8 +143,7 @@ class RecurrentCell(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"x must be [T, B, {self.input_size}], got {list(x.shape)}")
         kernel = self.kernel
-        if kernel is not None and kernel.supports(self, x) and (state is None or all(
-                s.dtype == x.dtype and s.device == x.device for s in state)):  # a numpy window
+        if kernel is not None and kernel.supports(self, x, state):  # a numpy window
             with self.method.window():  # type: ignore[attr-defined]
                 h0 = state[0] if state is not None else self.zero_state(x)[0]
                 out = kernel.window(self, x, h0, t0)

@@ -159,6 +159,8 @@ def test_other_methods_dtypes_and_the_switch_take_the_generic_path(method: str) 
         cell = _cell(kind, "layer", torch.float32)
         assert kernel.supports(cell, x)
         assert not kernel.supports(cell, x.double())  # mixed dtypes
+        assert kernel.supports(cell, x, (torch.zeros(1, 12),))
+        assert not kernel.supports(cell, x, (torch.zeros(1, 12, dtype=torch.float64),))
         assert not kernel.supports(cell, torch.randn(0, 1, 5))
         with switch.disabled():
             assert not kernel.supports(cell, x)

@@ -143,10 +143,11 @@ def _layer(cell: Any) -> bool | None:
     return layer
 
 
-def supports(cell: Any, x: Tensor) -> bool:
-    """Whether ``window`` runs this cell's window ``x [T, B, I]``: the kernels are on, the method
-    is ``none``, ``weight`` or ``layer``, and everything is float32 or float64 on the CPU."""
-    return _layer(cell) is not None and fits(cell, x)
+def supports(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None) -> bool:
+    """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``: the kernels are
+    on, the method is ``none``, ``weight`` or ``layer``, everything float32 or float64 on the
+    CPU."""
+    return _layer(cell) is not None and fits(cell, x, state)
 
 
 def window(cell: Any, x: Tensor, h0: Tensor, t0: int = 0) -> Tensor:

@@ -74,12 +74,13 @@ class _RNNWindow(torch.autograd.Function):
                   for x in grads), None)
 
 
-def supports(cell: Any, x: Tensor) -> bool:
-    """Whether ``window`` runs this cell's window ``x [T, B, I]``: the kernels are on, the method
-    is ``layer`` with the sites this kernel knows, everything float32 or float64 on the CPU."""
+def supports(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None) -> bool:
+    """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``: the kernels are
+    on, the method is ``layer`` with the sites this kernel knows, everything float32 or float64
+    on the CPU."""
     nh = cell._modules.get("nh")
     return (cell.method.name == "layer" and type(nh) is LayerNormSite and nh.bias is None
-            and cell._modules.get("npre") is None and fits(cell, x))
+            and cell._modules.get("npre") is None and fits(cell, x, state))
 
 
 def window(cell: Any, x: Tensor, h0: Tensor, t0: int = 0) -> Tensor:

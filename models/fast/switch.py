@@ -31,10 +31,11 @@ def is_enabled() -> bool:
     return _ENABLED[0]
 
 
-def fits(cell: Any, x: Tensor) -> bool:
+def fits(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None) -> bool:
     """What every numpy window needs, whatever the method: the kernels on, a non-empty window
-    ``x [T, B, I]`` of the cell's input size, ``x`` and every parameter float32 or float64 (one
-    dtype) on the CPU."""
+    ``x [T, B, I]`` of the cell's input size, ``x``, every parameter and the start state (if any)
+    float32 or float64 (one dtype) on the CPU."""
+    tensors = [*cell.parameters(), *(state or ())]
     return (is_enabled() and x.dim() == 3 and x.shape[0] > 0 and x.shape[2] == cell.input_size
             and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu"
-            and all(p.dtype == x.dtype and p.device.type == "cpu" for p in cell.parameters()))
+            and all(t.dtype == x.dtype and t.device.type == "cpu" for t in tensors))
