@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import norms
-from .fast import gru_kernel, lstm_kernel, rnn_kernel
+from .fast import gru_kernel, lstm_kernel, lstm_window, rnn_kernel
 from .norms import NormMethod, NormParams
 
 __all__ = ["CELLS", "GRUCell", "LSTMCell", "RNNCell", "RecurrentCell", "RecurrentStack",
@@ -58,9 +58,9 @@ class RecurrentCell(nn.Module):
 
     gates: ClassVar[int] = 1
     n_state: ClassVar[int] = 1
-    # a module with ``supports(cell, x, state)`` and ``window(cell, x, h0, t0)`` running this cell's
-    # window in numpy where it applies (``models.fast.gru_kernel``, ``rnn_kernel``); LSTM's own
-    # kernel keeps its cell state too and is called by ``LSTMCell.forward_window``
+    # a module with ``supports(cell, x, state)`` and ``window(cell, x, state, t0)`` (every state
+    # tensor over the window) running this cell's window in numpy where it applies
+    # (``models.fast.gru_kernel``, ``rnn_kernel``, ``lstm_window``)
     kernel: ClassVar[Any] = None
 
     def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "none") -> None:
@@ -145,9 +145,10 @@ class RecurrentCell(nn.Module):
         kernel = self.kernel
         if kernel is not None and kernel.supports(self, x, state):  # a numpy window
             with self.method.window():  # type: ignore[attr-defined]
-                h0 = state[0] if state is not None else self.zero_state(x)[0]
-                out = kernel.window(self, x, h0, t0)
-            return self._captured(x, state, capture, out, (out[-1],))
+                states = kernel.window(self, x, state, t0)
+            final = tuple(s[-1] for s in states)
+            cap = None if capture is None else tuple(s[capture] for s in states)
+            return states[0], final, cap
         with self.method.window():  # type: ignore[attr-defined]
             if self.fused:
                 return self._fused_window(x, state, capture)
@@ -209,6 +210,7 @@ class LSTMCell(RecurrentCell):
 
     gates = 4
     n_state = 2
+    kernel = lstm_window
 
     def _build_sites(self) -> None:
         super()._build_sites()

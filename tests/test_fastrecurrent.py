@@ -1,12 +1,15 @@
-"""``models.fast.gru_kernel`` and ``rnn_kernel`` against their oracles: the path each replaces
-(``switch.disabled()``: ``torch.gru`` for ``none`` / ``weight`` GRUs, the per-step autograd loop
-for ``layer``) and the cell's own per-step loop (``input_term`` + ``step``), to float rounding
-(the kernels' σ and sums run in another order: not bit for bit); ``gradcheck`` of each
-``autograd.Function`` in float64; and a learner on the kernel against one without it."""
+"""``models.fast.gru_kernel``, ``rnn_kernel`` and ``lstm_window`` against their oracles: the path
+each replaces (``switch.disabled()``: ``torch.gru`` / ``torch.rnn_tanh`` for ``none`` / ``weight``
+GRUs and RNNs, the per-step autograd loop for the others) and the cell's own
+per-step loop (``input_term`` + ``step``), to float rounding (the kernels' σ and sums run in
+another order: not bit for bit): outputs, final states, every gradient and every buffer (running
+statistics, Online Norm's controls); ``gradcheck`` of each ``autograd.Function`` in float64; and
+a learner on the kernels against one without them."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +19,23 @@ import torch
 import models
 from models import ModelSpec, OnlineLearner
 from models.cells import CELLS, RecurrentCell
-from models.fast import gru_kernel, rnn_kernel, switch
+from models.fast import gru_kernel, lstm_window, rnn_kernel, switch
 
-# (cell, method) that run a numpy kernel
-CASES = [("gru", "none"), ("gru", "weight"), ("gru", "layer"), ("rnn", "layer")]
+_SITES = ["batch_rnn", "recurrent_batch", "online", "cosine"]
+ONLINE_CONTROL = {"method": "online", "alpha_b": 0.99}  # the backward control on
+ONLINE_CLAMP = {"method": "online", "layer_scaling": False, "clamp": 1.0}
+# (cell, method) that run a numpy kernel (``recurrent_batch``: at batch size 1 in training)
+CASES: list[tuple[str, Any]] = [
+    *((kind, m) for kind in ("gru", "rnn")
+      for m in ("none", "weight", "layer", *_SITES, ONLINE_CONTROL, ONLINE_CLAMP)),
+    *(("lstm", m) for m in (*_SITES, ONLINE_CONTROL, ONLINE_CLAMP))]
+KERNELS = {"gru": gru_kernel, "rnn": rnn_kernel, "lstm": lstm_window}
+
+
+def _id(case: Any) -> str:
+    return case if isinstance(case, str) else "-".join(f"{k}={v}" for k, v in case.items()
+                                                       if k != "method")
+
 
 # float64 is the tight check of the arithmetic; in float32, 64 steps of rounding in another order
 # (Layer Norm's 1/σ amplifies it) move a small gradient element by ~1e-5 of its tensor's largest
@@ -27,7 +43,7 @@ TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-11
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> None:
-    tol = TOL[b.dtype]
+    tol = TOL[b.dtype] if b.dtype in TOL else TOL[torch.float64]
     torch.testing.assert_close(a, b, rtol=tol["rtol"],
                                atol=tol["atol"] * max(1.0, float(b.detach().abs().max())))
 
@@ -39,140 +55,194 @@ def _grad(p: torch.Tensor) -> torch.Tensor:
     return p.grad.clone() if p.grad is not None else torch.zeros_like(p)
 
 
-def _measured(cell: RecurrentCell, h0: torch.Tensor | None, window: Callable[[], Any]
+State = tuple[torch.Tensor, ...]
+
+
+def _measured(cell: RecurrentCell, h0: State | None, window: Callable[[], Any]
               ) -> list[torch.Tensor]:
-    """Outputs, final state and every gradient of a loss on all outputs and the final state of
-    ``window()`` (``(out, h)``), from cleared gradients."""
+    """Outputs, final state, every gradient and every buffer after a loss on all outputs and
+    the final state of ``window()`` (``(out, state)``), from cleared gradients."""
     cell.zero_grad()
-    if h0 is not None:
-        h0.grad = None
-    out, h = window()
+    for s in h0 or ():
+        s.grad = None
+    out, state = window()
     weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
-    ((out * weights).sum() + 0.7 * h.pow(2).sum()).backward()
+    ((out * weights).sum() + 0.7 * sum(s.pow(2).sum() for s in state)).backward()
     grads = [_grad(p) for p in cell.parameters()]
-    return [out.detach(), h.detach(), *grads, *([h0.grad.clone()] if h0 is not None else [])]
+    return [out.detach(), *(s.detach() for s in state), *grads,
+            *(b.clone() for b in cell.buffers()), *(s.grad.clone() for s in h0 or ())]
 
 
-def _run(cell: RecurrentCell, x: torch.Tensor, h0: torch.Tensor | None, fast: bool
+def _start(h0: State | None) -> State | None:
+    """A fresh leaf copy of the start state (each run takes its own gradient)."""
+    return None if h0 is None else tuple(s.detach().clone().requires_grad_() for s in h0)
+
+
+def _run(cell: RecurrentCell, x: torch.Tensor, h0: State | None, fast: bool
          ) -> list[torch.Tensor]:
     """Through ``forward_seq``: the kernel (``fast``) or the path it replaces."""
-    def window() -> tuple[torch.Tensor, torch.Tensor]:
+    h0 = _start(h0)
+
+    def window() -> tuple[torch.Tensor, State]:
         with contextlib.nullcontext() if fast else switch.disabled():
-            out, (h,) = cell.forward_seq(x, None if h0 is None else (h0,))
-        return out, h
+            return cell.forward_seq(x, h0)
 
     return _measured(cell, h0, window)
 
 
-def _per_step(cell: RecurrentCell, x: torch.Tensor, h0: torch.Tensor | None) -> list[torch.Tensor]:
+def _per_step(cell: RecurrentCell, x: torch.Tensor, h0: State | None) -> list[torch.Tensor]:
     """Through the cell's generic per-step loop (what every method without a kernel runs)."""
-    def window() -> tuple[torch.Tensor, torch.Tensor]:
-        gx, state, outs = cell.input_term(x), None if h0 is None else (h0,), []
+    h0 = _start(h0)
+
+    def window() -> tuple[torch.Tensor, State]:
+        gx, state, outs = cell.input_term(x), h0, []
         for t in range(x.shape[0]):
             state = cell.step(gx[t], state, t)
             outs.append(state[0])
         assert state is not None
-        return torch.stack(outs), state[0]
+        return torch.stack(outs), state
 
     return _measured(cell, h0, window)
 
 
-def _cell(kind: str, method: str, dtype: torch.dtype, seed: int = 0) -> RecurrentCell:
+def _cell(kind: str, method: Any, dtype: torch.dtype, seed: int = 0) -> RecurrentCell:
     torch.manual_seed(seed)
     cell = CELLS[kind](5, 12, method).to(dtype)
-    with torch.no_grad():  # non-zero biases, gains off 1: every path is exercised
-        for name, p in cell.named_parameters():
-            if name.startswith("bias"):
+    with torch.no_grad():  # non-zero biases, gains off 1, statistics off their start: every
+        for name, p in cell.named_parameters():  # path is exercised
+            if name.startswith("bias") or name.endswith(".bias"):
                 p.uniform_(-0.5, 0.5)
             elif name.startswith("n") and name.endswith("weight"):  # a site's gain
                 p.uniform_(0.5, 1.5)
+        for name, b in cell.named_buffers():
+            if name.rsplit(".", 1)[-1] in ("running_mean", "mean", "u", "v"):
+                b.uniform_(-0.3, 0.3)
+            elif name.rsplit(".", 1)[-1] in ("running_var", "var"):
+                b.uniform_(0.5, 1.5)
     return cell
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("kind", "method"), CASES)
-@pytest.mark.parametrize(("steps", "batch"), [(1, 1), (16, 1), (64, 1), (5, 3), (16, 5)])
-@pytest.mark.parametrize("start", ["zero", "state"])
-def test_kernel_equals_the_path_it_replaces(dtype: torch.dtype, kind: str, method: str,
-                                            steps: int, batch: int, start: str) -> None:
-    cell = _cell(kind, method, dtype)
-    x = torch.randn(steps, batch, 5, dtype=dtype) * 2
-    h0 = torch.randn(batch, 12, dtype=dtype, requires_grad=True) if start == "state" else None
-    fast, ref = _run(cell, x, h0, True), _run(cell, x, h0, False)
+def _state(kind: str, batch: int, dtype: torch.dtype) -> State:
+    return tuple(torch.randn(batch, 12, dtype=dtype) for _ in range(2 if kind == "lstm" else 1))
+
+
+def _both(cell: RecurrentCell, run: Callable[[RecurrentCell, bool], list[torch.Tensor]]) -> None:
+    """``run`` on a copy of ``cell`` through the kernel and on another through the path it
+    replaces (each from the same buffers): every result equal to float rounding."""
+    fast, ref = run(copy.deepcopy(cell), True), run(copy.deepcopy(cell), False)
     assert len(fast) == len(ref)
     for a, b in zip(fast, ref, strict=True):
         _close(a, b)
 
 
-@pytest.mark.parametrize(("kind", "method"), CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("kind", "method"), CASES, ids=_id)
+@pytest.mark.parametrize(("steps", "batch"), [(1, 1), (16, 1), (64, 1), (5, 3), (16, 5)])
+@pytest.mark.parametrize("start", ["zero", "state"])
+def test_kernel_equals_the_path_it_replaces(dtype: torch.dtype, kind: str, method: Any,
+                                            steps: int, batch: int, start: str) -> None:
+    cell = _cell(kind, method, dtype)
+    x = torch.randn(steps, batch, 5, dtype=dtype) * 2
+    h0 = _state(kind, batch, dtype) if start == "state" else None
+    _both(cell, lambda c, fast: _run(c, x, h0, fast))
+
+
+@pytest.mark.parametrize(("kind", "method"), CASES, ids=_id)
 @pytest.mark.parametrize("steps", [1, 9])
-def test_kernel_equals_the_per_step_cell(kind: str, method: str, steps: int) -> None:
+def test_kernel_equals_the_per_step_cell(kind: str, method: Any, steps: int) -> None:
     cell = _cell(kind, method, torch.float64, seed=3)
-    x = torch.randn(steps, 2, 5, dtype=torch.float64)
-    h0 = torch.randn(2, 12, dtype=torch.float64, requires_grad=True)
-    for a, b in zip(_run(cell, x, h0, True), _per_step(cell, x, h0), strict=True):
+    x = torch.randn(steps, 1, 5, dtype=torch.float64)
+    h0 = _state(kind, 1, torch.float64)
+    fast, ref = _run(copy.deepcopy(cell), x, h0, True), _per_step(copy.deepcopy(cell), x, h0)
+    for a, b in zip(fast, ref, strict=True):
         _close(a, b)
 
 
-@pytest.mark.parametrize(("kind", "method"), CASES)
-def test_the_kernel_is_taken(kind: str, method: str) -> None:
-    """The fast path really runs (a ``_GRUWindow`` / ``_RNNWindow`` node), not when switched off."""
+@pytest.mark.parametrize(("kind", "method"), CASES, ids=_id)
+def test_eval_mode_equals_the_path_it_replaces(kind: str, method: Any) -> None:
+    """In eval the sites normalize with their statistics and change no buffer (any batch)."""
+    cell = _cell(kind, method, torch.float64).eval()
+    x, h0 = torch.randn(6, 3, 5, dtype=torch.float64), _state(kind, 3, torch.float64)
+    _both(cell, lambda c, fast: _run(c, x, h0, fast))
+    before = [b.clone() for b in cell.buffers()]
+    _run(cell, x, None, True)
+    assert all(torch.equal(a, b) for a, b in zip(before, cell.buffers(), strict=True))
+
+
+@pytest.mark.parametrize(("kind", "method"), CASES, ids=_id)
+def test_the_kernel_is_taken(kind: str, method: Any) -> None:
+    """The fast path really runs (a ``_GRUWindow`` / ``_RNNWindow`` / ``_LSTMWindow`` node),
+    not when switched off."""
     cell = _cell(kind, method, torch.float32)
     x = torch.randn(4, 1, 5)
-    out, _ = cell.forward_seq(x)
     node = f"_{kind.upper()}WindowBackward"
+    out, _, _ = cell.forward_window(x)
     assert type(out.grad_fn).__name__ == node
     with switch.disabled():
-        out, _ = cell.forward_seq(x)
+        out, _, _ = cell.forward_window(x)
     assert type(out.grad_fn).__name__ != node
 
 
-def test_rnn_gradcheck_in_float64() -> None:
+def _function_args(kind: str, method: Any) -> tuple[Any, list[Any]]:
+    """A kernel ``Function`` and random float64 inputs for it, with the sites of a ``method``
+    cell (eval mode for the sites with statistics: their training forward moves buffers, which
+    ``gradcheck``'s repeated calls must not see; the training path is held to autograd's
+    above)."""
     torch.manual_seed(2)
-    h = 4
-    args: list[Any] = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in
-                       ((5, 2, h), (2, h), (h, h), (h,))]
-    fn: Any = rnn_kernel._RNNWindow.apply
-    assert torch.autograd.gradcheck(lambda *a: fn(*a, 1e-3), args)
+    cell = CELLS[kind](3, 4, method).double()
+    if method in ("recurrent_batch", "online"):
+        cell.eval()
+    kernel = KERNELS[kind]
+    plug = kernel.plug(cell, 2, 0, False)
+    tensors = [None if t is None else t.detach().clone().uniform_(0.5, 1.5).requires_grad_()
+               for t in plug.tensors()]
+    g, h = CELLS[kind].gates, 4
+    shapes: list[tuple[int, ...]] = [(5, 2, g * h), *[(2, h)] * cell.n_state, (g * h, h)]
+    if kind == "gru":
+        shapes.append((h,))
+    args = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    fn = {"gru": gru_kernel._GRUWindow, "rnn": rnn_kernel._RNNWindow,
+          "lstm": lstm_window._LSTMWindow}[kind]
+    return (lambda *a: fn.apply(plug, *a)), [*args, *tensors]
 
 
-@pytest.mark.parametrize("layer", [False, True])
-def test_gradcheck_in_float64(layer: bool) -> None:
-    torch.manual_seed(1)
-    h = 4
-    args: list[Any] = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in
-                       ((5, 2, 3 * h), (2, h), (3 * h, h), (h,), (2 * h,), (h,))]
-    if not layer:
-        args[4] = args[5] = None
-    fn: Any = gru_kernel._GRUWindow.apply
-    assert torch.autograd.gradcheck(lambda *a: fn(*a, 1e-3), args)
+@pytest.mark.parametrize(("kind", "method"), [
+    (k, m) for k in ("gru", "rnn", "lstm") for m in ("none", "layer", *_SITES)
+    if not (k == "lstm" and m in ("none", "layer"))])
+def test_gradcheck_in_float64(kind: str, method: str) -> None:
+    fn, args = _function_args(kind, method)
+    assert torch.autograd.gradcheck(fn, args)
 
 
-@pytest.mark.parametrize("method", ["streaming", "online", "recurrent_batch", "batch_rnn",
-                                    "cosine"])
+@pytest.mark.parametrize("method", ["streaming"])
 def test_other_methods_dtypes_and_the_switch_take_the_generic_path(method: str) -> None:
     x = torch.randn(3, 1, 5)
-    assert not gru_kernel.supports(_cell("gru", method, torch.float32), x)
-    assert not rnn_kernel.supports(_cell("rnn", method, torch.float32), x)
-    assert not rnn_kernel.supports(_cell("rnn", "none", torch.float32), x)  # torch.rnn_tanh's
-    for kernel, kind in ((gru_kernel, "gru"), (rnn_kernel, "rnn")):
-        cell = _cell(kind, "layer", torch.float32)
+    for kind, kernel in KERNELS.items():
+        assert not kernel.supports(_cell(kind, method, torch.float32), x)
+    assert not lstm_window.supports(_cell("lstm", "none", torch.float32), x)  # torch.lstm's
+    assert not lstm_window.supports(_cell("lstm", "layer", torch.float32), x)  # lstm_kernel's
+    rbn = _cell("gru", "recurrent_batch", torch.float32)
+    assert not gru_kernel.supports(rbn, torch.randn(3, 2, 5))  # true batch statistics
+    assert gru_kernel.supports(rbn.eval(), torch.randn(3, 2, 5))
+    for kind, kernel in KERNELS.items():
+        cell = _cell(kind, "online", torch.float32)
         assert kernel.supports(cell, x)
         assert not kernel.supports(cell, x.double())  # mixed dtypes
-        assert kernel.supports(cell, x, (torch.zeros(1, 12),))
-        assert not kernel.supports(cell, x, (torch.zeros(1, 12, dtype=torch.float64),))
+        assert kernel.supports(cell, x, _state(kind, 1, torch.float32))
+        assert not kernel.supports(cell, x, _state(kind, 1, torch.float64))
         assert not kernel.supports(cell, torch.randn(0, 1, 5))
         with switch.disabled():
             assert not kernel.supports(cell, x)
         assert not kernel.supports(cell.half(), x.half())
 
 
-@pytest.mark.parametrize(("kind", "method"), CASES)
-def test_learner_on_the_kernel_learns_as_without_it(kind: str, method: str) -> None:
+@pytest.mark.parametrize(("kind", "method"), CASES, ids=_id)
+def test_learner_on_the_kernel_learns_as_without_it(kind: str, method: Any) -> None:
     """Stream mode (carried state, the state captured mid-window) and ``learn_many``: the same
     predictions with the kernel as without, to float rounding, over 60 updates."""
     spec = ModelSpec(name="g", task="regression", n_features=3, cell=kind, hidden_size=16,
-                     window=6, norm={"method": method}, seed=5,
+                     window=6, seed=5,
+                     norm=method if isinstance(method, dict) else {"method": method},
                      optimizer={"name": "adam", "lr": 0.01})
     gen = torch.Generator().manual_seed(2)
     xs = torch.randn(60, 3, generator=gen).tolist()
@@ -187,7 +257,11 @@ def test_learner_on_the_kernel_learns_as_without_it(kind: str, method: str) -> N
                     learner.learn_many(seqs, [1.0, -1.0, 0.5, 0.0])
             got.append(learner.predict_one(xs[0], stream="s"))
         preds.append(got)
-    assert preds[0] == pytest.approx(preds[1], rel=1e-4, abs=1e-5)
+    # batch_rnn: BN's backward centres the W_x gradients on ~0 and Adam divides by their root
+    # mean square, so float32 rounding in another order moves a few predictions by ~1e-5 (the
+    # kernel's arithmetic is held to 1e-11 in float64 above)
+    tol = 5e-5 if method == "batch_rnn" else 1e-5
+    assert preds[0] == pytest.approx(preds[1], rel=1e-4, abs=tol)
     assert len(set(preds[0])) > 30  # it learns: predictions move
 
 
@@ -207,51 +281,50 @@ def test_stack_of_two_layer_norm_layers_through_the_kernel(kind: str) -> None:
         _close(a, b)
 
 
-@pytest.mark.parametrize(("kind", "method"), CASES)
-def test_capture_mid_window_equals_the_generic_path(kind: str, method: str) -> None:
+@pytest.mark.parametrize(("kind", "method"), CASES, ids=_id)
+def test_capture_mid_window_equals_the_generic_path(kind: str, method: Any) -> None:
     """The state after step ``capture`` (a stream's next window start) as without the kernel."""
     cell = _cell(kind, method, torch.float64)
-    x = torch.randn(6, 2, 5, dtype=torch.float64)
-    h0 = (torch.randn(2, 12, dtype=torch.float64),)
+    x = torch.randn(6, 1, 5, dtype=torch.float64)
+    h0 = _state(kind, 1, torch.float64)
     for capture in (0, 3, 5):
-        got = [cell.forward_window(x, h0, 0, capture)]
+        fast = copy.deepcopy(cell).forward_window(x, h0, 0, capture)
         with switch.disabled():
-            got.append(cell.forward_window(x, h0, 0, capture))
-        (out_a, fin_a, cap_a), (out_b, fin_b, cap_b) = got
-        _close(out_a, out_b)
-        _close(fin_a[0], fin_b[0])
-        assert cap_a is not None and cap_b is not None
-        _close(cap_a[0], cap_b[0])
+            ref = copy.deepcopy(cell).forward_window(x, h0, 0, capture)
+        _close(fast[0], ref[0])
+        assert fast[2] is not None and ref[2] is not None
+        for a, b in zip((*fast[1], *fast[2]), (*ref[1], *ref[2]), strict=True):
+            _close(a, b)
 
 
-@pytest.mark.parametrize(("kind", "method"), CASES)
-def test_frozen_weights_and_a_second_backward(kind: str, method: str) -> None:
+@pytest.mark.parametrize(("kind", "method"), CASES, ids=_id)
+def test_frozen_weights_and_a_second_backward(kind: str, method: Any) -> None:
     """``W_h`` frozen: no gradient for it, the others as without the kernel; a second backward
     through the same graph (``retain_graph``) gives the same gradients again."""
     cell = _cell(kind, method, torch.float64)
-    lh = dict(cell.named_parameters())["lh.parametrizations.weight.original1" if method == "weight"
-                                       else "lh.weight"]
-    lh.requires_grad_(False)
+    name = "lh.parametrizations.weight.original1" if method == "weight" else "lh.weight"
+    dict(cell.named_parameters())[name].requires_grad_(False)
     x = torch.randn(5, 1, 5, dtype=torch.float64)
-    grads = []
+    grads, control = [], method == ONLINE_CONTROL  # its second backward moves u, v again
     for fast in (True, False):
-        cell.zero_grad()
+        c = copy.deepcopy(cell)
         with contextlib.nullcontext() if fast else switch.disabled():
-            out, _ = cell.forward_seq(x)
+            out, _ = c.forward_seq(x)
         out.pow(2).sum().backward(retain_graph=True)
-        first = [_grad(p) for p in cell.parameters()]
-        cell.zero_grad()
+        first = [_grad(p) for p in c.parameters()]
+        c.zero_grad()
         out.pow(2).sum().backward()
-        second = [_grad(p) for p in cell.parameters()]
+        second = [_grad(p) for p in c.parameters()]
         for a, b in zip(first, second, strict=True):
-            assert torch.equal(a, b)
-        assert lh.grad is None
-        grads.append(first)
+            assert control or torch.equal(a, b)
+        assert dict(c.named_parameters())[name].grad is None
+        grads.append(first + second)
     for a, b in zip(*grads, strict=True):
         _close(a, b)
 
 
-@pytest.mark.parametrize(("kind", "method"), [("gru", "none"), ("gru", "layer"), ("rnn", "layer")])
+@pytest.mark.parametrize(("kind", "method"), [("gru", "none"), ("gru", "layer"), ("rnn", "layer"),
+                                             ("lstm", "online"), ("rnn", "cosine")])
 def test_a_weight_changed_before_backward_raises(kind: str, method: str) -> None:
     """As on the generic path: the kernel's backward would read the changed ``W_h``."""
     cell = _cell(kind, method, torch.float32)

@@ -1,27 +1,25 @@
-"""A GRU window in numpy: the recurrence of ``none``, ``weight`` and ``layer`` GRUs.
+"""A GRU window in numpy, every method but ``streaming`` (its sites from ``models.fast.rows``).
 
 PyTorch's own CPU GRU (``torch.gru``) is about 3× slower than its LSTM at batch size 1 although a
-GRU has three gates to the LSTM's four, and a ``layer`` GRU's per-step autograd loop builds ~30
-tiny torch ops a step (~1.2 µs of dispatch each). How a window runs here:
+GRU has three gates to the LSTM's four, and a normalized GRU's per-step autograd loop builds
+~30 tiny torch ops a step (~1.2 µs of dispatch each). How a window runs here:
 
 - the **input term** of every step, ``N_x(W_x x) + b`` (``GRUCell.input_term``), is computed by
   torch for the whole window at once, so its normalization and its gradient stay autograd's;
 - the **recurrence** is one ``autograd.Function``: per step one matmul with ``W_hh`` and a few
   numpy calls on rows (~0.3 µs each); the backward walks the steps back by hand (derivation in
   ``_GRUWindow.backward``) and forms ``dW_hh`` as one matmul over the window;
-- a method plugs in through its **h sites** (the ``N_h`` of ``W_h^{rz} h`` and ``W_h^n h``): a
-  class with ``forward(a, t)``, ``backward(dy, t)`` and ``grads()`` on numpy rows
-  (``models.fast.rows``: ``PlainRows`` for ``none``, ``weight``; ``LayerRows`` for ``layer``).
-  Weight Norm's ``W = g·v/‖v‖`` is computed by its parametrization before the call, so its
-  gradient reaches ``g`` and ``v`` through autograd.
+- a method plugs in as its **sites** (``rows.Plug``): the h sites ``N(W_h^{rz} h)``,
+  ``N(W_h^n h)`` and the pre sites around ``rz`` and ``n`` (Online Norm), each a ``rows.Rows``
+  with ``forward``/``backward`` on rows; a cosine ``W_h`` is a matmul with the raw weight and an
+  h site (``CosineRows``). Weight Norm's ``W = g·v/‖v‖`` is computed by its parametrization
+  before the call, so its gradient reaches ``g`` and ``v`` through autograd.
 
 It computes the generic path's GRU (gate order r, z, n; ``n = tanh(a_n + r ⊙ (N(W_hn h) + b_hn))``,
 ``h' = (1 − z) ⊙ n + z ⊙ h``) to float rounding, not bit for bit: σ is ``½·tanh(a/2) + ½`` (no
 overflow in float32) and sums run in another order. ``tests/test_fastrecurrent.py`` checks it
-against ``torch.gru`` and the per-step cell (outputs, every gradient, float32 and float64, windows
-1 to 64, batches 1 to 5) and ``gradcheck``\\s it in float64. A zero start state runs as an
-explicit zero ``h``: its ``W_h h`` is exactly zero, a Layer Norm of it is zero, and ``dW_hh`` gets
-nothing from it, as on the generic path, where a ``None`` state skips the term.
+against ``torch.gru`` and the per-step cell (outputs, every gradient and buffer, float32 and
+float64, windows 1 to 64, batches 1 to 5) and ``gradcheck``\\s it in float64.
 """
 
 from __future__ import annotations
@@ -33,129 +31,136 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..norms.layer import LayerNormSite
 from .arrays import Arr
-from .rows import LayerRows, PlainRows, sigmoid_
+from .rows import Plug, cosine_h, rows_for, sigmoid_
 from .switch import fits
 
-__all__ = ["supports", "window"]
+__all__ = ["plug", "supports", "window"]
 
 
 class _GRUWindow(torch.autograd.Function):
     """``out [T, B, H]`` of a GRU window from the input term ``gx [T, B, 3H]`` and ``h0 [B, H]``,
-    with ``W_hh [3H, H]``, ``b_hn [H]`` (inside ``r ⊙ (…)``) and, for ``layer``, the h sites'
-    gains ``g_rz [2H]``, ``g_n [H]`` (``None``: plain sites)."""
+    with ``W_hh [3H, H]``, ``b_hn [H]`` (inside ``r ⊙ (…)``) and the sites' tensors (``plug``:
+    h_rz, h_n, pre_rz, pre_n)."""
 
     @staticmethod
-    def forward(ctx: Any, gx: Tensor, h0: Tensor, w_hh: Tensor, bias_hn: Tensor,
-                g_rz: Tensor | None, g_n: Tensor | None, eps: float) -> Tensor:
+    def forward(ctx: Any, plug: Plug, gx: Tensor, h0: Tensor, w_hh: Tensor, bias_hn: Tensor,
+                *tensors: Tensor | None) -> Tensor:
         GX, Wh = gx.detach().numpy(), w_hh.detach().numpy()
         steps, batch, _ = GX.shape
         h = Wh.shape[1]
-        if g_rz is None or g_n is None:
-            s_rz: Any = PlainRows()
-            s_n: Any = PlainRows()
-        else:
-            s_rz = LayerRows(g_rz.detach().numpy(), eps, steps, batch)
-            s_n = LayerRows(g_n.detach().numpy(), eps, steps, batch)
-        bhn, WhT = bias_hn.detach().numpy(), Wh.T
         hs = np.empty((steps + 1, batch, h), GX.dtype)  # h_{t-1} for each step, then the last
         hs[0] = h0.detach().numpy()
+        s_hrz, s_hn, s_prz, s_pn = sites = plug.build(tensors, steps, batch, hs)
+        bhn, WhT = bias_hn.detach().numpy(), Wh.T
         rz = np.empty((steps, batch, 2 * h), GX.dtype)
         n = np.empty((steps, batch, h), GX.dtype)
         ghn = np.empty((steps, batch, h), GX.dtype)  # N(W_hn h) + b_hn, which r gates
         for t in range(steps):
-            gh = np.matmul(hs[t], WhT)
-            np.add(GX[t, :, :2 * h], s_rz.forward(gh[:, :2 * h], t), out=rz[t])
+            if t == 0 and plug.fresh:  # no h term (a None state)
+                rz[t] = GX[t, :, :2 * h]
+                ghn[t] = bhn
+            else:
+                gh = np.matmul(hs[t], WhT)
+                np.add(GX[t, :, :2 * h], s_hrz.forward(gh[:, :2 * h], t), out=rz[t])
+                np.add(s_hn.forward(gh[:, 2 * h:], t), bhn, out=ghn[t])
+            rz[t] = s_prz.forward(rz[t], t)
             sigmoid_(rz[t])
-            np.add(s_n.forward(gh[:, 2 * h:], t), bhn, out=ghn[t])
             np.multiply(rz[t, :, :h], ghn[t], out=n[t])
             n[t] += GX[t, :, 2 * h:]
-            np.tanh(n[t], out=n[t])
+            np.tanh(s_pn.forward(n[t], t), out=n[t])
             np.subtract(hs[t], n[t], out=hs[t + 1])  # h' = n + z ⊙ (h − n)
             hs[t + 1] *= rz[t, :, h:]
             hs[t + 1] += n[t]
-        ctx.saved = (Wh, hs, rz, n, ghn, s_rz, s_n)
-        ctx.save_for_backward(w_hh, g_rz, g_n)  # an in-place change before backward raises
+        ctx.saved = (plug, Wh, hs, rz, n, ghn, sites)
+        ctx.save_for_backward(w_hh, *tensors)  # an in-place change before backward raises
         return torch.from_numpy(hs[1:].copy())
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
-        """Per step, last first, with ``dh`` the gradient reaching ``h'``::
+        """Per step, last first, with ``dh`` the gradient reaching ``h'`` (``N'``: a site's
+        backward)::
 
-            dn = dh ⊙ (1 − z),  dz = dh ⊙ (h − n),  da_n = dn ⊙ (1 − n²)
-            da_r = (da_n ⊙ ghn) ⊙ r(1 − r),  da_z = dz ⊙ z(1 − z),  dghn = da_n ⊙ r
-            dh_prev = dh ⊙ z + [N_rz'(da_r, da_z), N_n'(dghn)] · W_hh
+            dn = dh ⊙ (1 − z),  dz = dh ⊙ (h − n),  da_n = N_pn'(dn ⊙ (1 − n²))
+            [da_r, da_z] = N_prz'([(da_n ⊙ ghn) ⊙ r(1 − r), dz ⊙ z(1 − z)]),  dghn = da_n ⊙ r
+            dh_prev = dh ⊙ z + [N_hrz'(da_r, da_z), N_hn'(dghn)] · W_hh
 
-        (``N'``: an h site's backward) and over the window ``dW_hh = Σ [N'(…)]ᵀ h_prev``."""
+        and over the window ``dW_hh = Σ [N_h'(…)]ᵀ h_prev``. The gate derivatives are formed
+        for the whole window first, one op each."""
         _ = ctx.saved_tensors  # autograd's check that the weights read below are unchanged
-        Wh, hs, rz, n, ghn, s_rz, s_n = ctx.saved
+        plug, Wh, hs, rz, n, ghn, sites = ctx.saved
+        s_hrz, s_hn, s_prz, s_pn = sites
         steps, batch, h = n.shape
+        r, z = rz[..., :h], rz[..., h:]
+        # per step: dh ⊙ cn = da_n before N_pn', ⊙ cr (with da_n) = da_r, ⊙ cz = da_z
+        cn = (1.0 - z) * (1.0 - n * n)
+        cr = ghn * (r - r * r)
+        cz = (hs[:-1] - n) * (z - z * z)
         D = dout.numpy()
         da_x = np.empty((steps, batch, 3 * h), n.dtype)  # ∂/∂ gx per step
-        da_h = np.empty((steps, batch, 3 * h), n.dtype)  # ∂/∂ (W_hh h) per step
-        dy = np.empty((batch, 3 * h), n.dtype)  # ∂/∂ the h sites' outputs (b_hn's: [:, 2H:])
+        da_h = np.zeros((steps, batch, 3 * h), n.dtype)  # ∂/∂ (W_hh h) per step
+        dghn = np.empty((steps, batch, h), n.dtype)
         dh = np.zeros((batch, h), n.dtype)
-        dbhn = np.zeros(h, n.dtype)
+        first = 1 if plug.fresh else 0
         for t in range(steps - 1, -1, -1):
             dh += D[t]
-            r, z, nt, ax = rz[t, :, :h], rz[t, :, h:], n[t], da_x[t]
-            dn = dh - dh * z
-            np.multiply(1.0 - nt * nt, dn, out=ax[:, 2 * h:])  # da_n
-            np.multiply(ax[:, 2 * h:], r, out=dy[:, 2 * h:])  # dghn
-            np.multiply(ax[:, 2 * h:], ghn[t], out=dy[:, :h])  # dr, then da_r
-            dy[:, :h] *= r - r * r
-            np.subtract(hs[t], nt, out=dy[:, h:2 * h])  # dz, then da_z
-            dy[:, h:2 * h] *= dh
-            dy[:, h:2 * h] *= z - z * z
-            ax[:, :2 * h] = dy[:, :2 * h]
-            dbhn += dy[:, 2 * h:].sum(0)
-            da_h[t, :, :2 * h] = s_rz.backward(dy[:, :2 * h], t)
-            da_h[t, :, 2 * h:] = s_n.backward(dy[:, 2 * h:], t)
-            dh *= z
-            dh += np.matmul(da_h[t], Wh)
+            ax = da_x[t]
+            ax[:, 2 * h:] = s_pn.backward(dh * cn[t], t)
+            np.multiply(ax[:, 2 * h:], cr[t], out=ax[:, :h])
+            np.multiply(dh, cz[t], out=ax[:, h:2 * h])
+            ax[:, :2 * h] = s_prz.backward(ax[:, :2 * h], t)
+            np.multiply(ax[:, 2 * h:], r[t], out=dghn[t])
+            dh *= z[t]
+            if t >= first:
+                da_h[t, :, :2 * h] = s_hrz.backward(ax[:, :2 * h], t)
+                da_h[t, :, 2 * h:] = s_hn.backward(dghn[t], t)
+                dh += np.matmul(da_h[t], Wh)
+                for s in (s_hrz, s_hn):
+                    if s.reads_h:
+                        dh += s.backward_h(t)
         need = ctx.needs_input_grad
         grads: list[Arr | None] = [
-            da_x if need[0] else None,
-            dh if need[1] else None,
-            np.matmul(da_h.reshape(-1, 3 * h).T, hs[:-1].reshape(-1, h)) if need[2] else None,
-            dbhn if need[3] else None,
-            s_rz.grads() if need[4] else None,
-            s_n.grads() if need[5] else None,
+            da_x if need[1] else None,
+            dh if need[2] else None,
+            np.matmul(da_h.reshape(-1, 3 * h).T, hs[:-1].reshape(-1, h)) if need[3] else None,
+            dghn.sum((0, 1)) if need[4] else None,
         ]
-        return (*(None if g is None else torch.from_numpy(np.ascontiguousarray(g))
-                  for g in grads), None)
+        return (None, *(None if g is None else torch.from_numpy(np.ascontiguousarray(g))
+                         for g in grads), *Plug.grads(sites, need[5:]))
 
 
-# the methods the kernel runs, and whether their h sites are Layer Norm's (else: plain; ``cosine``
-# has no sites either, but its linear maps are not matmuls with a weight)
-_METHODS = {"none": False, "weight": False, "layer": True}
-
-
-def _layer(cell: Any) -> bool | None:
-    """``True``: Layer Norm h sites; ``False``: plain ones; ``None``: not a method run here."""
-    layer = _METHODS.get(cell.method.name)
-    if layer and not (type(cell.nh_rz) is LayerNormSite and type(cell.nh_n) is LayerNormSite
-                      and cell.nh_rz.bias is None and cell.nh_n.bias is None
-                      and cell.nh_rz.eps == cell.nh_n.eps):
-        return None  # not the sites this kernel knows
-    return layer
+def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
+    """The sites of ``cell``'s window (h_rz, h_n, pre_rz, pre_n), or ``None`` where a site is
+    not one ``rows`` computes (``streaming``)."""
+    h = cell.hidden_size
+    m = cell._modules
+    if m.get("nh_rz") is None and m.get("nh_n") is None:
+        hrz, hn = cosine_h(m.get("lh"), 0, 2 * h), cosine_h(m.get("lh"), 2 * h, 3 * h)
+    else:
+        c_rz, c_n = rows_for(m.get("nh_rz"), batch), rows_for(m.get("nh_n"), batch)
+        if c_rz is None or c_n is None:
+            return None
+        hrz, hn = (c_rz, m.get("nh_rz")), (c_n, m.get("nh_n"))
+    pre = [rows_for(m.get(k), batch) for k in ("npre_rz", "npre_n")]
+    if pre[0] is None or pre[1] is None:
+        return None
+    return Plug([hrz, hn, (pre[0], m.get("npre_rz")), (pre[1], m.get("npre_n"))], t0, fresh)
 
 
 def supports(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None) -> bool:
     """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``: the kernels are
-    on, the method is ``none``, ``weight`` or ``layer``, everything float32 or float64 on the
-    CPU."""
-    return _layer(cell) is not None and fits(cell, x, state)
+    on, every site has a ``rows`` class, everything float32 or float64 on the CPU."""
+    return fits(cell, x, state) and plug(cell, x.shape[1], 0, state is None) is not None
 
 
-def window(cell: Any, x: Tensor, h0: Tensor, t0: int = 0) -> Tensor:
-    """The outputs ``[T, B, H]`` of ``cell`` (a ``GRUCell`` that ``supports`` ``x``) over the
-    window ``x`` from ``h0``."""
+def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0
+           ) -> tuple[Tensor, ...]:
+    """The hidden states ``([T, B, H],)`` of ``cell`` (a ``GRUCell`` that ``supports`` ``x``) over
+    the window ``x`` from ``state`` (``None``: zero)."""
+    p = plug(cell, x.shape[1], t0, state is None)
+    assert p is not None
+    h0 = state[0] if state is not None else cell.zero_state(x)[0]
     gx = cell.input_term(x, t0)
-    if _layer(cell):
-        nh_rz, nh_n = cell.nh_rz, cell.nh_n
-        return _GRUWindow.apply(gx, h0, cell.lh.weight, cell.bias_hn, nh_rz.weight, nh_n.weight,
-                                nh_rz.eps)
-    return _GRUWindow.apply(gx, h0, cell.lh.weight, cell.bias_hn, None, None, 0.0)
+    return (_GRUWindow.apply(p, gx, h0, cell.lh.weight, cell.bias_hn, *p.tensors()),)
+

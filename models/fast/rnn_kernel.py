@@ -1,15 +1,14 @@
-"""A plain-RNN window in numpy for ``layer`` (``none`` and ``weight`` run ``torch.rnn_tanh``,
-which is already as fast as ``nn.RNN``).
+"""A plain-RNN window in numpy, every method but ``streaming`` (its sites from
+``models.fast.rows``).
 
 As ``gru_kernel``: the input term ``N_x(W_x x) + b`` of the whole window by torch, the recurrence
-``h' = tanh(gx + N_h(W_h h))`` as one ``autograd.Function`` looping in numpy with the method's h
-site from ``models.fast.rows``, and a hand-written backward::
+``h' = tanh(P(gx + N_h(W_h h)))`` (``P``: Online Norm's pre site) as one ``autograd.Function``
+looping in numpy with the method's sites, and a hand-written backward::
 
-    da = dh ⊙ (1 − h'²),  dgx = da,  dh_prev = N_h'(da) · W_hh,  dW_hh = Σ N_h'(da)ᵀ h_prev
+    da = P'(dh ⊙ (1 − h'²)),  dgx = da,  dh_prev = N_h'(da) · W_hh,  dW_hh = Σ N_h'(da)ᵀ h_prev
 
 It equals the per-step cell to float rounding (``tests/test_fastrecurrent.py`` checks both
-kernels). A zero start state runs as an explicit zero ``h`` (its Layer Norm is zero; ``dW_hh``
-gets nothing from it), as on the generic path, where a ``None`` state skips the term.
+kernels). A ``None`` start state has no h term at the first step, as on the generic path.
 """
 
 from __future__ import annotations
@@ -21,70 +20,93 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..norms.layer import LayerNormSite
-from .rows import LayerRows
+from .rows import Plug, cosine_h, rows_for
 from .switch import fits
 
-__all__ = ["supports", "window"]
+__all__ = ["plug", "supports", "window"]
 
 
 class _RNNWindow(torch.autograd.Function):
     """``out [T, B, H]`` from the input term ``gx [T, B, H]``, ``h0 [B, H]``, ``W_hh [H, H]`` and
-    the h site's Layer Norm gain ``g [H]``."""
+    the sites' tensors (``plug``: h, pre)."""
 
     @staticmethod
-    def forward(ctx: Any, gx: Tensor, h0: Tensor, w_hh: Tensor, g: Tensor, eps: float) -> Tensor:
+    def forward(ctx: Any, plug: Plug, gx: Tensor, h0: Tensor, w_hh: Tensor,
+                *tensors: Tensor | None) -> Tensor:
         GX, Wh = gx.detach().numpy(), w_hh.detach().numpy()
         steps, batch, h = GX.shape
-        site = LayerRows(g.detach().numpy(), eps, steps, batch)
         hs = np.empty((steps + 1, batch, h), GX.dtype)  # h_{t-1} for each step, then the last
         hs[0] = h0.detach().numpy()
+        s_h, s_pre = sites = plug.build(tensors, steps, batch, hs)
         WhT = Wh.T
         for t in range(steps):
-            np.add(GX[t], site.forward(np.matmul(hs[t], WhT), t), out=hs[t + 1])
-            np.tanh(hs[t + 1], out=hs[t + 1])
-        ctx.saved = (Wh, hs, site)
-        ctx.save_for_backward(w_hh, g)  # an in-place change before backward raises
+            a = GX[t]
+            if t or not plug.fresh:  # a None state: no h term at the first step
+                a = a + s_h.forward(np.matmul(hs[t], WhT), t)
+            np.tanh(s_pre.forward(a, t), out=hs[t + 1])
+        ctx.saved = (plug, Wh, hs, sites)
+        ctx.save_for_backward(w_hh, *tensors)  # an in-place change before backward raises
         return torch.from_numpy(hs[1:].copy())
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         _ = ctx.saved_tensors  # autograd's check that the weights read below are unchanged
-        Wh, hs, site = ctx.saved
+        plug, Wh, hs, sites = ctx.saved
+        s_h, s_pre = sites
         steps, batch, h = dout.shape
         D = dout.numpy()
+        der = 1.0 - hs[1:] * hs[1:]
         da_x = np.empty((steps, batch, h), hs.dtype)  # ∂/∂ gx per step
-        da_h = np.empty((steps, batch, h), hs.dtype)  # ∂/∂ (W_hh h) per step
+        da_h = np.zeros((steps, batch, h), hs.dtype)  # ∂/∂ (W_hh h) per step
         dh = np.zeros((batch, h), hs.dtype)
+        first = 1 if plug.fresh else 0
         for t in range(steps - 1, -1, -1):
             dh += D[t]
-            ht = hs[t + 1]
-            np.multiply(dh, 1.0 - ht * ht, out=da_x[t])
-            da_h[t] = site.backward(da_x[t], t)
-            dh = np.matmul(da_h[t], Wh)
+            da_x[t] = s_pre.backward(dh * der[t], t)
+            if t >= first:
+                da_h[t] = s_h.backward(da_x[t], t)
+                dh = np.matmul(da_h[t], Wh)
+                if s_h.reads_h:
+                    dh += s_h.backward_h(t)
+            else:
+                dh = np.zeros_like(dh)
         need = ctx.needs_input_grad
         grads = [
-            da_x if need[0] else None,
-            dh if need[1] else None,
-            np.matmul(da_h.reshape(-1, h).T, hs[:-1].reshape(-1, h)) if need[2] else None,
-            site.grads() if need[3] else None,
+            da_x if need[1] else None,
+            dh if need[2] else None,
+            np.matmul(da_h.reshape(-1, h).T, hs[:-1].reshape(-1, h)) if need[3] else None,
         ]
-        return (*(None if x is None else torch.from_numpy(np.ascontiguousarray(x))
-                  for x in grads), None)
+        return (None, *(None if g is None else torch.from_numpy(np.ascontiguousarray(g))
+                        for g in grads), *Plug.grads(sites, need[4:]))
+
+
+def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
+    """The sites of ``cell``'s window (h, pre), or ``None`` where a site is not one ``rows``
+    computes (``streaming``)."""
+    m = cell._modules
+    if m.get("nh") is None:
+        hsite = cosine_h(m.get("lh"), 0, cell.hidden_size)
+    else:
+        cls = rows_for(m.get("nh"), batch)
+        if cls is None:
+            return None
+        hsite = (cls, m.get("nh"))
+    pre = rows_for(m.get("npre"), batch)
+    return None if pre is None else Plug([hsite, (pre, m.get("npre"))], t0, fresh)
 
 
 def supports(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None) -> bool:
     """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``: the kernels are
-    on, the method is ``layer`` with the sites this kernel knows, everything float32 or float64
-    on the CPU."""
-    nh = cell._modules.get("nh")
-    return (cell.method.name == "layer" and type(nh) is LayerNormSite and nh.bias is None
-            and cell._modules.get("npre") is None and fits(cell, x, state))
+    on, every site has a ``rows`` class, everything float32 or float64 on the CPU."""
+    return fits(cell, x, state) and plug(cell, x.shape[1], 0, state is None) is not None
 
 
-def window(cell: Any, x: Tensor, h0: Tensor, t0: int = 0) -> Tensor:
-    """The outputs ``[T, B, H]`` of ``cell`` (an ``RNNCell`` that ``supports`` ``x``) over the
-    window ``x`` from ``h0``."""
-    return _RNNWindow.apply(cell.input_term(x, t0), h0, cell.lh.weight, cell.nh.weight,
-                            cell.nh.eps)
+def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0
+           ) -> tuple[Tensor, ...]:
+    """The hidden states ``([T, B, H],)`` of ``cell`` (an ``RNNCell`` that ``supports`` ``x``)
+    over the window ``x`` from ``state`` (``None``: zero)."""
+    p = plug(cell, x.shape[1], t0, state is None)
+    assert p is not None
+    h0 = state[0] if state is not None else cell.zero_state(x)[0]
+    return (_RNNWindow.apply(p, cell.input_term(x, t0), h0, cell.lh.weight, *p.tensors()),)

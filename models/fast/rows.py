@@ -1,16 +1,36 @@
-"""The per-step site math of the numpy recurrences (``gru_kernel``, ``rnn_kernel``): one class per
-method, each with ``forward(a, t)`` on the rows ``a [B, F]`` of step ``t``, ``backward(dy, t)``
-(steps taken last first) and ``grads()`` (the site's own parameter gradient over the window, or
-``None``), so that a kernel is written once per cell and a method plugs in as its sites. Each
-mirrors its torch definition in ``models.norms`` (``LayerRows``: ``LayerNormSite``)."""
+"""The per-step site math of the numpy recurrences (``gru_kernel``, ``rnn_kernel``,
+``lstm_window``): one class per method, so that a kernel is written once per cell and a method
+plugs in as its sites.
+
+A site class (a ``Rows``) works on the rows ``a [B, F]`` of one step ``t`` of the window:
+``forward(a, t)``; ``backward(dy, t)``, called for the steps last first, as autograd would;
+``grads()``, the gradients of the site's own tensors over the window, in the order of its
+``tensors(spec)``, which the kernel's ``autograd.Function`` takes as inputs. A site that keeps
+running statistics reads and writes them in place through numpy views of the module's buffers,
+in the order the generic path does. Each mirrors its torch definition in ``models.norms``
+(named in its docstring); ``tests/test_fastrecurrent.py`` holds each against it.
+
+``Plug`` carries the sites of one window into a kernel: which class serves which module, their
+tensors flattened for ``apply``, and the gradients back in the same order.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..norms.cosine import CosineLinear
+from ..norms.layer import LayerNormSite
+from ..norms.online import OnlineNormSite
+from ..norms.recurrent_batch import RecurrentBatchNormSite
 from .arrays import Arr
 
-__all__ = ["LayerRows", "PlainRows", "sigmoid_"]
+__all__ = ["BatchRows", "CosineRows", "LayerRows", "OnlineRows", "Plug", "Rows", "rows_for",
+           "sigmoid_"]
 
 
 def sigmoid_(a: Arr) -> Arr:
@@ -22,8 +42,30 @@ def sigmoid_(a: Arr) -> Arr:
     return a
 
 
-class PlainRows:
-    """An h site that does nothing (``none``, ``weight``)."""
+def _np(t: Tensor | None) -> Arr | None:
+    return None if t is None else t.detach().numpy()
+
+
+class Rows:
+    """A site that does nothing (``none``, ``weight``, a method without a site here); the base
+    of the others. ``reads_h``: the site reads the h rows its input came from (``CosineRows``)
+    and adds to their gradient (``backward_h``)."""
+
+    reads_h = False
+
+    def __init__(self, spec: Any, arrs: Sequence[Arr | None], steps: int, batch: int, t0: int,
+                 hs: Arr) -> None:
+        pass
+
+    @staticmethod
+    def tensors(spec: Any) -> list[Tensor | None]:
+        """The tensors the site computes with, whose gradients ``grads`` returns."""
+        return []
+
+    @staticmethod
+    def accepts(spec: Any, batch: int) -> bool:
+        """Whether this class computes what ``spec`` computes for a batch of ``batch``."""
+        return True
 
     def forward(self, a: Arr, t: int) -> Arr:
         return a
@@ -31,22 +73,39 @@ class PlainRows:
     def backward(self, dy: Arr, t: int) -> Arr:
         return dy
 
-    def grads(self) -> Arr | None:
+    def backward_h(self, t: int) -> Arr | None:
         return None
 
+    def grads(self) -> list[Arr | None]:
+        return []
 
-class LayerRows:
-    """``F.layer_norm(a, (F,), g, None, eps)`` per step on rows ``[B, F]``, and its backward::
+
+PlainRows = Rows
+
+
+class LayerRows(Rows):
+    """``LayerNormSite`` without a bias: ``F.layer_norm(a, (F,), g, None, eps)`` per step::
 
         x̂ = (a − mean a)·r,  r = 1/sqrt(var a + ε),  y = x̂ ⊙ g
         da = r·(dy⊙g − mean(dy⊙g) − x̂ ⊙ mean(dy⊙g⊙x̂)),  dg = Σ dy ⊙ x̂
     """
 
-    def __init__(self, g: Arr, eps: float, steps: int, batch: int) -> None:
-        self.g, self.eps = g, eps
-        self.xhat = np.empty((steps, batch, g.shape[0]), g.dtype)
-        self.r = np.empty((steps, batch, 1), g.dtype)
-        self.dy = np.empty_like(self.xhat)  # each step's dy, for dg over the window at the end
+    def __init__(self, spec: Any, arrs: Sequence[Arr | None], steps: int, batch: int, t0: int,
+                 hs: Arr) -> None:
+        g = arrs[0]
+        assert g is not None
+        self.g, self.eps = g, spec.eps
+        self.xhat = np.zeros((steps, batch, g.shape[0]), g.dtype)
+        self.r = np.zeros((steps, batch, 1), g.dtype)
+        self.dy = np.zeros_like(self.xhat)  # each step's dy, for dg over the window at the end
+
+    @staticmethod
+    def tensors(spec: Any) -> list[Tensor | None]:
+        return [spec.weight]
+
+    @staticmethod
+    def accepts(spec: Any, batch: int) -> bool:
+        return spec.bias is None
 
     def forward(self, a: Arr, t: int) -> Arr:
         xc = a - a.mean(-1, keepdims=True)
@@ -65,5 +124,242 @@ class LayerRows:
         m2 = np.einsum("bf,bf->b", dyg, xh)[:, None] * inv
         return (dyg - m1 - xh * m2) * self.r[t]
 
-    def grads(self) -> Arr | None:
-        return np.einsum("tbf,tbf->f", self.dy, self.xhat)
+    def grads(self) -> list[Arr | None]:
+        return [np.einsum("tbf,tbf->f", self.dy, self.xhat)]
+
+
+class BatchRows(Rows):
+    """``RecurrentBatchNormSite`` at batch size 1 in training, or any batch in eval
+    (``_bn.bn_step``): normalize with the running statistics of position ``k = min(t0 + t,
+    T_max − 1)``, then (training) move them by the EMA ``μ += m·δ; σ² = (1 − m)(σ² + m·δ²)``.
+    The statistics are constants of the step, so ``da = dy ⊙ g·r``."""
+
+    def __init__(self, spec: Any, arrs: Sequence[Arr | None], steps: int, batch: int, t0: int,
+                 hs: Arr) -> None:
+        self.g, self.b = arrs[0], arrs[1]
+        assert self.g is not None
+        self.mod, self.t0, self.train = spec, t0, spec.training
+        self.mean, self.var = _np(spec.running_mean), _np(spec.running_var)
+        self.xhat = np.zeros((steps, batch, self.g.shape[0]), self.g.dtype)
+        self.r = np.zeros((steps, self.g.shape[0]), self.g.dtype)
+        self.dy = np.zeros_like(self.xhat)
+
+    @staticmethod
+    def tensors(spec: Any) -> list[Tensor | None]:
+        return [spec.weight, spec.bias]
+
+    @staticmethod
+    def accepts(spec: Any, batch: int) -> bool:
+        return (batch == 1 or not spec.training) and spec.running_mean.dtype == spec.weight.dtype
+
+    def forward(self, a: Arr, t: int) -> Arr:
+        k, m = min(self.t0 + t, self.mod.t_max - 1), self.mod.momentum
+        mean, var, r = self.mean[k], self.var[k], self.r[t]
+        np.reciprocal(np.sqrt(var + self.mod.eps), out=r)
+        np.multiply(a - mean, r, out=self.xhat[t])
+        y = self.xhat[t] * self.g
+        if self.b is not None:
+            y += self.b
+        if self.train:
+            delta = a[0] - mean
+            mean += m * delta
+            var += m * delta * delta
+            var *= 1.0 - m
+        return y
+
+    def backward(self, dy: Arr, t: int) -> Arr:
+        self.dy[t] = dy
+        return dy * (self.g * self.r[t])
+
+    def grads(self) -> list[Arr | None]:
+        return [np.einsum("tbf,tbf->f", self.dy, self.xhat),
+                None if self.b is None else self.dy.sum((0, 1))]
+
+
+class OnlineRows(Rows):
+    """``OnlineNormSite`` (``OnlineNormFn``, then the affine, then layer scaling or clamping)::
+
+        y = (a − μ)·s,  s = 1/sqrt(σ² + ε)
+        σ² ← α σ² + (1 − α) var_b + α(1 − α) δ²,  μ ← μ + (1 − α) δ   (α = α_f, δ = mean_b a − μ)
+        z = y ⊙ w + b;  out = z / sqrt(mean_group(z²) + ε)  (or clamp(z, ±c))
+
+    backward: ``dz = rs·dout − z·rs³·mean_group(dout ⊙ z)`` (or the clamp's mask), ``gy = dz ⊙ w``
+    and the backward control ``x̃' = gy − (1 − α_b) v y; a' = x̃' s − (1 − α_b) u`` with ``u``, ``v``
+    updated per call (nothing with ``α_b = 1``)."""
+
+    def __init__(self, spec: Any, arrs: Sequence[Arr | None], steps: int, batch: int, t0: int,
+                 hs: Arr) -> None:
+        self.w, self.b = arrs[0], arrs[1]
+        assert self.w is not None and self.b is not None
+        self.mod, self.train = spec, spec.training
+        self.mean, self.var, self.u, self.v = (_np(spec._buffers[k]) for k in ("mean", "var", "u",
+                                                                                 "v"))
+        f, dt = self.w.shape[0], self.w.dtype
+        self.groups = spec.groups
+        self.y, self.z, self.dz = (np.zeros((steps, batch, f), dt) for _ in range(3))
+        self.s = np.zeros((steps, f), dt)
+        self.rs = np.zeros((steps, batch, spec.groups, 1), dt)
+
+    @staticmethod
+    def tensors(spec: Any) -> list[Tensor | None]:
+        return [spec.weight, spec.bias]
+
+    @staticmethod
+    def accepts(spec: Any, batch: int) -> bool:
+        return spec.mean.dtype == spec.weight.dtype
+
+    def _grouped(self, a: Arr) -> Arr:
+        return a.reshape(a.shape[0], self.groups, -1)
+
+    def forward(self, a: Arr, t: int) -> Arr:
+        mod, s, y, z = self.mod, self.s[t], self.y[t], self.z[t]
+        np.reciprocal(np.sqrt(self.var + mod.eps), out=s)
+        np.multiply(a - self.mean, s, out=y)
+        if self.train:
+            af = mod.alpha_f
+            xbar = a.mean(0)
+            delta = xbar - self.mean
+            self.var *= af
+            self.var += af * (1 - af) * delta * delta
+            if a.shape[0] > 1:
+                self.var += (1 - af) * a.var(0)
+            self.mean += (1 - af) * delta
+        np.multiply(y, self.w, out=z)
+        z += self.b
+        if mod.clamp is not None:
+            return np.clip(z, -mod.clamp, mod.clamp)
+        if not mod.layer_scaling:
+            return z.copy()
+        zg = self._grouped(z)
+        rs = self.rs[t]
+        np.reciprocal(np.sqrt((zg * zg).mean(-1, keepdims=True) + mod.eps), out=rs)
+        return (zg * rs).reshape(z.shape)
+
+    def backward(self, dy: Arr, t: int) -> Arr:
+        mod, z, dz = self.mod, self.z[t], self.dz[t]
+        if mod.clamp is not None:
+            np.multiply(dy, np.abs(z) <= mod.clamp, out=dz)
+        elif mod.layer_scaling:
+            zg, rs, dg = self._grouped(z), self.rs[t], self._grouped(dy)
+            dzg = dg * rs - zg * (rs * rs * rs) * (dg * zg).mean(-1, keepdims=True)
+            dz[...] = dzg.reshape(dz.shape)
+        else:
+            dz[...] = dy
+        gy = dz * self.w
+        ab = 1.0 - mod.alpha_b
+        if ab == 0.0 or not self.train:
+            return gy * self.s[t]
+        y = self.y[t]
+        gxt = gy - ab * self.v * y
+        gx = gxt * self.s[t] - ab * self.u
+        if mod.update_controls:
+            self.v += (gxt * y).mean(0)
+            self.u += gx.mean(0)
+        return gx
+
+    def grads(self) -> list[Arr | None]:
+        return [np.einsum("tbf,tbf->f", self.dz, self.y), self.dz.sum((0, 1))]
+
+
+class CosineRows(Rows):
+    """The ``h`` term of a ``CosineLinear`` (``gain ⊙ W h / (‖h‖·‖w_j‖ + ε)``) on the rows
+    ``W h`` the kernel computed, for the units ``spec = (linear, lo, hi)``. Its tensors are the
+    gains and the row norms ``‖w_j‖`` (computed by torch, so their gradient reaches ``W``)::
+
+        y = g ⊙ a / d,  d = q·n + ε,  q = ‖h‖
+        da = dy ⊙ g/d,  dg = Σ dy ⊙ a/d,  dn = −Σ q·dy ⊙ g ⊙ a/d²,  dh += (−Σ_j dy g a n/d²)·h/q
+    """
+
+    reads_h = True
+
+    def __init__(self, spec: Any, arrs: Sequence[Arr | None], steps: int, batch: int, t0: int,
+                 hs: Arr) -> None:
+        self.g, self.n = arrs
+        assert self.g is not None and self.n is not None
+        self.eps, self.hs = spec[0].eps, hs
+        f, dt = self.g.shape[0], self.g.dtype
+        self.a, self.dy = np.zeros((2, steps, batch, f), dt)
+        self.d = np.ones((steps, batch, f), dt)  # a step not run (no h term) adds 0 · 0/1
+        self.q = np.zeros((steps, batch, 1), dt)
+
+    @staticmethod
+    def tensors(spec: Any) -> list[Tensor | None]:
+        lin, lo, hi = spec
+        return [lin.gain[lo:hi], torch.linalg.vector_norm(lin.weight[lo:hi], dim=1)]
+
+    def forward(self, a: Arr, t: int) -> Arr:
+        h, q, d = self.hs[t], self.q[t], self.d[t]
+        np.sqrt(np.einsum("bh,bh->b", h, h)[:, None], out=q)
+        np.multiply(q, self.n, out=d)
+        d += self.eps
+        self.a[t] = a
+        return self.g * a / d
+
+    def backward(self, dy: Arr, t: int) -> Arr:
+        self.dy[t] = dy
+        return dy * self.g / self.d[t]
+
+    def backward_h(self, t: int) -> Arr | None:
+        q = self.q[t]
+        dd = self.dy[t] * self.g * self.a[t] / (self.d[t] * self.d[t])  # −∂/∂d
+        dq = -(dd * self.n).sum(-1, keepdims=True)
+        safe = np.where(q > 0, q, 1.0)
+        return np.where(q > 0, dq / safe, 0.0) * self.hs[t]
+
+    def grads(self) -> list[Arr | None]:
+        dg = np.einsum("tbf,tbf->f", self.dy, self.a / self.d)
+        dd = self.dy * self.g * self.a / (self.d * self.d)
+        return [dg, -np.einsum("tbf,tbf->f", dd, np.broadcast_to(self.q, dd.shape))]
+
+
+_BY_SITE: dict[type, type[Rows]] = {LayerNormSite: LayerRows, RecurrentBatchNormSite: BatchRows,
+                                    OnlineNormSite: OnlineRows}
+
+
+def rows_for(mod: Any, batch: int) -> type[Rows] | None:
+    """The class that runs the site module ``mod`` (``None``: the identity) for a batch of
+    ``batch``, or ``None`` where no class here computes what it computes."""
+    if mod is None:
+        return Rows
+    cls = _BY_SITE.get(type(mod))
+    return cls if cls is not None and cls.accepts(mod, batch) else None
+
+
+def cosine_h(lin: Any, lo: int, hi: int) -> tuple[type[Rows], Any]:
+    """The h-term site of a ``CosineLinear`` for its units ``[lo, hi)``; ``(Rows, None)`` for
+    any other linear map (a matmul with its weight, which the kernel does)."""
+    return (CosineRows, (lin, lo, hi)) if isinstance(lin, CosineLinear) else (Rows, None)
+
+
+class Plug:
+    """The sites of one window: ``(class, spec)`` pairs, their tensors flattened for a kernel
+    ``Function``'s ``apply`` and the gradients handed back in that order. ``t0``: the window's
+    position in its sequence; ``fresh``: a ``None`` start state (the first step has no h term,
+    and its h sites are not called, as on the generic path)."""
+
+    def __init__(self, sites: Sequence[tuple[type[Rows], Any]], t0: int, fresh: bool) -> None:
+        self.sites, self.t0, self.fresh = list(sites), t0, fresh
+        self.flat: list[list[Tensor | None]] = []
+
+    def tensors(self) -> list[Tensor | None]:
+        """The sites' tensors, in order (computed here: a cosine site's row norms)."""
+        self.flat = [cls.tensors(spec) for cls, spec in self.sites]
+        return [t for ts in self.flat for t in ts]
+
+    def build(self, tensors: Sequence[Tensor | None], steps: int, batch: int, hs: Arr
+              ) -> list[Rows]:
+        """The site objects of a window of ``steps`` × ``batch``; ``hs[t]``: the h rows of
+        step ``t``'s h term."""
+        out, i = [], 0
+        for (cls, spec), ts in zip(self.sites, self.flat, strict=True):
+            arrs = [_np(t) for t in tensors[i:i + len(ts)]]
+            out.append(cls(spec, arrs, steps, batch, self.t0, hs))
+            i += len(ts)
+        return out
+
+    @staticmethod
+    def grads(sites: Sequence[Rows], needs: Sequence[bool]) -> list[Tensor | None]:
+        """Each site's tensor gradients, ``None`` where not needed."""
+        flat = [g for s in sites for g in s.grads()]
+        return [None if g is None or not n else torch.from_numpy(np.ascontiguousarray(g))
+                for g, n in zip(flat, needs, strict=True)]
