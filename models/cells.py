@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import norms
-from .fast import gru_kernel, lstm_kernel, lstm_window, rnn_kernel
+from .fast import gru_kernel, lstm_kernel, lstm_window, rnn_kernel, xsite
 from .norms import NormMethod, NormParams
 
 __all__ = ["CELLS", "GRUCell", "LSTMCell", "RNNCell", "RecurrentCell", "RecurrentStack",
@@ -116,7 +116,7 @@ class RecurrentCell(nn.Module):
         """``N_x(L_x x) + b`` for a whole window ``[T, B, I]`` at once."""
         ax = self.lx(x)
         if self.nx is not None:
-            ax = self.nx.forward_seq(ax, t0)
+            ax = xsite.forward_seq(self.nx, ax, t0)
         return ax + self.bias
 
     def _summed(self, gx: Tensor, state: State | None, t: int) -> Tensor:
@@ -277,9 +277,9 @@ class GRUCell(RecurrentCell):
             return ax + self.bias
         rz, n = ax[..., :2 * h], ax[..., 2 * h:]
         if self.nx_rz is not None:
-            rz = self.nx_rz.forward_seq(rz, t0)
+            rz = xsite.forward_seq(self.nx_rz, rz, t0)
         if self.nx_n is not None:
-            n = self.nx_n.forward_seq(n, t0)
+            n = xsite.forward_seq(self.nx_n, n, t0)
         return torch.cat([rz, n], -1) + self.bias
 
     def step(self, gx: Tensor, state: State | None, t: int) -> State:

@@ -24,10 +24,12 @@ from models.fast import gru_kernel, lstm_window, rnn_kernel, switch
 _SITES = ["batch_rnn", "recurrent_batch", "online", "cosine"]
 ONLINE_CONTROL = {"method": "online", "alpha_b": 0.99}  # the backward control on
 ONLINE_CLAMP = {"method": "online", "layer_scaling": False, "clamp": 1.0}
+SAMPLE = {"method": "streaming", "preset": "sample"}  # per-sample statistics, streamed
 # (cell, method) that run a numpy kernel (``recurrent_batch``: at batch size 1 in training)
 CASES: list[tuple[str, Any]] = [
     *((kind, m) for kind in ("gru", "rnn")
-      for m in ("none", "weight", "layer", *_SITES, ONLINE_CONTROL, ONLINE_CLAMP)),
+      for m in ("none", "weight", "layer", "streaming", SAMPLE, *_SITES, ONLINE_CONTROL,
+                ONLINE_CLAMP)),
     *(("lstm", m) for m in (*_SITES, ONLINE_CONTROL, ONLINE_CLAMP))]
 KERNELS = {"gru": gru_kernel, "rnn": rnn_kernel, "lstm": lstm_window}
 
@@ -119,6 +121,11 @@ def _cell(kind: str, method: Any, dtype: torch.dtype, seed: int = 0) -> Recurren
                 b.uniform_(-0.3, 0.3)
             elif name.rsplit(".", 1)[-1] in ("running_var", "var"):
                 b.uniform_(0.5, 1.5)
+            elif name.endswith("memory"):  # Streaming Norm's L, S, GL, GS: (mean, 2nd moment
+                b[:, 0].uniform_(-0.3, 0.3)  # or deviation), a variance well above ε
+                b[:, 1] = b[:, 0] ** 2 + torch.rand_like(b[:, 1]) + 0.5
+            elif name.endswith("counters"):  # n, m, steps, folded_at, l_init, gl_init:
+                b.copy_(torch.tensor([3, 2, 1, 0, 1, 1]))  # a step since the last fold
     return cell
 
 
@@ -160,7 +167,8 @@ def test_kernel_equals_the_per_step_cell(kind: str, method: Any, steps: int) -> 
 
 @pytest.mark.parametrize(("kind", "method"), CASES, ids=_id)
 def test_eval_mode_equals_the_path_it_replaces(kind: str, method: Any) -> None:
-    """In eval the sites normalize with their statistics and change no buffer (any batch)."""
+    """In eval the sites normalize with their statistics and change no buffer (any batch;
+    Streaming Norm in eval runs the generic path)."""
     cell = _cell(kind, method, torch.float64).eval()
     x, h0 = torch.randn(6, 3, 5, dtype=torch.float64), _state(kind, 3, torch.float64)
     _both(cell, lambda c, fast: _run(c, x, h0, fast))
@@ -214,11 +222,11 @@ def test_gradcheck_in_float64(kind: str, method: str) -> None:
     assert torch.autograd.gradcheck(fn, args)
 
 
-@pytest.mark.parametrize("method", ["streaming"])
-def test_other_methods_dtypes_and_the_switch_take_the_generic_path(method: str) -> None:
+def test_other_methods_dtypes_and_the_switch_take_the_generic_path() -> None:
     x = torch.randn(3, 1, 5)
-    for kind, kernel in KERNELS.items():
-        assert not kernel.supports(_cell(kind, method, torch.float32), x)
+    for kind, kernel in KERNELS.items():  # Streaming Norm in eval
+        assert not kernel.supports(_cell(kind, "streaming", torch.float32).eval(), x)
+    assert not lstm_window.supports(_cell("lstm", "streaming", torch.float32), x)  # lstm_kernel's
     assert not lstm_window.supports(_cell("lstm", "none", torch.float32), x)  # torch.lstm's
     assert not lstm_window.supports(_cell("lstm", "layer", torch.float32), x)  # lstm_kernel's
     rbn = _cell("gru", "recurrent_batch", torch.float32)

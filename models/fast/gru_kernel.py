@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .arrays import Arr
-from .rows import Plug, cosine_h, rows_for, sigmoid_
+from .rows import Plug, begin_backward, cosine_h, rows_for, sigmoid_
 from .switch import fits
 
 __all__ = ["plug", "supports", "window"]
@@ -72,6 +72,8 @@ class _GRUWindow(torch.autograd.Function):
             np.subtract(hs[t], n[t], out=hs[t + 1])  # h' = n + z ⊙ (h − n)
             hs[t + 1] *= rz[t, :, h:]
             hs[t + 1] += n[t]
+        for s in sites:
+            s.end_forward()
         ctx.saved = (plug, Wh, hs, rz, n, ghn, sites)
         ctx.save_for_backward(w_hh, *tensors)  # an in-place change before backward raises
         return torch.from_numpy(hs[1:].copy())
@@ -103,6 +105,8 @@ class _GRUWindow(torch.autograd.Function):
         dghn = np.empty((steps, batch, h), n.dtype)
         dh = np.zeros((batch, h), n.dtype)
         first = 1 if plug.fresh else 0
+        need = ctx.needs_input_grad
+        begin_backward(sites, steps, need[3] or need[2])
         for t in range(steps - 1, -1, -1):
             dh += D[t]
             ax = da_x[t]
@@ -119,7 +123,8 @@ class _GRUWindow(torch.autograd.Function):
                 for s in (s_hrz, s_hn):
                     if s.reads_h:
                         dh += s.backward_h(t)
-        need = ctx.needs_input_grad
+        for s in sites:
+            s.end_backward()
         grads: list[Arr | None] = [
             da_x if need[1] else None,
             dh if need[2] else None,

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .rows import Plug, cosine_h, rows_for, sigmoid_
+from .rows import Plug, begin_backward, cosine_h, rows_for, sigmoid_
 from .switch import fits
 
 __all__ = ["plug", "supports", "window"]
@@ -65,6 +65,8 @@ class _LSTMWindow(torch.autograd.Function):
                 c += g[:, h:2 * h] * cs[t]
             np.tanh(s_c.forward(c, t), out=tc[t])
             np.multiply(g[:, 3 * h:], tc[t], out=hs[t + 1])
+        for s in sites:
+            s.end_forward()
         if plug.fresh:
             cs[0] = 0.0  # the first step had no f ⊙ c: its gradient is zero
         ctx.saved = (plug, Wh, hs, cs, gates, tc, sites)
@@ -95,6 +97,8 @@ class _LSTMWindow(torch.autograd.Function):
         dh = np.zeros((batch, h), tc.dtype)
         dc = np.zeros((batch, h), tc.dtype)
         first = 1 if plug.fresh else 0
+        need = ctx.needs_input_grad
+        begin_backward(sites, steps, need[4] or need[2])
         for t in range(steps - 1, -1, -1):
             if D is not None:
                 dh += D[t]
@@ -114,7 +118,8 @@ class _LSTMWindow(torch.autograd.Function):
                     dh += s_h.backward_h(t)
             else:
                 dh = np.zeros_like(dh)
-        need = ctx.needs_input_grad
+        for s in sites:
+            s.end_backward()
         grads = [
             da_x if need[1] else None,
             dh if need[2] else None,
@@ -128,7 +133,7 @@ class _LSTMWindow(torch.autograd.Function):
 def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
     """The sites of ``cell``'s window (h, pre, c), or ``None`` where the method runs elsewhere
     (``none``/``weight``: ``torch.lstm``) or a site is not one ``rows`` computes."""
-    if cell.fused:
+    if cell.fused or cell.method.name in ("layer", "streaming"):  # lstm_kernel's
         return None
     m = cell._modules
     if m.get("nh") is None:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .rows import Plug, cosine_h, rows_for
+from .rows import Plug, begin_backward, cosine_h, rows_for
 from .switch import fits
 
 __all__ = ["plug", "supports", "window"]
@@ -44,6 +44,8 @@ class _RNNWindow(torch.autograd.Function):
             if t or not plug.fresh:  # a None state: no h term at the first step
                 a = a + s_h.forward(np.matmul(hs[t], WhT), t)
             np.tanh(s_pre.forward(a, t), out=hs[t + 1])
+        for s in sites:
+            s.end_forward()
         ctx.saved = (plug, Wh, hs, sites)
         ctx.save_for_backward(w_hh, *tensors)  # an in-place change before backward raises
         return torch.from_numpy(hs[1:].copy())
@@ -61,6 +63,8 @@ class _RNNWindow(torch.autograd.Function):
         da_h = np.zeros((steps, batch, h), hs.dtype)  # ∂/∂ (W_hh h) per step
         dh = np.zeros((batch, h), hs.dtype)
         first = 1 if plug.fresh else 0
+        need = ctx.needs_input_grad
+        begin_backward(sites, steps, need[3] or need[2])
         for t in range(steps - 1, -1, -1):
             dh += D[t]
             da_x[t] = s_pre.backward(dh * der[t], t)
@@ -71,7 +75,8 @@ class _RNNWindow(torch.autograd.Function):
                     dh += s_h.backward_h(t)
             else:
                 dh = np.zeros_like(dh)
-        need = ctx.needs_input_grad
+        for s in sites:
+            s.end_backward()
         grads = [
             da_x if need[1] else None,
             dh if need[2] else None,

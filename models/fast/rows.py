@@ -27,10 +27,12 @@ from ..norms.cosine import CosineLinear
 from ..norms.layer import LayerNormSite
 from ..norms.online import OnlineNormSite
 from ..norms.recurrent_batch import RecurrentBatchNormSite
+from ..norms.streaming import StreamingSite
 from .arrays import Arr
+from .sites import RowSite, WindowSite
 
-__all__ = ["BatchRows", "CosineRows", "LayerRows", "OnlineRows", "Plug", "Rows", "rows_for",
-           "sigmoid_"]
+__all__ = ["BatchRows", "CosineRows", "LayerRows", "OnlineRows", "Plug", "Rows", "StreamingRows",
+           "begin_backward", "rows_for", "sigmoid_"]
 
 
 def sigmoid_(a: Arr) -> Arr:
@@ -75,6 +77,16 @@ class Rows:
 
     def backward_h(self, t: int) -> Arr | None:
         return None
+
+    def end_forward(self) -> None:
+        """After the window's forward: write back what the forward kept aside."""
+
+    def begin_backward(self, routed: Sequence[bool]) -> None:
+        """Before the first ``backward``: ``routed[t]`` says whether autograd would reach step
+        ``t``'s call of this site (a call whose input needs no gradient has no node)."""
+
+    def end_backward(self) -> None:
+        """After the last ``backward``: write back what the backward kept aside."""
 
     def grads(self) -> list[Arr | None]:
         return []
@@ -312,8 +324,64 @@ class CosineRows(Rows):
         return [dg, -np.einsum("tbf,tbf->f", dd, np.broadcast_to(self.q, dd.shape))]
 
 
+class StreamingRows(Rows):
+    """``StreamingSite`` in training, one call per step, through the workers of the LSTM kernel
+    (``models.fast.sites``): ``RowSite`` at batch size 1 with per-unit raw moments (the default
+    ``online`` preset), ``WindowSite`` otherwise. Fold, ``S``/``n`` in the forward and
+    ``GS``/``m`` in the backward move as on the generic path; ``begin_backward``'s ``routed``
+    keeps a call autograd would not reach from routing a statistic gradient."""
+
+    def __init__(self, spec: Any, arrs: Sequence[Arr | None], steps: int, batch: int, t0: int,
+                 hs: Arr) -> None:
+        w, b = arrs
+        assert w is not None
+        self.row = batch == 1 and (spec.axes, spec.stats) == ("unit", "moments")
+        if self.row:
+            self.site: WindowSite = RowSite(spec, steps, w.dtype).reset(w, b)
+            self.dys = np.zeros((steps, w.shape[0]), w.dtype)
+        else:
+            self.site = WindowSite(spec, w, b)
+        self.called: list[int] = []  # the steps that called the site, in order
+
+    @staticmethod
+    def tensors(spec: Any) -> list[Tensor | None]:
+        return [spec.weight, spec.bias]
+
+    @staticmethod
+    def accepts(spec: Any, batch: int) -> bool:
+        return spec.training and spec.memory.dtype == spec.weight.dtype
+
+    def forward(self, a: Arr, t: int) -> Arr:
+        self.called.append(t)
+        return self.site.step(a[0])[None] if self.row else self.site.step(a)
+
+    def end_forward(self) -> None:
+        self.site.sync_forward()
+
+    def begin_backward(self, routed: Sequence[bool]) -> None:
+        self.route = [bool(routed[t]) for t in self.called]
+        if self.row:
+            self.site.begin(self.dys[:len(self.called)], self.route)
+        else:
+            self.site.begin_backward()
+        self.k = len(self.called)
+
+    def backward(self, dy: Arr, t: int) -> Arr:
+        self.k -= 1
+        if self.row:
+            self.dys[self.k] = dy[0]
+            return self.site.step_back(self.dys[self.k], self.route[self.k])[None]
+        return self.site.step_back(dy, self.route[self.k])
+
+    def end_backward(self) -> None:
+        self.site.end_backward()
+
+    def grads(self) -> list[Arr | None]:
+        return list(self.site.grads())
+
+
 _BY_SITE: dict[type, type[Rows]] = {LayerNormSite: LayerRows, RecurrentBatchNormSite: BatchRows,
-                                    OnlineNormSite: OnlineRows}
+                                    OnlineNormSite: OnlineRows, StreamingSite: StreamingRows}
 
 
 def rows_for(mod: Any, batch: int) -> type[Rows] | None:
@@ -329,6 +397,15 @@ def cosine_h(lin: Any, lo: int, hi: int) -> tuple[type[Rows], Any]:
     """The h-term site of a ``CosineLinear`` for its units ``[lo, hi)``; ``(Rows, None)`` for
     any other linear map (a matmul with its weight, which the kernel does)."""
     return (CosineRows, (lin, lo, hi)) if isinstance(lin, CosineLinear) else (Rows, None)
+
+
+def begin_backward(sites: Sequence[Rows], steps: int, first_h: bool) -> None:
+    """Start every site's backward. An h site's call is reached at every step after the first
+    (its input depends on the window's inputs) and at the first if ``W_h`` or ``h0`` needs a
+    gradient (``first_h``)."""
+    routed = [first_h, *[True] * (steps - 1)]
+    for s in sites:
+        s.begin_backward(routed)
 
 
 class Plug:
