@@ -306,10 +306,14 @@ def test_capture_mid_window_equals_the_generic_path(kind: str, method: Any) -> N
 
 
 @pytest.mark.parametrize(("kind", "method"), CASES, ids=_id)
-def test_frozen_weights_and_a_second_backward(kind: str, method: Any) -> None:
-    """``W_h`` frozen: no gradient for it, the others as without the kernel; a second backward
-    through the same graph (``retain_graph``) gives the same gradients again."""
+@pytest.mark.parametrize("start", ["zero", "state"])
+def test_frozen_weights_and_a_second_backward(kind: str, method: Any, start: str) -> None:
+    """``W_h`` frozen: no gradient for it, the others and every buffer as without the kernel
+    (from a state that needs no gradient, the first step's h term has no node: Streaming Norm
+    routes nothing there); a second backward through the same graph (``retain_graph``) gives
+    the same gradients again."""
     cell = _cell(kind, method, torch.float64)
+    h0 = _state(kind, 1, torch.float64) if start == "state" else None
     name = "lh.parametrizations.weight.original1" if method == "weight" else "lh.weight"
     dict(cell.named_parameters())[name].requires_grad_(False)
     x = torch.randn(5, 1, 5, dtype=torch.float64)
@@ -317,7 +321,7 @@ def test_frozen_weights_and_a_second_backward(kind: str, method: Any) -> None:
     for fast in (True, False):
         c = copy.deepcopy(cell)
         with contextlib.nullcontext() if fast else switch.disabled():
-            out, _ = c.forward_seq(x)
+            out, _ = c.forward_seq(x, h0)
         out.pow(2).sum().backward(retain_graph=True)
         first = [_grad(p) for p in c.parameters()]
         c.zero_grad()
@@ -326,7 +330,7 @@ def test_frozen_weights_and_a_second_backward(kind: str, method: Any) -> None:
         for a, b in zip(first, second, strict=True):
             assert control or torch.equal(a, b)
         assert dict(c.named_parameters())[name].grad is None
-        grads.append(first + second)
+        grads.append([*first, *second, *(b.clone() for b in c.buffers())])
     for a, b in zip(*grads, strict=True):
         _close(a, b)
 
