@@ -13,14 +13,17 @@ window 16, Adam:
 Every contender gets a fresh model per round, learns ``--warmup`` events untimed, then the timed
 ``--events``; rounds rotate the order of the contenders so load on the machine hits all alike.
 Rates are medians over ``--repeats`` rounds; a ratio is the median of the per-round ratios.
-Targets (issue 3): ``none`` ≥ 1.2× deep-river; ``layer`` and ``streaming`` ≥ 0.6× deep-river;
-``to_bytes`` + ``from_bytes`` < 0.5 ms (median over ``--roundtrips``).
+With ``--cells``, every method runs on each cell (GRU and RNN of the same hidden size, window and
+head). Targets: LSTM ``none`` ≥ 1.2× deep-river (issue 3); LSTM ``layer`` and ``streaming`` ≥
+1.0× deep-river (issue 15; was 0.6×); every method ≥ 0.5× the ``none`` learner of its cell (issue
+15); ``to_bytes`` + ``from_bytes`` < 0.5 ms (median over ``--roundtrips``).
 
 Install the comparison's dependencies once with ``bash bench/setup.sh``, then::
 
     .venv/bin/python bench/learner.py                  # ~1 min
     .venv/bin/python bench/learner.py --quick          # ~15 s
     .venv/bin/python bench/learner.py --all-methods --profile
+    .venv/bin/python bench/learner.py --all-methods --cells lstm gru rnn --repeats 3  # ~10 min
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ import models
 from models import ModelSpec, OnlineLearner
 
 HIDDEN, WINDOW = 64, 16
-TARGETS = {"none": 1.2, "layer": 0.6, "streaming": 0.6}
+TARGETS = {"lstm none": 1.2, "lstm layer": 1.0, "lstm streaming": 1.0}  # × deep-river
+OF_NONE = 0.5  # every method × the none learner of its cell
 ROUNDTRIP_MS = 0.5
 DR, DR_LEARN = "deep-river", "deep-river learn_one only"
 Event = tuple[dict[str, float], float]
@@ -116,17 +120,18 @@ def trump_stream(n: int) -> list[Event]:
     return [std[i % len(std)] for i in range(n)]
 
 
-def streamnorm_spec(norm: str, features: list[str], lr: float) -> ModelSpec:
-    """The streamnorm model under test."""
-    return ModelSpec(name="bench", task="regression", features=tuple(features), cell="lstm",
+def streamnorm_spec(contender: str, features: list[str], lr: float) -> ModelSpec:
+    """The streamnorm model under test: ``contender`` is ``"<cell> <method>"``."""
+    cell, norm = contender.split()
+    return ModelSpec(name="bench", task="regression", features=tuple(features), cell=cell,
                      hidden_size=HIDDEN, window=WINDOW, norm=norm, seed=0,
                      optimizer={"name": "adam", "lr": lr})
 
 
-def run_streamnorm(norm: str, events: list[Event], warmup: int, lr: float
+def run_streamnorm(contender: str, events: list[Event], warmup: int, lr: float
                    ) -> tuple[float, float, OnlineLearner]:
     """Events per second and prequential MAE over the timed events; the learner afterwards."""
-    learner = OnlineLearner(streamnorm_spec(norm, list(events[0][0]), lr))
+    learner = OnlineLearner(streamnorm_spec(contender, list(events[0][0]), lr))
     learn = learner.learn_one
     for x, y in events[:warmup]:
         learn(x, y, stream="s")
@@ -224,6 +229,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=None, choices=list(models.NORMS),
                    help="streamnorm methods (default: none layer streaming)")
     p.add_argument("--all-methods", action="store_true", help="every method in models.NORMS")
+    p.add_argument("--cells", nargs="+", default=["lstm"], choices=["lstm", "gru", "rnn"],
+                   help="cells to run every method on (default lstm; deep-river's is an LSTM)")
     p.add_argument("--no-learn-only", action="store_true",
                    help="skip the informational deep-river learn_one-only row")
     p.add_argument("--profile", action="store_true", help="cProfile from_bytes and print it")
@@ -239,6 +246,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.methods = list(models.NORMS)
     args.methods = args.methods or ["none", "layer", "streaming"]
     args.methods.sort(key=lambda m: (m != "none", m != "layer", m != "streaming", m))
+    if len(args.cells) > 1 and "none" not in args.methods:
+        args.methods.insert(0, "none")  # the baseline of each cell
+    args.runs = [f"{c} {m}" for c in args.cells for m in args.methods]
     return args
 
 
@@ -249,11 +259,11 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
     n = args.warmup + args.events
     events = trump_stream(n) if args.stream == "trump" else synthetic_stream(n)
     emit(f"# bench/learner.py — torch {torch.__version__}, Python {platform.python_version()}, "
-         f"{os.cpu_count()} CPUs, 1 torch thread; LSTM hidden {HIDDEN}, window {WINDOW}, Adam "
+         f"{os.cpu_count()} CPUs, 1 torch thread; hidden {HIDDEN}, window {WINDOW}, Adam "
          f"lr {args.lr:g}; {args.stream} stream, {len(events[0][0])} features; {args.events} "
          f"timed events after {args.warmup}, {args.repeats} rounds")
     wall = time.perf_counter()
-    contenders = [*args.methods, DR] + ([] if args.no_learn_only else [DR_LEARN])
+    contenders = [*args.runs, DR] + ([] if args.no_learn_only else [DR_LEARN])
     rates: dict[str, list[float]] = {c: [] for c in contenders}
     maes: dict[str, list[float]] = {c: [] for c in contenders}
     learners: dict[str, OnlineLearner] = {}
@@ -270,26 +280,39 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
             maes[c].append(mae)
     emit("\n## Prequential events per second (median, min–max over rounds)\n")
     emit("| contender | events/s | × deep-river (median of per-round ratios) | target | "
-         "prequential MAE | result |")
-    emit("|---|---:|---:|---:|---:|---|")
+         "× `none` of its cell | prequential MAE | result |")
+    emit("|---|---:|---:|---:|---:|---:|---|")
     verdicts: list[str] = []
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+
     for c in contenders:
-        ratio = statistics.median(a / b for a, b in zip(rates[c], rates[DR], strict=True))
-        target = TARGETS.get(c) if c not in (DR, DR_LEARN) else None
-        verdict = "–" if target is None else ("PASS" if ratio >= target else "FAIL")
+        of_dr = ratio(c, DR)
+        target = TARGETS.get(c)
+        ok = target is None or of_dr >= target
         if target is not None:
-            verdicts.append(f"- `{c}` ≥ {target}× deep-river: {ratio:.2f}× → {verdict}")
+            verdicts.append(f"- `{c}` ≥ {target}× deep-river: {of_dr:.2f}× → "
+                            f"{'PASS' if ok else 'FAIL'}")
+        base = f"{c.split()[0]} none" if c not in (DR, DR_LEARN) else None
+        of_none = ratio(c, base) if base in rates and base != c else None
+        if of_none is not None:
+            ok = ok and of_none >= OF_NONE
+            verdicts.append(f"- `{c}` ≥ {OF_NONE}× `{base}`: {of_none:.2f}× → "
+                            f"{'PASS' if of_none >= OF_NONE else 'FAIL'}")
+        verdict = "–" if target is None and of_none is None else ("PASS" if ok else "FAIL")
         name = f"streamnorm `{c}`" if c not in (DR, DR_LEARN) else c
         mae = statistics.median(maes[c])
-        emit(f"| {name} | {fmt_rate(rates[c])} | {ratio:.2f} | "
+        emit(f"| {name} | {fmt_rate(rates[c])} | {of_dr:.2f} | "
              f"{'–' if target is None else f'≥ {target}'} | "
+             f"{'–' if of_none is None else f'{of_none:.2f}'} | "
              f"{'–' if math.isnan(mae) else f'{mae:.3f}'} | {verdict} |")
     emit("\n## to_bytes + from_bytes (model + Adam state + one stream context; median of "
          f"{args.roundtrips})\n")
     emit("| method | state KB | to_bytes ms | from_bytes ms | together ms | target | result | "
          "load_bytes ms (into an existing learner) | to_bytes + load_bytes ms |")
     emit("|---|---:|---:|---:|---:|---:|---|---:|---:|")
-    for c in args.methods:
+    for c in args.runs:
         rt = time_roundtrip(learners[c], args.roundtrips)
         verdict = "PASS" if rt["total"] < ROUNDTRIP_MS else "FAIL"
         verdicts.append(f"- `{c}` to_bytes + from_bytes < {ROUNDTRIP_MS} ms: "
@@ -299,8 +322,8 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
     emit("\n## Targets\n")
     emit("\n".join(verdicts))
     if args.profile:
-        emit(f"\n## cProfile of from_bytes (`{args.methods[0]}`, 200 calls, cumulative)\n")
-        emit("```\n" + profile_from_bytes(learners[args.methods[0]], 200) + "\n```")
+        emit(f"\n## cProfile of from_bytes (`{args.runs[0]}`, 200 calls, cumulative)\n")
+        emit("```\n" + profile_from_bytes(learners[args.runs[0]], 200) + "\n```")
     emit("\n" + NOTE)
     emit(f"(wall time {time.perf_counter() - wall:.0f} s)")
     return 0

@@ -151,7 +151,7 @@ def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
 
 def supports(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None) -> bool:
     """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``."""
-    return fits(cell, x, state) and plug(cell, x.shape[1], 0, state is None) is not None
+    return plug(cell, x.shape[1], 0, state is None) is not None and fits(cell, x, state)
 
 
 def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0

@@ -206,11 +206,14 @@ class OnlineRows(Rows):
         self.mod, self.train = spec, spec.training
         self.mean, self.var, self.u, self.v = (_np(spec._buffers[k]) for k in ("mean", "var", "u",
                                                                                  "v"))
-        f, dt = self.w.shape[0], self.w.dtype
-        self.groups = spec.groups
+        f, dt, g = self.w.shape[0], self.w.dtype, spec.groups
         self.y, self.z, self.dz = (np.zeros((steps, batch, f), dt) for _ in range(3))
+        self.zg = self.z.reshape(steps, batch, g, f // g)  # per gate, for layer scaling
         self.s = np.zeros((steps, f), dt)
-        self.rs = np.zeros((steps, batch, spec.groups, 1), dt)
+        self.rs, self.rs3 = np.zeros((2, steps, batch, g, 1), dt)  # 1/rms, its cube
+        self.inv = g / f
+        af = spec.alpha_f
+        self.c = (af, af * (1 - af), 1 - af)
 
     @staticmethod
     def tensors(spec: Any) -> list[Tensor | None]:
@@ -220,47 +223,49 @@ class OnlineRows(Rows):
     def accepts(spec: Any, batch: int) -> bool:
         return spec.mean.dtype == spec.weight.dtype
 
-    def _grouped(self, a: Arr) -> Arr:
-        return a.reshape(a.shape[0], self.groups, -1)
-
     def forward(self, a: Arr, t: int) -> Arr:
         mod, s, y, z = self.mod, self.s[t], self.y[t], self.z[t]
-        np.reciprocal(np.sqrt(self.var + mod.eps), out=s)
-        np.multiply(a - self.mean, s, out=y)
+        np.add(self.var, mod.eps, out=s)
+        np.reciprocal(np.sqrt(s, out=s), out=s)
+        np.multiply(np.subtract(a, self.mean, out=y), s, out=y)
         if self.train:
-            af = mod.alpha_f
-            xbar = a.mean(0)
-            delta = xbar - self.mean
+            af, c1, c2 = self.c
+            delta = (a[0] if a.shape[0] == 1 else a.mean(0)) - self.mean
             self.var *= af
-            self.var += af * (1 - af) * delta * delta
             if a.shape[0] > 1:
-                self.var += (1 - af) * a.var(0)
-            self.mean += (1 - af) * delta
-        np.multiply(y, self.w, out=z)
-        z += self.b
+                self.var += c2 * a.var(0)
+            self.var += c1 * (delta * delta)
+            self.mean += c2 * delta
+        np.add(np.multiply(y, self.w, out=z), self.b, out=z)
         if mod.clamp is not None:
             return np.clip(z, -mod.clamp, mod.clamp)
         if not mod.layer_scaling:
             return z.copy()
-        zg = self._grouped(z)
-        rs = self.rs[t]
-        np.reciprocal(np.sqrt((zg * zg).mean(-1, keepdims=True) + mod.eps), out=rs)
+        zg, rs = self.zg[t], self.rs[t]
+        np.multiply(np.einsum("bgf,bgf->bg", zg, zg)[..., None], self.inv, out=rs)
+        rs += mod.eps
+        np.reciprocal(np.sqrt(rs, out=rs), out=rs)
+        np.multiply(rs * rs, rs, out=self.rs3[t])
         return (zg * rs).reshape(z.shape)
 
     def backward(self, dy: Arr, t: int) -> Arr:
         mod, z, dz = self.mod, self.z[t], self.dz[t]
         if mod.clamp is not None:
             np.multiply(dy, np.abs(z) <= mod.clamp, out=dz)
-        elif mod.layer_scaling:
-            zg, rs, dg = self._grouped(z), self.rs[t], self._grouped(dy)
-            dzg = dg * rs - zg * (rs * rs * rs) * (dg * zg).mean(-1, keepdims=True)
-            dz[...] = dzg.reshape(dz.shape)
+        elif mod.layer_scaling:  # dz = rs·dy − z·rs³·mean_group(dy ⊙ z)
+            zg, dg, dzg = self.zg[t], dy.reshape(self.zg[t].shape), self.dz[t].reshape(
+                self.zg[t].shape)
+            m = np.einsum("bgf,bgf->bg", dg, zg)[..., None]
+            m *= self.rs3[t]
+            m *= self.inv
+            np.subtract(np.multiply(dg, self.rs[t], out=dzg), zg * m, out=dzg)
         else:
             dz[...] = dy
         gy = dz * self.w
         ab = 1.0 - mod.alpha_b
         if ab == 0.0 or not self.train:
-            return gy * self.s[t]
+            gy *= self.s[t]
+            return gy
         y = self.y[t]
         gxt = gy - ab * self.v * y
         gx = gxt * self.s[t] - ab * self.u

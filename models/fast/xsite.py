@@ -3,7 +3,8 @@ recurrence runs in numpy (``gru_kernel``, ``rnn_kernel``; the LSTM kernel runs i
 
 The generic ``Site.forward_seq`` calls the site once per step: ~20 torch ops and an
 ``autograd.Function`` each. Here one ``Function`` makes the window's calls in order with the LSTM
-kernel's ``WindowSite`` (``models.fast.sites``): the fold, ``S``/``n`` moved call by call in the
+kernel's ``RowSite`` (batch size 1, per-unit raw moments: the ``online`` preset) or ``WindowSite``
+(``models.fast.sites``): the fold, ``S``/``n`` moved call by call in the
 forward and ``GS``/``m`` last call first in the backward, as autograd does on the generic path.
 """
 
@@ -17,7 +18,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..norms.streaming import StreamingSite
-from .sites import WindowSite
+from .sites import RowSite, WindowSite
 from .switch import is_enabled
 
 __all__ = ["forward_seq"]
@@ -29,8 +30,14 @@ class _StreamingWindow(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, site: StreamingSite, a: Tensor, w: Tensor, b: Tensor | None
                 ) -> Tensor:
-        ws = WindowSite(site, w.detach().numpy(), None if b is None else b.detach().numpy())
-        y = ws.run(a.detach().numpy())
+        W, B, A = w.detach().numpy(), None if b is None else b.detach().numpy(), a.detach().numpy()
+        steps, batch, _ = A.shape
+        if batch == 1 and (site.axes, site.stats) == ("unit", "moments"):  # the online preset
+            ws: WindowSite = RowSite(site, steps, A.dtype).reset(W, B)
+            y = ws.run(A).reshape(A.shape).copy()
+        else:
+            ws = WindowSite(site, W, B)
+            y = ws.run(A)
         ws.sync_forward()
         ctx.ws = ws
         ctx.save_for_backward(w, b)  # an in-place change before backward raises
@@ -41,8 +48,13 @@ class _StreamingWindow(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         _ = ctx.saved_tensors
         ws, need = ctx.ws, ctx.needs_input_grad
-        ws.begin_backward()  # a call whose input needs no gradient routes nothing (no node)
-        da = ws.run_back(dy.numpy(), need[1])
+        D = dy.numpy()
+        if isinstance(ws, RowSite):
+            D = np.ascontiguousarray(D.reshape(D.shape[0], -1))
+            ws.begin(D, [need[1]] * D.shape[0])
+        else:  # a call whose input needs no gradient routes nothing (it has no node)
+            ws.begin_backward()
+        da = ws.run_back(D, need[1]).reshape(dy.shape)
         ws.end_backward()
         dw, db = ws.grads()
         return (None, *(None if g is None or not n else torch.from_numpy(np.ascontiguousarray(g))
