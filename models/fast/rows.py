@@ -144,17 +144,30 @@ class BatchRows(Rows):
     """``RecurrentBatchNormSite`` at batch size 1 in training, or any batch in eval
     (``_bn.bn_step``): normalize with the running statistics of position ``k = min(t0 + t,
     T_max − 1)``, then (training) move them by the EMA ``μ += m·δ; σ² = (1 − m)(σ² + m·δ²)``.
-    The statistics are constants of the step, so ``da = dy ⊙ g·r``."""
+    The statistics are constants of the step, so ``da = dy ⊙ g·r``.
+
+    Steps whose position no other step of the window shares (``t0 + t < T_max − 1``: every step
+    of a window within ``T_max``) read statistics known when the window starts: those are read
+    for the window at once, and their EMA moves once the forward is done (``end_forward``);
+    steps at the last position, which they share, read and move it one after the other."""
 
     def __init__(self, spec: Any, arrs: Sequence[Arr | None], steps: int, batch: int, t0: int,
                  hs: Arr) -> None:
-        self.g, self.b = arrs[0], arrs[1]
-        assert self.g is not None
-        self.mod, self.t0, self.train = spec, t0, spec.training
+        g = arrs[0]
+        assert g is not None
+        self.g, self.b, self.mod, self.t0, self.train = g, arrs[1], spec, t0, spec.training
         self.mean, self.var = _np(spec.running_mean), _np(spec.running_var)
-        self.xhat = np.zeros((steps, batch, self.g.shape[0]), self.g.dtype)
-        self.r = np.zeros((steps, self.g.shape[0]), self.g.dtype)
+        self.last = spec.t_max - 1
+        self.own = max(0, min(steps, self.last - t0)) if self.train else steps
+        ks = [min(t0 + t, self.last) for t in range(self.own)]
+        self.M = np.zeros((steps, g.shape[0]), g.dtype)  # the mean each step reads
+        self.M[:self.own] = self.mean[ks]
+        self.r = np.ones((steps, g.shape[0]), g.dtype)  # 1/sqrt(var + ε) each step reads
+        self.r[:self.own] = 1.0 / np.sqrt(self.var[ks] + spec.eps)
+        self.xhat = np.zeros((steps, batch, g.shape[0]), g.dtype)
         self.dy = np.zeros_like(self.xhat)
+        self.A = np.zeros((self.own if self.train else 0, g.shape[0]), g.dtype)  # their inputs
+        self.called: list[int] = []  # the steps that called the site (the EMA moves for those)
 
     @staticmethod
     def tensors(spec: Any) -> list[Tensor | None]:
@@ -165,19 +178,33 @@ class BatchRows(Rows):
         return (batch == 1 or not spec.training) and spec.running_mean.dtype == spec.weight.dtype
 
     def forward(self, a: Arr, t: int) -> Arr:
-        k, m = min(self.t0 + t, self.mod.t_max - 1), self.mod.momentum
-        mean, var, r = self.mean[k], self.var[k], self.r[t]
-        np.reciprocal(np.sqrt(var + self.mod.eps), out=r)
-        np.multiply(a - mean, r, out=self.xhat[t])
-        y = self.xhat[t] * self.g
+        xh = self.xhat[t]
+        if self.train:
+            self.called.append(t)
+            if t < self.own:
+                self.A[t] = a[0]
+            else:  # the shared last position: read, then move, step by step
+                mean, var, m = self.mean[self.last], self.var[self.last], self.mod.momentum
+                self.M[t] = mean
+                np.reciprocal(np.sqrt(var + self.mod.eps), out=self.r[t])
+                delta = a[0] - mean
+                mean += m * delta
+                var += m * delta * delta
+                var *= 1.0 - m
+        np.multiply(np.subtract(a, self.M[t], out=xh), self.r[t], out=xh)
+        y = xh * self.g
         if self.b is not None:
             y += self.b
-        if self.train:
-            delta = a[0] - mean
-            mean += m * delta
-            var += m * delta * delta
-            var *= 1.0 - m
         return y
+
+    def end_forward(self) -> None:
+        own = [t for t in self.called if t < self.own]
+        if not own:
+            return
+        m, ks = self.mod.momentum, [self.t0 + t for t in own]
+        delta = self.A[own] - self.M[own]
+        self.mean[ks] = self.M[own] + m * delta
+        self.var[ks] = (self.var[ks] + m * delta * delta) * (1.0 - m)
 
     def backward(self, dy: Arr, t: int) -> Arr:
         self.dy[t] = dy

@@ -57,9 +57,12 @@ class RecurrentBatchNormSite(Site):
             return super().forward_seq(a, t0)
         steps, last = a.shape[0], self.t_max - 1
         own = max(0, min(steps, last - t0))  # steps whose position is theirs alone
-        ks = [min(t0 + i, last) for i in range(steps)]
+        if own == steps:  # the common case: a slice
+            ks: slice | list[int] = slice(t0, t0 + steps)
+        else:
+            ks = [min(t0 + i, last) for i in range(steps)]
         with torch.no_grad():
-            mean, var = self.running_mean[ks], self.running_var[ks]  # copies: as read
+            mean, var = self.running_mean[ks].clone(), self.running_var[ks].clone()  # as read
             if self.training:
                 m, x = self.momentum, a[:, 0].detach()
                 delta = x[:own] - mean[:own]
