@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .rows import Plug, begin_backward, cosine_h, rows_for, sigmoid_
+from .arrays import const
+from .rows import Plug, begin_backward, cosine_h, rows_for
 from .switch import fits
 
 __all__ = ["plug", "supports", "window"]
@@ -50,15 +51,19 @@ class _LSTMWindow(torch.autograd.Function):
         gates = np.empty((steps, batch, 4 * h), dt)  # σ(i), σ(f), tanh(g), σ(o)
         tc = np.empty((steps, batch, h), dt)  # tanh(N_c(c'))
         WhT = Wh.T
+        half = const(4 * h, dt, 0.5, 2 * h)  # σ(a) = ½·tanh(a/2) + ½: one tanh for 4 gates
         for t in range(steps):
             g = gates[t]
             if t == 0 and plug.fresh:  # no h term (a None state)
-                g[...] = s_pre.forward(GX[t], t)
+                g[...] = GX[t]
             else:
-                g[...] = s_pre.forward(GX[t] + s_h.forward(np.matmul(hs[t], WhT), t), t)
-            sigmoid_(g[:, :2 * h])
-            np.tanh(g[:, 2 * h:3 * h], out=g[:, 2 * h:3 * h])
-            sigmoid_(g[:, 3 * h:])
+                np.add(GX[t], s_h.forward(np.matmul(hs[t], WhT), t), out=g)
+            pre = s_pre.forward(g, t)
+            np.multiply(pre, half, out=g)
+            np.tanh(g, out=g)
+            for sl in (g[:, :2 * h], g[:, 3 * h:]):
+                sl *= 0.5
+                sl += 0.5
             c = cs[t + 1]
             np.multiply(g[:, :h], g[:, 2 * h:3 * h], out=c)
             if not (t == 0 and plug.fresh):

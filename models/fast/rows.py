@@ -311,7 +311,7 @@ class CosineRows(Rows):
     gains and the row norms ``‖w_j‖`` (computed by torch, so their gradient reaches ``W``)::
 
         y = g ⊙ a / d,  d = q·n + ε,  q = ‖h‖
-        da = dy ⊙ g/d,  dg = Σ dy ⊙ a/d,  dn = −Σ q·dy ⊙ g ⊙ a/d²,  dh += (−Σ_j dy g a n/d²)·h/q
+        da = dy ⊙ g/d,  dg = Σ dy ⊙ a/d,  dn = −Σ da ⊙ a·q/d,  dh += −(Σ_j da ⊙ a ⊙ n/d)·h/q
     """
 
     reads_h = True
@@ -322,7 +322,7 @@ class CosineRows(Rows):
         assert self.g is not None and self.n is not None
         self.eps, self.hs = spec[0].eps, hs
         f, dt = self.g.shape[0], self.g.dtype
-        self.a, self.dy = np.zeros((2, steps, batch, f), dt)
+        self.a, self.dy, self.da, self.gd, self.nd = np.zeros((5, steps, batch, f), dt)
         self.d = np.ones((steps, batch, f), dt)  # a step not run (no h term) adds 0 · 0/1
         self.q = np.zeros((steps, batch, 1), dt)
 
@@ -336,24 +336,27 @@ class CosineRows(Rows):
         np.sqrt(np.einsum("bh,bh->b", h, h)[:, None], out=q)
         np.multiply(q, self.n, out=d)
         d += self.eps
+        np.divide(self.g, d, out=self.gd[t])
+        np.divide(self.n, d, out=self.nd[t])
         self.a[t] = a
-        return self.g * a / d
+        return a * self.gd[t]
 
     def backward(self, dy: Arr, t: int) -> Arr:
         self.dy[t] = dy
-        return dy * self.g / self.d[t]
+        return np.multiply(dy, self.gd[t], out=self.da[t])
 
     def backward_h(self, t: int) -> Arr | None:
         q = self.q[t]
-        dd = self.dy[t] * self.g * self.a[t] / (self.d[t] * self.d[t])  # −∂/∂d
-        dq = -(dd * self.n).sum(-1, keepdims=True)
-        safe = np.where(q > 0, q, 1.0)
-        return np.where(q > 0, dq / safe, 0.0) * self.hs[t]
+        dq = np.einsum("bf,bf->b", self.da[t], self.a[t] * self.nd[t])[:, None]
+        coef = np.zeros_like(q)
+        np.divide(dq, q, out=coef, where=q > 0)  # ‖h‖ = 0: no direction, no gradient (torch's)
+        coef *= -1.0
+        return coef * self.hs[t]
 
     def grads(self) -> list[Arr | None]:
-        dg = np.einsum("tbf,tbf->f", self.dy, self.a / self.d)
-        dd = self.dy * self.g * self.a / (self.d * self.d)
-        return [dg, -np.einsum("tbf,tbf->f", dd, np.broadcast_to(self.q, dd.shape))]
+        ad = self.a / self.d
+        return [np.einsum("tbf,tbf->f", self.dy, ad),
+                -np.einsum("tbf,tbf->f", self.da, ad * self.q)]
 
 
 class StreamingRows(Rows):
