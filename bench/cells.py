@@ -16,8 +16,9 @@ Run from the repository root::
     python bench/cells.py --quick               # hidden 64, window 16, fewer rounds (~30 s)
     python bench/cells.py --cells lstm --methods none layer streaming --hidden 64 --windows 16
 
-It prints a markdown table and a "targets" section (hidden 64, window 16, LSTM): ``layer`` and
-``streaming`` at most 2.5x ``none``, and ``none`` at most 1.5x ``nn.LSTM``.
+It prints a markdown table and a "targets" section (hidden 64, window 16): every method of every
+cell at most 2.5x the ``none`` of its cell, GRU ``none`` at most 1.0x ``nn.LSTM``, LSTM ``layer``
+and ``streaming`` at most 1.8x ``nn.LSTM``, LSTM ``none`` at most 1.5x ``nn.LSTM``.
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models
-from models.fast import lstm_kernel
+from models.fast import switch
 
 TORCH_CELLS: dict[str, type[nn.Module]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-TARGETS = (("layer", "none", 2.5), ("streaming", "none", 2.5), ("none", "torch", 1.5))
+# (cell, method) ≤ limit × (cell, method) at hidden 64, window 16; "*": every method of every cell
+TARGETS = ((("*", "*"), ("*", "none"), 2.5),  # issue 15: each within 2.5× the none of its cell
+           (("gru", "none"), ("lstm", "torch"), 1.0),  # issue 15: a GRU none beats nn.LSTM
+           (("lstm", "layer"), ("lstm", "torch"), 1.8),  # issue 15
+           (("lstm", "streaming"), ("lstm", "torch"), 1.8),  # issue 15
+           (("lstm", "none"), ("lstm", "torch"), 1.5))  # issue 3
 
 
 class Runner:
@@ -118,17 +124,26 @@ def table(results: dict[tuple[str, int, int], dict[str, tuple[float, float]]]) -
 
 
 def targets(results: dict[tuple[str, int, int], dict[str, tuple[float, float]]]) -> str:
-    """PASS/FAIL of the speed targets at hidden 64, window 16, LSTM (forward + backward)."""
-    res = results.get(("lstm", 64, 16))
-    out = ["## targets (LSTM, hidden 64, window 16, forward + backward)"]
-    for num, den, limit in TARGETS:
-        if res is None or num not in res or den not in res:
-            out.append(f"- {num} / {den} ≤ {limit}: not measured")
-            continue
-        ratio = res[num][0] / res[den][0]
-        verdict = "PASS" if ratio <= limit else "FAIL"
-        out.append(f"- {num} / {den if den != 'torch' else 'nn.LSTM'} = {ratio:.2f} "
-                   f"(≤ {limit}): {verdict}")
+    """PASS/FAIL of the speed targets at hidden 64, window 16 (forward + backward)."""
+    out = ["## targets (hidden 64, window 16, forward + backward)"]
+
+    def name(cell: str, method: str) -> str:
+        return f"nn.{TORCH_CELLS[cell].__name__}" if method == "torch" else f"{cell} {method}"
+
+    for (cn, mn), (cd, md), limit in TARGETS:
+        pairs = [((c, m), (c if cd == "*" else cd, md)) for (c, h, w), res in results.items()
+                 if (h, w) == (64, 16) and cn in ("*", c) for m in res
+                 if mn in ("*", m) and m not in ("torch", md)]
+        if not pairs:
+            out.append(f"- {name(cn, mn)} / {name(cd, md)} ≤ {limit}: not measured")
+        for (c, m), (c2, m2) in pairs:
+            num, den = results[(c, 64, 16)][m][0], results.get((c2, 64, 16), {}).get(m2)
+            if den is None:
+                out.append(f"- {name(c, m)} / {name(c2, m2)} ≤ {limit}: not measured")
+                continue
+            ratio = num / den[0]
+            out.append(f"- {name(c, m)} / {name(c2, m2)} = {ratio:.2f} (≤ {limit}): "
+                       f"{'PASS' if ratio <= limit else 'FAIL'}")
     return "\n".join(out)
 
 
@@ -147,7 +162,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="hidden 64, window 16, 5 rounds of 0.03 s unless given otherwise")
     p.add_argument("--generic", action="store_true",
-                   help="switch off the fast LSTM kernel (models.fast.lstm_kernel) for comparison")
+                   help="switch off the numpy kernels (models.fast.switch) for comparison")
     args = p.parse_args(argv)
     quick = args.quick
     args.hidden = args.hidden or ([64] if quick else [32, 64, 128])
@@ -164,11 +179,11 @@ def main(argv: list[str] | None = None, emit: Callable[[str], Any] = print) -> i
     methods = sorted(args.methods, key=lambda m: (m != "none", m))
     emit(f"# bench/cells.py — torch {torch.__version__}, {platform.python_version()}, "
          f"{os.cpu_count()} CPUs, 1 thread, batch 1, input {args.input_size}, "
-         f"fast LSTM kernel {'off' if args.generic else 'on'}, {args.repeats} rounds of "
+         f"numpy kernels {'off' if args.generic else 'on'}, {args.repeats} rounds of "
          f"~{args.seconds:g} s, median")
     results: dict[tuple[str, int, int], dict[str, tuple[float, float]]] = {}
     start = time.perf_counter()
-    with lstm_kernel.disabled() if args.generic else contextlib.nullcontext():
+    with switch.disabled() if args.generic else contextlib.nullcontext():
         for cell in args.cells:
             for hidden in args.hidden:
                 for window in args.windows:

@@ -11,9 +11,11 @@ Every cell follows the template of ``norms.md``::
 with Online Norm's ``pre`` site wrapped around each summed pre-activation. The input-to-hidden
 term of a whole window is computed in one matmul and normalized in one site call. A ``None``
 state is the zero initial state: its hidden-to-hidden term is exactly zero and never enters any
-statistic (``norms.md`` rule 6). Methods with nothing to do per step (``none``, ``weight``) run
-the window through ``torch.lstm`` / ``models.fast.gru_kernel`` / ``torch.rnn_tanh``; ``layer``
-(and ``streaming`` LSTMs) through the numpy kernels of ``models.fast``.
+statistic (``norms.md`` rule 6). Where a numpy kernel of ``models.fast`` applies (every method
+on the CPU in float32/float64, but Recurrent BN with true batch statistics and Streaming Norm in
+eval) it runs the window: ``gru_kernel``, ``rnn_kernel``, ``lstm_window``, ``lstm_kernel``
+(``layer``/``streaming`` LSTMs); LSTM ``none``/``weight`` run ``torch.lstm``. The per-step loop
+below is the generic path, the oracle the kernels are tested against.
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ def test_the_kernel_is_taken(kind: str, method: Any) -> None:
     """The fast path really runs (a ``_GRUWindow`` / ``_RNNWindow`` / ``_LSTMWindow`` node),
     not when switched off."""
     cell = _cell(kind, method, torch.float32)
-    x = torch.randn(4, 1, 5)
+    x = torch.randn(KERNELS[kind].FUSED_UP_TO + 1 if method in ("none", "weight") else 4, 1, 5)
     node = f"_{kind.upper()}WindowBackward"
     out, _, _ = cell.forward_window(x)
     assert type(out.grad_fn).__name__ == node
@@ -224,6 +224,10 @@ def test_gradcheck_in_float64(kind: str, method: str) -> None:
 
 def test_other_methods_dtypes_and_the_switch_take_the_generic_path() -> None:
     x = torch.randn(3, 1, 5)
+    for kind in ("gru", "rnn"):  # short none/weight windows: PyTorch's fused kernel is faster
+        short = torch.randn(KERNELS[kind].FUSED_UP_TO, 1, 5)
+        assert not KERNELS[kind].supports(_cell(kind, "none", torch.float32), short)
+        assert KERNELS[kind].supports(_cell(kind, "none", torch.float32), torch.randn(5, 1, 5))
     for kind, kernel in KERNELS.items():  # Streaming Norm in eval
         assert not kernel.supports(_cell(kind, "streaming", torch.float32).eval(), x)
     assert not lstm_window.supports(_cell("lstm", "streaming", torch.float32), x)  # lstm_kernel's
