@@ -360,3 +360,38 @@ def test_a_state_of_another_dtype_takes_the_generic_path() -> None:
         cell.forward_seq(x, (h0,))
     out, _ = cell.forward_seq(x, (h0.float(),))
     assert type(out.grad_fn).__name__ == "_GRUWindowBackward"
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+def test_streaming_rows_are_reused_and_a_stale_second_backward_raises(kind: str) -> None:
+    """Streaming Norm's row arrays are kept per site and window shape: a forward without a
+    graph (``no_grad``, or inside ``forward_only`` as the learner's predictions) hands them
+    back and the next window reuses them; a window taken while they are held gets new ones;
+    a second backward through a window whose arrays a later window took raises (as
+    ``lstm_kernel``'s) instead of reading overwritten numbers."""
+    from models.fast import lstm_kernel, sites
+
+    cell = _cell(kind, "streaming", torch.float32)
+    x = torch.randn(6, 1, 5)
+    nh = cell.nh_rz if kind == "gru" else cell.nh
+
+    def kept() -> Any:
+        return sites.kept_row(nh, 6, x.numpy().dtype)
+
+    with torch.no_grad():
+        cell.forward_seq(x)
+    first = kept()
+    assert first is not None and not first.held
+    with lstm_kernel.forward_only():
+        cell.forward_seq(x)[0].sum()  # a graph, dropped
+    assert kept() is first and not first.held
+    out, _ = cell.forward_seq(x)
+    assert kept() is first and first.held
+    other, _ = cell.forward_seq(x)  # `first` is held by `out`: new arrays
+    assert kept() is not first
+    out.sum().backward()
+    assert not first.held
+    other.sum().backward(retain_graph=True)
+    cell.forward_seq(x)  # a later window takes the arrays `other` used
+    with pytest.raises(RuntimeError, match="reused by a later window"):
+        other.sum().backward()

@@ -175,5 +175,5 @@ def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0
     assert p is not None
     h0 = state[0] if state is not None else cell.zero_state(x)[0]
     gx = cell.input_term(x, t0)
-    return (_GRUWindow.apply(p, gx, h0, cell.lh.weight, cell.bias_hn, *p.tensors()),)
+    return (p.done(_GRUWindow.apply(p, gx, h0, cell.lh.weight, cell.bias_hn, *p.tensors())),)
 

@@ -31,6 +31,7 @@ from torch.autograd.function import once_differentiable
 
 from ..norms.layer import LayerNormSite
 from ..norms.streaming import StreamingSite
+from . import sites
 from .arrays import Arr, add, const, mul, sub
 from .sites import RowSite, WindowSite
 from .switch import disabled, is_enabled
@@ -53,7 +54,8 @@ def forward_only() -> Iterator[None]:
     taken: list[_Kernel] = []
     _TAKEN.append(taken)
     try:
-        yield
+        with sites.forward_only():  # the GRU/RNN windows' Streaming Norm rows too
+            yield
     finally:
         _TAKEN.pop()
         for k in taken:

@@ -166,4 +166,5 @@ def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0
     p = plug(cell, x.shape[1], t0, state is None)
     assert p is not None
     h0, c0 = state if state is not None else cell.zero_state(x)
-    return _LSTMWindow.apply(p, cell.input_term(x, t0), h0, c0, cell.lh.weight, *p.tensors())
+    hs, cs = _LSTMWindow.apply(p, cell.input_term(x, t0), h0, c0, cell.lh.weight, *p.tensors())
+    return p.done(hs), cs

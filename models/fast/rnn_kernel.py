@@ -122,4 +122,5 @@ def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0
     p = plug(cell, x.shape[1], t0, state is None)
     assert p is not None
     h0 = state[0] if state is not None else cell.zero_state(x)[0]
-    return (_RNNWindow.apply(p, cell.input_term(x, t0), h0, cell.lh.weight, *p.tensors()),)
+    gx = cell.input_term(x, t0)
+    return (p.done(_RNNWindow.apply(p, gx, h0, cell.lh.weight, *p.tensors())),)

@@ -29,10 +29,10 @@ from ..norms.online import OnlineNormSite
 from ..norms.recurrent_batch import RecurrentBatchNormSite
 from ..norms.streaming import StreamingSite
 from .arrays import Arr
-from .sites import RowSite, WindowSite
+from .sites import WindowSite, held_row
 
 __all__ = ["BatchRows", "CosineRows", "LayerRows", "OnlineRows", "Plug", "Rows", "StreamingRows",
-           "begin_backward", "rows_for", "sigmoid_"]
+           "begin_backward", "check_gen", "rows_for", "sigmoid_"]
 
 
 def sigmoid_(a: Arr) -> Arr:
@@ -87,6 +87,10 @@ class Rows:
 
     def end_backward(self) -> None:
         """After the last ``backward``: write back what the backward kept aside."""
+
+    def release(self) -> None:
+        """No backward will come (the window's output needs no gradient): hand back what the
+        site holds for one."""
 
     def grads(self) -> list[Arr | None]:
         return []
@@ -372,7 +376,8 @@ class StreamingRows(Rows):
         assert w is not None
         self.row = batch == 1 and (spec.axes, spec.stats) == ("unit", "moments")
         if self.row:
-            self.site: WindowSite = RowSite(spec, steps, w.dtype).reset(w, b)
+            row, self.gen = held_row(spec, steps, w.dtype)
+            self.site: WindowSite = row.reset(w, b)
             self.dys = np.zeros((steps, w.shape[0]), w.dtype)
         else:
             self.site = WindowSite(spec, w, b)
@@ -396,6 +401,7 @@ class StreamingRows(Rows):
     def begin_backward(self, routed: Sequence[bool]) -> None:
         self.route = [bool(routed[t]) for t in self.called]
         if self.row:
+            check_gen(self.site, self.gen)
             self.site.begin(self.dys[:len(self.called)], self.route)
         else:
             self.site.begin_backward()
@@ -410,6 +416,11 @@ class StreamingRows(Rows):
 
     def end_backward(self) -> None:
         self.site.end_backward()
+        self.release()
+
+    def release(self) -> None:
+        if self.row:
+            self.site.held = False  # type: ignore[attr-defined]
 
     def grads(self) -> list[Arr | None]:
         return list(self.site.grads())
@@ -434,6 +445,14 @@ def cosine_h(lin: Any, lo: int, hi: int) -> tuple[type[Rows], Any]:
     return (CosineRows, (lin, lo, hi)) if isinstance(lin, CosineLinear) else (Rows, None)
 
 
+def check_gen(row: Any, gen: int) -> None:
+    """Raise if a later window has taken ``row`` (``sites.held_row``) since generation ``gen``."""
+    if row.gen != gen:
+        raise RuntimeError("models.fast: this window's Streaming Norm arrays were reused by a "
+                           "later window of the same site; run backward before the next "
+                           "window, or use models.fast.switch.disabled()")
+
+
 def begin_backward(sites: Sequence[Rows], steps: int, first_h: bool) -> None:
     """Start every site's backward. An h site's call is reached at every step after the first
     (its input depends on the window's inputs) and at the first if ``W_h`` or ``h0`` needs a
@@ -452,6 +471,7 @@ class Plug:
     def __init__(self, sites: Sequence[tuple[type[Rows], Any]], t0: int, fresh: bool) -> None:
         self.sites, self.t0, self.fresh = list(sites), t0, fresh
         self.flat: list[list[Tensor | None]] = []
+        self.built: list[Rows] = []
 
     def tensors(self) -> list[Tensor | None]:
         """The sites' tensors, in order (computed here: a cosine site's row norms)."""
@@ -467,6 +487,14 @@ class Plug:
             arrs = [_np(t) for t in tensors[i:i + len(ts)]]
             out.append(cls(spec, arrs, steps, batch, self.t0, hs))
             i += len(ts)
+        self.built = out
+        return out
+
+    def done(self, out: Tensor) -> Tensor:
+        """``out`` of the kernel, the sites released if no backward will come."""
+        if not out.requires_grad:
+            for s in self.built:
+                s.release()
         return out
 
     @staticmethod

@@ -4,8 +4,10 @@ time at batch size 1 (``RowSite``), forward and backward, on views of the site's
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -15,7 +17,7 @@ from ..norms.layer import LayerNormSite
 from ..norms.streaming import COUNTERS, MEMORIES, StreamingSite
 from .arrays import Arr, add, const, cumsum, mul, sub, tri
 
-__all__ = ["RowSite", "WindowSite"]
+__all__ = ["RowSite", "WindowSite", "forward_only", "held_row", "kept_row", "release"]
 
 Mod = LayerNormSite | StreamingSite
 _VIEWS: weakref.WeakKeyDictionary[Any, tuple[dict[str, Tensor], dict[str, Arr]]] = (
@@ -235,6 +237,8 @@ class RowSite(WindowSite):
     forward, ``da = dy·V + Z``, and ``GS`` takes the summed ``g`` at the end.
     """
 
+    held, gen = False, 0  # ``held_row``'s bookkeeping
+
     def __init__(self, mod: Mod, steps: int, dt: Any) -> None:
         self.mod, f = mod, mod.width
         self.stream = isinstance(mod, StreamingSite)
@@ -418,3 +422,53 @@ class RowSite(WindowSite):
         dy = self.DY[:self.calls]
         dw = np.einsum("kf,kf->f", dy, self.XH[:self.calls])
         return dw, (None if self.b is None else dy.sum(0))
+
+
+_POOL: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], RowSite]] = (
+    weakref.WeakKeyDictionary())
+
+
+def held_row(mod: Mod, steps: int, dt: Any) -> tuple[RowSite, int]:
+    """A ``RowSite`` of ``mod`` for a window of ``steps`` calls and its generation: the one kept
+    for that shape unless a window whose backward has not run still holds it (then a new one,
+    kept from now on). Release it (``held = False``) when the window's backward is done or no
+    backward will come; a window whose generation no longer matches must not read it (a later
+    window has overwritten its arrays)."""
+    pool = _POOL.setdefault(mod, {})
+    key = (steps, np.dtype(dt).str)
+    row = pool.get(key)
+    if row is None or row.held:
+        row = pool[key] = RowSite(mod, steps, dt)
+    row.held, row.gen = True, row.gen + 1
+    if _FORWARD_ONLY:
+        _FORWARD_ONLY[-1].append(row)
+    return row, row.gen
+
+
+_FORWARD_ONLY: list[list[RowSite]] = []
+
+
+@contextlib.contextmanager
+def forward_only() -> Iterator[None]:
+    """For forwards whose graph is dropped without a backward: the rows ``held_row`` hands out
+    inside are released on exit (``lstm_kernel.forward_only`` enters this too)."""
+    taken: list[RowSite] = []
+    _FORWARD_ONLY.append(taken)
+    try:
+        yield
+    finally:
+        _FORWARD_ONLY.pop()
+        for row in taken:
+            row.held = False
+
+
+def kept_row(mod: Mod, steps: int, dt: Any) -> RowSite | None:
+    """The ``RowSite`` of ``mod`` kept for windows of ``steps`` calls, if any."""
+    return _POOL.get(mod, {}).get((steps, np.dtype(dt).str))
+
+
+def release(mod: Mod, steps: int, dt: Any) -> None:
+    """Hand back the ``RowSite`` of ``mod`` kept for ``steps`` calls (no backward will come)."""
+    row = kept_row(mod, steps, dt)
+    if row is not None:
+        row.held = False
