@@ -6,8 +6,8 @@ time per multiply-add, and whether every estimate is an upper bound of the measu
 
 One torch thread, medians of 5 after a warm-up. The overhead is measured at hidden size 8 with 1
 and 2 layers over 128 steps (sequence mode), the multiply-add time at hidden size 512 and 1024.
-The check prints each grid spec's measured and estimated training and prediction times and fails
-(exit 1) if a measurement is above its estimate.
+The check prints each grid spec's measured and estimated training, prediction and ``learn_many``
+(4 sequences) times and fails (exit 1) if a measurement is above its estimate.
 """
 
 from __future__ import annotations
@@ -57,13 +57,18 @@ def timings(spec: ModelSpec, model: OnlineLearner, steps: int) -> tuple[float, f
 
 
 def calibrate() -> None:
-    print("| cell | method | µs/layer-step (1 layer) | (2 layers, per layer) | table |")
-    print("|---|---|---:|---:|---:|")
+    print("| cell | method | µs/layer-step (1 layer) | (2 layers, per layer) | table | "
+          "batch of 4, µs/step | table |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for cell, method in itertools.product(CELLS, METHODS):
         one = timings(*learner(cell, method, 8, 1), 128)[0] / 128 * 1000
         two = timings(*learner(cell, method, 8, 2), 128)[0] / 128 / 2 * 1000
+        model = learner(cell, method, 8, 1)[1]
+        seqs = [[[0.1] * 8] * 64] * 4
+        batch = median_ms(lambda m=model, s=seqs: m.learn_many(s, [0.5] * 4)) / 64 * 1000
         print(f"| {cell} | {method} | {one:.0f} | {two:.0f} | "
-              f"{cost._OVERHEAD_US[cell][method]:.0f} |", flush=True)
+              f"{cost._OVERHEAD_US[cell][method]:.0f} | {batch:.0f} | "
+              f"{cost._BATCH_OVERHEAD_US[cell][method]:.0f} |", flush=True)
     print("\n| cell | hidden | ns/madd train | ns/madd predict |")
     print("|---|---:|---:|---:|")
     for cell, hidden in itertools.product(CELLS, (512, 1024)):
@@ -77,8 +82,8 @@ def calibrate() -> None:
 
 def check(points: int, seed: int = 0) -> bool:
     rng = random.Random(seed)
-    print("\n| spec | steps | learn ms | est. | predict ms | est. |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("\n| spec | steps | learn ms | est. | predict ms | est. | learn_many ×4 ms | est. |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     ok = True
     for _ in range(points):
         cell, method = rng.choice(CELLS), rng.choice(METHODS)
@@ -87,10 +92,14 @@ def check(points: int, seed: int = 0) -> bool:
         spec, model = learner(cell, method, hidden, layers, features)
         train, pred = timings(spec, model, steps)
         est_train, est_pred = cost.update_ms(spec, [(steps, 1)]), cost.predict_ms(spec, steps)
-        flag = "" if train <= est_train and pred <= est_pred else " **over**"
+        seqs = [[[0.1] * features] * steps] * 4
+        many = median_ms(lambda m=model, s=seqs: m.learn_many(s, [0.5] * 4))
+        est_many = cost.update_ms(spec, [(steps, 4)])
+        flag = "" if train <= est_train and pred <= est_pred and many <= est_many else " **over**"
         ok &= not flag
         print(f"| {cell} {method} H{hidden} L{layers} I{features} | {steps} | {train:.2f} | "
-              f"{est_train:.2f} | {pred:.2f} | {est_pred:.2f}{flag} |", flush=True)
+              f"{est_train:.2f} | {pred:.2f} | {est_pred:.2f} | {many:.2f} | "
+              f"{est_many:.2f}{flag} |", flush=True)
     return ok
 
 

@@ -2,9 +2,10 @@
 the time of one update or prediction.
 
 A recurrent step at batch size 1 costs a fixed overhead per layer (operator dispatch: it differs
-a lot between cells and methods, from ~10 µs for an LSTM on PyTorch's fused kernel to ~2 ms for a
-GRU with Streaming Norm on the generic autograd path) plus its multiply-adds, which are bound by
-memory bandwidth once the weights leave the cache. So
+between cells and methods, from ~10 µs for an LSTM on PyTorch's fused kernel to ~70 µs for a GRU
+with Online Norm on its numpy window; more per step for a batch, where Recurrent BN runs the
+generic autograd loop) plus its multiply-adds, which are bound by memory bandwidth once the
+weights leave the cache. So
 
     ms = fixed + parameters · ns_per_param + steps · num_layers · overhead[cell, method]
          + Σ_samples steps · madds_per_step · ns_per_madd
@@ -32,14 +33,25 @@ __all__ = ["GATES", "context_bytes", "madds_per_step", "predict_ms", "state_byte
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # µs per layer and step of a training update at batch size 1, small hidden size (dispatch-bound):
-# measured medians ×2, bench/cost.py (2026-12-06)
+# measured medians ×2, bench/cost.py (2026-12-07, every method on a numpy window: issue 15)
 _OVERHEAD_US: dict[str, dict[str, float]] = {
-    "lstm": {"none": 25, "layer": 70, "streaming": 70, "online": 720, "recurrent_batch": 580,
-             "batch_rnn": 230, "weight": 25, "cosine": 420},
-    "gru": {"none": 180, "layer": 360, "streaming": 3600, "online": 1260, "recurrent_batch": 760,
-            "batch_rnn": 280, "weight": 180, "cosine": 880},
-    "rnn": {"none": 60, "layer": 120, "streaming": 1200, "online": 520, "recurrent_batch": 300,
-            "batch_rnn": 100, "weight": 60, "cosine": 460},
+    "lstm": {"none": 25, "layer": 70, "streaming": 70, "online": 100, "recurrent_batch": 110,
+             "batch_rnn": 50, "weight": 25, "cosine": 85},
+    "gru": {"none": 50, "layer": 135, "streaming": 90, "online": 150, "recurrent_batch": 140,
+            "batch_rnn": 60, "weight": 55, "cosine": 115},
+    "rnn": {"none": 25, "layer": 65, "streaming": 45, "online": 70, "recurrent_batch": 70,
+            "batch_rnn": 30, "weight": 25, "cosine": 55},
+}
+# the same for a group of several equal-length sequences (``learn_many``): Streaming Norm's
+# per-sample sites and Recurrent BN's true batch statistics cost more per step there (the
+# latter runs the generic per-step loop); measured per step of a batch of 4 ×2, bench/cost.py
+_BATCH_OVERHEAD_US: dict[str, dict[str, float]] = {
+    "lstm": {"none": 60, "layer": 210, "streaming": 300, "online": 175, "recurrent_batch": 480,
+             "batch_rnn": 100, "weight": 60, "cosine": 130},
+    "gru": {"none": 95, "layer": 175, "streaming": 330, "online": 245, "recurrent_batch": 645,
+            "batch_rnn": 105, "weight": 95, "cosine": 165},
+    "rnn": {"none": 60, "layer": 100, "streaming": 175, "online": 130, "recurrent_batch": 265,
+            "batch_rnn": 60, "weight": 60, "cosine": 90},
 }
 _NS_PER_MADD = 1.6  # training (forward + backward), per forward multiply-add; memory-bound at H≥512
 _FIXED_MS = 1.5  # per update: loss, head, metrics, the learner's bookkeeping
@@ -94,11 +106,13 @@ def context_bytes(spec: ModelSpec) -> int:
 def update_terms(spec: ModelSpec, groups: Iterable[tuple[int, int]]) -> tuple[float, float,
                                                                                float]:
     """The three terms of ``update_ms`` (ms): fixed, per-step overhead, multiply-adds."""
-    overhead = _OVERHEAD_US[spec.cell][spec.norm.method] * spec.num_layers / 1000
+    cell, method = spec.cell, spec.norm.method
+    one = _OVERHEAD_US[cell][method] * spec.num_layers / 1000
+    many = _BATCH_OVERHEAD_US[cell][method] * spec.num_layers / 1000
     madds = madds_per_step(spec) * _NS_PER_MADD / 1e6
     fixed = _FIXED_MS + _parameters(spec) * _NS_PER_PARAM / 1e6
     groups = list(groups)
-    return (fixed, sum(steps * overhead for steps, _ in groups),
+    return (fixed, sum(steps * (one if samples == 1 else many) for steps, samples in groups),
             sum(steps * samples * madds for steps, samples in groups))
 
 

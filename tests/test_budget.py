@@ -25,8 +25,9 @@ from tests.test_writes import served
 # its state is over Redis's 512 MB value limit, so no retry could ever succeed
 HUGE = {"task": "regression", "n_features": 10_000, "hidden_size": 1024, "num_layers": 8,
         "window": 1024}
-# heavy but accepted: a GRU with Streaming Norm runs the generic per-step path (~1-2 ms a step)
-HEAVY = {"task": "regression", "n_features": 2, "cell": "gru", "hidden_size": 16,
+# heavy but accepted: a wide GRU (3.1 M multiply-adds a step, 38 MB of state with Adam's
+# moments): ~1-3 ms a training step, ~0.5-1 ms a predicted one, bound by memory bandwidth
+HEAVY = {"task": "regression", "n_features": 2, "cell": "gru", "hidden_size": 1024,
          "norm": {"method": "streaming"}, "window": 4}
 
 
@@ -49,15 +50,22 @@ def test_a_spec_over_the_state_limit_is_refused_without_allocating_it(
     assert client.get(f"/models/{fresh}").status_code == 404
 
 
+# narrow, so that the per-step overhead, not the weights, drives its estimate (~0.1 ms a step)
+NARROW = {**HEAVY, "hidden_size": 16}
+
+
 @pytest.mark.parametrize(("change", "field", "limit"), [
     ({"hidden_size": 1024, "num_layers": 2}, "hidden_size", "STREAMNORM_MAX_STATE_BYTES"),
     ({"window": 1000}, "window", "STREAMNORM_MAX_UPDATE_MS"),
     ({"num_layers": 4, "window": 200}, "num_layers", "STREAMNORM_MAX_UPDATE_MS"),
 ])
 def test_a_spec_over_a_limit_names_the_field_and_the_setting(
-        client: TestClient, fresh: str, change: dict[str, Any], field: str, limit: str) -> None:
-    spec = {**HEAVY, **change}
-    r = client.post("/models", json={"name": fresh, **spec})
+        settings: Settings, fresh: str, change: dict[str, Any], field: str, limit: str) -> None:
+    """Over the update limit (50 ms here: no 2,048-step window of one layer costs the default
+    2 s since every method runs a numpy window), the field named is what drives the estimate."""
+    spec = {**NARROW, **change}
+    with TestClient(create_app(settings.model_copy(update={"max_update_ms": 50}))) as c:
+        r = c.post("/models", json={"name": fresh, **spec})
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field and limit in r.json()["detail"]
 
