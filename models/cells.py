@@ -149,7 +149,8 @@ class RecurrentCell(nn.Module):
             with self.method.window():  # type: ignore[attr-defined]
                 states = kernel.window(self, x, state, t0)
             final = tuple(s[-1] for s in states)
-            cap = None if capture is None else tuple(s[capture] for s in states)
+            cap = (tuple(s[capture] for s in states)
+                   if capture is not None and 0 <= capture < x.shape[0] else None)
             return states[0], final, cap
         with self.method.window():  # type: ignore[attr-defined]
             if self.fused:
@@ -178,8 +179,9 @@ class RecurrentCell(nn.Module):
 
     def _captured(self, x: Tensor, state: State | None, capture: int | None, out: Tensor,
                   final: State) -> tuple[Tensor, State, State | None]:
-        """A whole-window kernel's result with the state after step ``capture`` added."""
-        if capture is None:
+        """A whole-window kernel's result with the state after step ``capture`` added (none
+        for a ``capture`` outside the window, as step by step)."""
+        if capture is None or not 0 <= capture < x.shape[0]:
             return out, final, None
         if capture >= x.shape[0] - 1:
             return out, final, final

@@ -51,9 +51,8 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:
-    """A parameter's gradient, zeros where autograd left none (the generic path skips the h
-    term of a zero start state; the learner's gradients are views of one zeroed buffer, so the
-    two are the same to it)."""
+    """A parameter's gradient, zeros where autograd left none (``_measured`` compares which
+    ones are ``None`` apart: an optimizer skips those)."""
     return p.grad.clone() if p.grad is not None else torch.zeros_like(p)
 
 
@@ -71,7 +70,8 @@ def _measured(cell: RecurrentCell, h0: State | None, window: Callable[[], Any]
     weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
     ((out * weights).sum() + 0.7 * sum(s.pow(2).sum() for s in state)).backward()
     grads = [_grad(p) for p in cell.parameters()]
-    return [out.detach(), *(s.detach() for s in state), *grads,
+    none = torch.tensor([p.grad is None for p in cell.parameters()], dtype=torch.float64)
+    return [out.detach(), *(s.detach() for s in state), *grads, none,
             *(b.clone() for b in cell.buffers()), *(s.grad.clone() for s in h0 or ())]
 
 
@@ -158,8 +158,8 @@ def test_kernel_equals_the_path_it_replaces(dtype: torch.dtype, kind: str, metho
 @pytest.mark.parametrize("steps", [1, 9])
 def test_kernel_equals_the_per_step_cell(kind: str, method: Any, steps: int) -> None:
     cell = _cell(kind, method, torch.float64, seed=3)
-    x = torch.randn(steps, 1, 5, dtype=torch.float64)
-    h0 = _state(kind, 1, torch.float64)
+    x = torch.randn(steps, 2, 5, dtype=torch.float64)
+    h0 = _state(kind, 2, torch.float64)
     fast, ref = _run(copy.deepcopy(cell), x, h0, True), _per_step(copy.deepcopy(cell), x, h0)
     for a, b in zip(fast, ref, strict=True):
         _close(a, b)
@@ -179,11 +179,11 @@ def test_eval_mode_equals_the_path_it_replaces(kind: str, method: Any) -> None:
 
 @pytest.mark.parametrize(("kind", "method"), CASES, ids=_id)
 def test_the_kernel_is_taken(kind: str, method: Any) -> None:
-    """The fast path really runs (a ``_GRUWindow`` / ``_RNNWindow`` / ``_LSTMWindow`` node),
+    """The fast path really runs (a ``GRUWindow`` / ``RNNWindow`` / ``LSTMWindow`` node),
     not when switched off."""
     cell = _cell(kind, method, torch.float32)
     x = torch.randn(KERNELS[kind].FUSED_UP_TO + 1 if method in ("none", "weight") else 4, 1, 5)
-    node = f"_{kind.upper()}WindowBackward"
+    node = f"{kind.upper()}WindowBackward"
     out, _, _ = cell.forward_window(x)
     assert type(out.grad_fn).__name__ == node
     with switch.disabled():
@@ -209,8 +209,8 @@ def _function_args(kind: str, method: Any) -> tuple[Any, list[Any]]:
     if kind == "gru":
         shapes.append((h,))
     args = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
-    fn = {"gru": gru_kernel._GRUWindow, "rnn": rnn_kernel._RNNWindow,
-          "lstm": lstm_window._LSTMWindow}[kind]
+    fn = {"gru": gru_kernel.GRUWindow, "rnn": rnn_kernel.RNNWindow,
+          "lstm": lstm_window.LSTMWindow}[kind]
     return (lambda *a: fn.apply(plug, *a)), [*args, *tensors]
 
 
@@ -297,13 +297,17 @@ def test_stack_of_two_layer_norm_layers_through_the_kernel(kind: str) -> None:
 def test_capture_mid_window_equals_the_generic_path(kind: str, method: Any) -> None:
     """The state after step ``capture`` (a stream's next window start) as without the kernel."""
     cell = _cell(kind, method, torch.float64)
-    x = torch.randn(6, 1, 5, dtype=torch.float64)
-    h0 = _state(kind, 1, torch.float64)
-    for capture in (0, 3, 5):
+    batch = 1 if method == "recurrent_batch" else 2  # (its kernel: batch size 1)
+    x = torch.randn(6, batch, 5, dtype=torch.float64)
+    h0 = _state(kind, batch, torch.float64)
+    for capture in (0, 3, 5, 6, -1):  # out of the window: no captured state, as step by step
         fast = copy.deepcopy(cell).forward_window(x, h0, 0, capture)
         with switch.disabled():
             ref = copy.deepcopy(cell).forward_window(x, h0, 0, capture)
         _close(fast[0], ref[0])
+        if not 0 <= capture < 6:
+            assert fast[2] is None and ref[2] is None
+            continue
         assert fast[2] is not None and ref[2] is not None
         for a, b in zip((*fast[1], *fast[2]), (*ref[1], *ref[2]), strict=True):
             _close(a, b)
@@ -311,15 +315,22 @@ def test_capture_mid_window_equals_the_generic_path(kind: str, method: Any) -> N
 
 @pytest.mark.parametrize(("kind", "method"), CASES, ids=_id)
 @pytest.mark.parametrize("start", ["zero", "state"])
-def test_frozen_weights_and_a_second_backward(kind: str, method: Any, start: str) -> None:
-    """``W_h`` frozen: no gradient for it, the others and every buffer as without the kernel
-    (from a state that needs no gradient, the first step's h term has no node: Streaming Norm
-    routes nothing there); a second backward through the same graph (``retain_graph``) gives
-    the same gradients again."""
+@pytest.mark.parametrize("frozen", ["W_h", "W_x and bias"])
+def test_frozen_weights_and_a_second_backward(kind: str, method: Any, start: str, frozen: str
+                                              ) -> None:
+    """``W_h`` (or ``W_x`` and the bias) frozen: no gradient for it, the others and every
+    buffer as without the kernel (a call whose input needs no gradient has no node: a site
+    whose backward moves state, Streaming Norm's or Online Norm's with its control, then runs
+    the generic path); a second backward through the same graph (``retain_graph``) gives the
+    same gradients again."""
     cell = _cell(kind, method, torch.float64)
     h0 = _state(kind, 1, torch.float64) if start == "state" else None
-    name = "lh.parametrizations.weight.original1" if method == "weight" else "lh.weight"
-    dict(cell.named_parameters())[name].requires_grad_(False)
+    lin = "lh" if frozen == "W_h" else "lx"
+    names = ([f"{lin}.parametrizations.weight.original0", f"{lin}.parametrizations.weight."
+              "original1"] if method == "weight" else [f"{lin}.weight"])
+    names += [] if frozen == "W_h" else ["bias"]
+    for name in names:
+        dict(cell.named_parameters())[name].requires_grad_(False)
     x = torch.randn(5, 1, 5, dtype=torch.float64)
     grads, control = [], method == ONLINE_CONTROL  # its second backward moves u, v again
     for fast in (True, False):
@@ -333,7 +344,7 @@ def test_frozen_weights_and_a_second_backward(kind: str, method: Any, start: str
         second = [_grad(p) for p in c.parameters()]
         for a, b in zip(first, second, strict=True):
             assert control or torch.equal(a, b)
-        assert dict(c.named_parameters())[name].grad is None
+        assert all(dict(c.named_parameters())[name].grad is None for name in names)
         grads.append([*first, *second, *(b.clone() for b in c.buffers())])
     for a, b in zip(*grads, strict=True):
         _close(a, b)
@@ -359,7 +370,7 @@ def test_a_state_of_another_dtype_takes_the_generic_path() -> None:
     with pytest.raises(RuntimeError):
         cell.forward_seq(x, (h0,))
     out, _ = cell.forward_seq(x, (h0.float(),))
-    assert type(out.grad_fn).__name__ == "_GRUWindowBackward"
+    assert type(out.grad_fn).__name__ == "GRUWindowBackward"
 
 
 @pytest.mark.parametrize("kind", ["gru", "rnn"])
@@ -395,3 +406,65 @@ def test_streaming_rows_are_reused_and_a_stale_second_backward_raises(kind: str)
     cell.forward_seq(x)  # a later window takes the arrays `other` used
     with pytest.raises(RuntimeError, match="reused by a later window"):
         other.sum().backward()
+
+
+@pytest.mark.parametrize("method", ["streaming", ONLINE_CONTROL])
+def test_a_site_whose_backward_moves_state_needs_every_parameter_trained(method: Any) -> None:
+    """Such a site must see exactly the calls autograd reaches: with a parameter frozen the
+    kernel declines (the generic path decides which calls route), in eval or without a graph
+    nothing routes and the kernel runs."""
+    cell = _cell("rnn", method, torch.float32)
+    x = torch.randn(4, 1, 5)
+    assert rnn_kernel.supports(cell, x)
+    cell.lx.weight.requires_grad_(False)
+    assert not rnn_kernel.supports(cell, x)
+    with torch.no_grad():
+        assert rnn_kernel.supports(cell, x)
+
+
+def test_a_window_without_a_graph_at_another_batch_keeps_a_held_row() -> None:
+    """A no-grad window of batch 2 (no RowSite) must not hand back the batch-1 row a pending
+    window holds (the pending backward then raised)."""
+    cell = _cell("rnn", "streaming", torch.float32)
+    ref = copy.deepcopy(cell)
+    xs = [torch.randn(6, 1, 5), torch.randn(6, 2, 5), torch.randn(6, 1, 5)]
+    got = []
+    for c, fast in ((cell, True), (ref, False)):
+        with contextlib.nullcontext() if fast else switch.disabled():
+            a, _ = c.forward_seq(xs[0])
+            with torch.no_grad():
+                c.forward_seq(xs[1])
+            b, _ = c.forward_seq(xs[2])
+            (a.sum() + b.sum()).backward()
+        got.append([_grad(p) for p in c.parameters()] + [b.clone() for b in c.buffers()])
+    for u, v in zip(*got, strict=True):
+        _close(u, v)
+
+
+def test_kept_rows_do_not_keep_their_sites_alive() -> None:
+    """The rows kept per Streaming Norm site reference it weakly: a dropped model is freed."""
+    import gc
+    import weakref
+
+    cell = _cell("gru", "streaming", torch.float32)
+    out, state = cell.forward_seq(torch.randn(5, 1, 5))
+    out.sum().backward()
+    alive = weakref.ref(cell.nh_rz)
+    del cell, out, state  # (a tensor of the window's graph holds its sites, as any graph)
+    gc.collect()
+    assert alive() is None
+
+
+@pytest.mark.parametrize(("kind", "method"), [("gru", "layer"), ("rnn", "cosine"),
+                                              ("lstm", "online")])
+def test_a_window_without_an_h_term_leaves_w_h_without_a_gradient(kind: str, method: str
+                                                                  ) -> None:
+    """One step from no state: no ``W_h h`` term, so ``W_h`` and the h sites get no gradient
+    (``None``, as autograd leaves them: an optimizer skips them), on both paths."""
+    for fast in (True, False):
+        cell = _cell(kind, method, torch.float32)
+        with contextlib.nullcontext() if fast else switch.disabled():
+            out, _ = cell.forward_seq(torch.randn(1, 1, 5))
+        out.sum().backward()
+        assert cell.lh.weight.grad is None
+        assert cell.lx.weight.grad is not None

@@ -29,7 +29,11 @@ the generic path does. ``rows.rows_for(module, batch)`` picks the class; ``rows.
 window's sites into a kernel and their gradients back. A new method needs a ``Rows`` class and
 an entry in ``rows_for`` — no kernel changes. A site no class computes (or a case one declines:
 Recurrent BN with true batch statistics, Streaming Norm in eval) makes ``supports`` false, and
-the generic loop, the oracle of ``tests/test_fastrecurrent.py``, runs.
+the generic loop, the oracle of ``tests/test_fastrecurrent.py``, runs. A site whose backward
+moves state (Streaming Norm's ``GS``, Online Norm's controls) must see exactly the calls autograd
+reaches: its kernel runs when every parameter of the cell needs a gradient (``Rows.routes``,
+``Plug.fits``). The kernels are first-order (``once_differentiable``): a double backward
+(``create_graph=True``) raises; ``switch.disabled()`` runs the differentiable generic path.
 
 The other pieces:
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
-__all__ = ["Arr", "add", "const", "cumsum", "mul", "sub", "tri"]
+__all__ = ["Arr", "add", "const", "cumsum", "mul", "sub", "tensor", "tri"]
 
 Arr = np.ndarray
 mul, add, sub = np.multiply, np.add, np.subtract  # positional ``out``: the cheapest calls
@@ -44,3 +46,8 @@ def cumsum(a: Arr) -> Arr:
     """Cumulative sum over axis 1 of ``[2, K, ...]`` (a matmul: ``np.cumsum`` there is slow)."""
     k = a.shape[1]
     return np.matmul(tri(k, a.dtype), a.reshape(2, k, -1)).reshape(a.shape)
+
+
+def tensor(a: Arr | None) -> Tensor | None:
+    """A kernel's gradient array as the tensor its ``Function.backward`` returns."""
+    return None if a is None else torch.from_numpy(np.ascontiguousarray(a))

@@ -1,4 +1,4 @@
-"""A GRU window in numpy, every method but ``streaming`` (its sites from ``models.fast.rows``).
+"""A GRU window in numpy, every method (its sites from ``models.fast.rows``).
 
 PyTorch's own CPU GRU (``torch.gru``) is about 3× slower than its LSTM at batch size 1 although a
 GRU has three gates to the LSTM's four, and a normalized GRU's per-step autograd loop builds
@@ -8,7 +8,7 @@ GRU has three gates to the LSTM's four, and a normalized GRU's per-step autograd
   torch for the whole window at once, so its normalization and its gradient stay autograd's;
 - the **recurrence** is one ``autograd.Function``: per step one matmul with ``W_hh`` and a few
   numpy calls on rows (~0.3 µs each); the backward walks the steps back by hand (derivation in
-  ``_GRUWindow.backward``) and forms ``dW_hh`` as one matmul over the window;
+  ``GRUWindow.backward``) and forms ``dW_hh`` as one matmul over the window;
 - a method plugs in as its **sites** (``rows.Plug``): the h sites ``N(W_h^{rz} h)``,
   ``N(W_h^n h)`` and the pre sites around ``rz`` and ``n`` (Online Norm), each a ``rows.Rows``
   with ``forward``/``backward`` on rows; a cosine ``W_h`` is a matmul with the raw weight and an
@@ -31,14 +31,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .arrays import Arr
-from .rows import Plug, begin_backward, cosine_h, rows_for, sigmoid_
-from .switch import fits
+from .arrays import Arr, tensor
+from .rows import Plug, cosine_h, rows_for, sigmoid_, supported
 
-__all__ = ["FUSED_UP_TO", "plug", "supports", "window"]
+__all__ = ["FUSED_UP_TO", "GRUWindow", "plug", "supports", "window"]
 
 
-class _GRUWindow(torch.autograd.Function):
+class GRUWindow(torch.autograd.Function):
     """``out [T, B, H]`` of a GRU window from the input term ``gx [T, B, 3H]`` and ``h0 [B, H]``,
     with ``W_hh [3H, H]``, ``b_hn [H]`` (inside ``r ⊙ (…)``) and the sites' tensors (``plug``:
     h_rz, h_n, pre_rz, pre_n)."""
@@ -106,7 +105,8 @@ class _GRUWindow(torch.autograd.Function):
         dh = np.zeros((batch, h), n.dtype)
         first = 1 if plug.fresh else 0
         need = ctx.needs_input_grad
-        begin_backward(sites, steps, need[3] or need[2])
+        for s in sites:
+            s.begin_backward()
         for t in range(steps - 1, -1, -1):
             dh += D[t]
             ax = da_x[t]
@@ -125,19 +125,21 @@ class _GRUWindow(torch.autograd.Function):
                         dh += s.backward_h(t)
         for s in sites:
             s.end_backward()
+        idle = first == steps  # no h term in the window: W_hh, the h sites got no gradient
         grads: list[Arr | None] = [
             da_x if need[1] else None,
             dh if need[2] else None,
-            np.matmul(da_h.reshape(-1, 3 * h).T, hs[:-1].reshape(-1, h)) if need[3] else None,
+            np.matmul(da_h.reshape(-1, 3 * h).T, hs[:-1].reshape(-1, h))
+            if need[3] and not idle else None,
             dghn.sum((0, 1)) if need[4] else None,
         ]
-        return (None, *(None if g is None else torch.from_numpy(np.ascontiguousarray(g))
-                         for g in grads), *Plug.grads(sites, need[5:]))
+        return (None, *(tensor(g) for g in grads),
+                *Plug.grads(sites, need[5:], (0, 1) if idle else ()))
 
 
 def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
     """The sites of ``cell``'s window (h_rz, h_n, pre_rz, pre_n), or ``None`` where a site is
-    not one ``rows`` computes (``streaming``)."""
+    not one ``rows`` computes."""
     h = cell.hidden_size
     m = cell._modules
     if m.get("nh_rz") is None and m.get("nh_n") is None:
@@ -160,11 +162,9 @@ FUSED_UP_TO = 1
 
 
 def supports(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None) -> bool:
-    """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``: the kernels are
-    on, every site has a ``rows`` class, everything float32 or float64 on the CPU."""
-    if cell.fused and x.shape[0] <= FUSED_UP_TO:
-        return False
-    return plug(cell, x.shape[1], 0, state is None) is not None and fits(cell, x, state)
+    """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``
+    (``rows.supported``)."""
+    return supported(cell, x, state, plug, FUSED_UP_TO)
 
 
 def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0
@@ -175,5 +175,5 @@ def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0
     assert p is not None
     h0 = state[0] if state is not None else cell.zero_state(x)[0]
     gx = cell.input_term(x, t0)
-    return (p.done(_GRUWindow.apply(p, gx, h0, cell.lh.weight, cell.bias_hn, *p.tensors())),)
+    return (p.done(GRUWindow.apply(p, gx, h0, cell.lh.weight, cell.bias_hn, *p.tensors())),)
 

@@ -26,14 +26,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .arrays import const
-from .rows import Plug, begin_backward, cosine_h, rows_for
-from .switch import fits
+from .arrays import const, tensor
+from .rows import Plug, cosine_h, rows_for, supported
 
-__all__ = ["plug", "supports", "window"]
+__all__ = ["LSTMWindow", "plug", "supports", "window"]
 
 
-class _LSTMWindow(torch.autograd.Function):
+class LSTMWindow(torch.autograd.Function):
     """``(out, cs)`` ``[T, B, H]`` each from the input term ``gx [T, B, 4H]``, ``h0``, ``c0``
     ``[B, H]``, ``W_hh [4H, H]`` and the sites' tensors (``plug``: h, pre, c)."""
 
@@ -103,7 +102,8 @@ class _LSTMWindow(torch.autograd.Function):
         dc = np.zeros((batch, h), tc.dtype)
         first = 1 if plug.fresh else 0
         need = ctx.needs_input_grad
-        begin_backward(sites, steps, need[4] or need[2])
+        for s in sites:
+            s.begin_backward()
         for t in range(steps - 1, -1, -1):
             if D is not None:
                 dh += D[t]
@@ -125,14 +125,16 @@ class _LSTMWindow(torch.autograd.Function):
                 dh = np.zeros_like(dh)
         for s in sites:
             s.end_backward()
+        idle = first == steps  # no h term in the window: W_hh, the h site got no gradient
         grads = [
             da_x if need[1] else None,
             dh if need[2] else None,
             dc if need[3] else None,
-            np.matmul(da_h.reshape(-1, 4 * h).T, hs[:-1].reshape(-1, h)) if need[4] else None,
+            np.matmul(da_h.reshape(-1, 4 * h).T, hs[:-1].reshape(-1, h))
+            if need[4] and not idle else None,
         ]
-        return (None, *(None if x is None else torch.from_numpy(np.ascontiguousarray(x))
-                        for x in grads), *Plug.grads(sites, need[5:]))
+        return (None, *(tensor(g) for g in grads),
+                *Plug.grads(sites, need[5:], (0,) if idle else ()))
 
 
 def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
@@ -155,8 +157,9 @@ def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
 
 
 def supports(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None) -> bool:
-    """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``."""
-    return plug(cell, x.shape[1], 0, state is None) is not None and fits(cell, x, state)
+    """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``
+    (``rows.supported``)."""
+    return supported(cell, x, state, plug)
 
 
 def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0
@@ -166,5 +169,5 @@ def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0
     p = plug(cell, x.shape[1], t0, state is None)
     assert p is not None
     h0, c0 = state if state is not None else cell.zero_state(x)
-    hs, cs = _LSTMWindow.apply(p, cell.input_term(x, t0), h0, c0, cell.lh.weight, *p.tensors())
+    hs, cs = LSTMWindow.apply(p, cell.input_term(x, t0), h0, c0, cell.lh.weight, *p.tensors())
     return p.done(hs), cs

@@ -1,5 +1,4 @@
-"""A plain-RNN window in numpy, every method but ``streaming`` (its sites from
-``models.fast.rows``).
+"""A plain-RNN window in numpy, every method (its sites from ``models.fast.rows``).
 
 As ``gru_kernel``: the input term ``N_x(W_x x) + b`` of the whole window by torch, the recurrence
 ``h' = tanh(P(gx + N_h(W_h h)))`` (``P``: Online Norm's pre site) as one ``autograd.Function``
@@ -20,13 +19,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .rows import Plug, begin_backward, cosine_h, rows_for
-from .switch import fits
+from .arrays import tensor
+from .rows import Plug, cosine_h, rows_for, supported
 
-__all__ = ["FUSED_UP_TO", "plug", "supports", "window"]
+__all__ = ["FUSED_UP_TO", "RNNWindow", "plug", "supports", "window"]
 
 
-class _RNNWindow(torch.autograd.Function):
+class RNNWindow(torch.autograd.Function):
     """``out [T, B, H]`` from the input term ``gx [T, B, H]``, ``h0 [B, H]``, ``W_hh [H, H]`` and
     the sites' tensors (``plug``: h, pre)."""
 
@@ -64,7 +63,8 @@ class _RNNWindow(torch.autograd.Function):
         dh = np.zeros((batch, h), hs.dtype)
         first = 1 if plug.fresh else 0
         need = ctx.needs_input_grad
-        begin_backward(sites, steps, need[3] or need[2])
+        for s in sites:
+            s.begin_backward()
         for t in range(steps - 1, -1, -1):
             dh += D[t]
             da_x[t] = s_pre.backward(dh * der[t], t)
@@ -77,18 +77,20 @@ class _RNNWindow(torch.autograd.Function):
                 dh = np.zeros_like(dh)
         for s in sites:
             s.end_backward()
+        idle = first == steps  # no h term in the window: W_hh, the h site got no gradient
         grads = [
             da_x if need[1] else None,
             dh if need[2] else None,
-            np.matmul(da_h.reshape(-1, h).T, hs[:-1].reshape(-1, h)) if need[3] else None,
+            np.matmul(da_h.reshape(-1, h).T, hs[:-1].reshape(-1, h))
+            if need[3] and not idle else None,
         ]
-        return (None, *(None if g is None else torch.from_numpy(np.ascontiguousarray(g))
-                        for g in grads), *Plug.grads(sites, need[4:]))
+        return (None, *(tensor(g) for g in grads),
+                *Plug.grads(sites, need[4:], (0,) if idle else ()))
 
 
 def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
     """The sites of ``cell``'s window (h, pre), or ``None`` where a site is not one ``rows``
-    computes (``streaming``)."""
+    computes."""
     m = cell._modules
     if m.get("nh") is None:
         hsite = cosine_h(m.get("lh"), 0, cell.hidden_size)
@@ -108,11 +110,9 @@ FUSED_UP_TO = 4
 
 
 def supports(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None) -> bool:
-    """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``: the kernels are
-    on, every site has a ``rows`` class, everything float32 or float64 on the CPU."""
-    if cell.fused and x.shape[0] <= FUSED_UP_TO:
-        return False
-    return plug(cell, x.shape[1], 0, state is None) is not None and fits(cell, x, state)
+    """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``
+    (``rows.supported``)."""
+    return supported(cell, x, state, plug, FUSED_UP_TO)
 
 
 def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0
@@ -123,4 +123,4 @@ def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0
     assert p is not None
     h0 = state[0] if state is not None else cell.zero_state(x)[0]
     gx = cell.input_term(x, t0)
-    return (p.done(_RNNWindow.apply(p, gx, h0, cell.lh.weight, *p.tensors())),)
+    return (p.done(RNNWindow.apply(p, gx, h0, cell.lh.weight, *p.tensors())),)

@@ -16,7 +16,7 @@ tensors flattened for ``apply``, and the gradients back in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,11 +28,13 @@ from ..norms.layer import LayerNormSite
 from ..norms.online import OnlineNormSite
 from ..norms.recurrent_batch import RecurrentBatchNormSite
 from ..norms.streaming import StreamingSite
-from .arrays import Arr
+from .arrays import Arr, tensor
 from .sites import WindowSite, held_row
+from .switch import fits
 
 __all__ = ["BatchRows", "CosineRows", "LayerRows", "OnlineRows", "Plug", "Rows", "StreamingRows",
-           "begin_backward", "check_gen", "rows_for", "sigmoid_"]
+           "cosine_h", "rows_for", "sigmoid_",
+           "supported"]
 
 
 def sigmoid_(a: Arr) -> Arr:
@@ -69,6 +71,13 @@ class Rows:
         """Whether this class computes what ``spec`` computes for a batch of ``batch``."""
         return True
 
+    @staticmethod
+    def routes(spec: Any) -> bool:
+        """Whether the site's backward moves state (Streaming Norm's ``GS``, Online Norm's
+        controls): then it must see exactly the calls autograd reaches, which every call is when
+        every parameter of the cell needs a gradient (``Plug.fits`` asks for that)."""
+        return False
+
     def forward(self, a: Arr, t: int) -> Arr:
         return a
 
@@ -81,9 +90,8 @@ class Rows:
     def end_forward(self) -> None:
         """After the window's forward: write back what the forward kept aside."""
 
-    def begin_backward(self, routed: Sequence[bool]) -> None:
-        """Before the first ``backward``: ``routed[t]`` says whether autograd would reach step
-        ``t``'s call of this site (a call whose input needs no gradient has no node)."""
+    def begin_backward(self) -> None:
+        """Before the first ``backward``."""
 
     def end_backward(self) -> None:
         """After the last ``backward``: write back what the backward kept aside."""
@@ -95,8 +103,6 @@ class Rows:
     def grads(self) -> list[Arr | None]:
         return []
 
-
-PlainRows = Rows
 
 
 class LayerRows(Rows):
@@ -235,8 +241,8 @@ class OnlineRows(Rows):
         self.w, self.b = arrs[0], arrs[1]
         assert self.w is not None and self.b is not None
         self.mod, self.train = spec, spec.training
-        self.mean, self.var, self.u, self.v = (_np(spec._buffers[k]) for k in ("mean", "var", "u",
-                                                                                 "v"))
+        self.mean, self.var, self.u, self.v = (_np(t) for t in (spec.mean, spec.var, spec.u,
+                                                                 spec.v))
         f, dt, g = self.w.shape[0], self.w.dtype, spec.groups
         self.y, self.z, self.dz = (np.zeros((steps, batch, f), dt) for _ in range(3))
         self.zg = self.z.reshape(steps, batch, g, f // g)  # per gate, for layer scaling
@@ -253,6 +259,10 @@ class OnlineRows(Rows):
     @staticmethod
     def accepts(spec: Any, batch: int) -> bool:
         return spec.mean.dtype == spec.weight.dtype
+
+    @staticmethod
+    def routes(spec: Any) -> bool:
+        return spec.training and spec.alpha_b < 1.0 and spec.update_controls
 
     def forward(self, a: Arr, t: int) -> Arr:
         mod, s, y, z = self.mod, self.s[t], self.y[t], self.z[t]
@@ -367,8 +377,8 @@ class StreamingRows(Rows):
     """``StreamingSite`` in training, one call per step, through the workers of the LSTM kernel
     (``models.fast.sites``): ``RowSite`` at batch size 1 with per-unit raw moments (the default
     ``online`` preset), ``WindowSite`` otherwise. Fold, ``S``/``n`` in the forward and
-    ``GS``/``m`` in the backward move as on the generic path; ``begin_backward``'s ``routed``
-    keeps a call autograd would not reach from routing a statistic gradient."""
+    ``GS``/``m`` in the backward move as on the generic path (every call routes a statistic
+    gradient: ``routes``)."""
 
     def __init__(self, spec: Any, arrs: Sequence[Arr | None], steps: int, batch: int, t0: int,
                  hs: Arr) -> None:
@@ -376,8 +386,9 @@ class StreamingRows(Rows):
         assert w is not None
         self.row = batch == 1 and (spec.axes, spec.stats) == ("unit", "moments")
         if self.row:
-            row, self.gen = held_row(spec, steps, w.dtype)
-            self.site: WindowSite = row.reset(w, b)
+            self.rowsite = held_row(spec, steps, w.dtype)
+            self.gen = self.rowsite.gen
+            self.site: WindowSite = self.rowsite.reset(w, b)
             self.dys = np.zeros((steps, w.shape[0]), w.dtype)
         else:
             self.site = WindowSite(spec, w, b)
@@ -391,6 +402,10 @@ class StreamingRows(Rows):
     def accepts(spec: Any, batch: int) -> bool:
         return spec.training and spec.memory.dtype == spec.weight.dtype
 
+    @staticmethod
+    def routes(spec: Any) -> bool:
+        return True
+
     def forward(self, a: Arr, t: int) -> Arr:
         self.called.append(t)
         return self.site.step(a[0])[None] if self.row else self.site.step(a)
@@ -398,10 +413,10 @@ class StreamingRows(Rows):
     def end_forward(self) -> None:
         self.site.sync_forward()
 
-    def begin_backward(self, routed: Sequence[bool]) -> None:
-        self.route = [bool(routed[t]) for t in self.called]
+    def begin_backward(self) -> None:
+        self.route = [True] * len(self.called)
         if self.row:
-            check_gen(self.site, self.gen)
+            self.rowsite.check(self.gen)
             self.site.begin(self.dys[:len(self.called)], self.route)
         else:
             self.site.begin_backward()
@@ -420,7 +435,7 @@ class StreamingRows(Rows):
 
     def release(self) -> None:
         if self.row:
-            self.site.held = False  # type: ignore[attr-defined]
+            self.rowsite.release()
 
     def grads(self) -> list[Arr | None]:
         return list(self.site.grads())
@@ -443,23 +458,6 @@ def cosine_h(lin: Any, lo: int, hi: int) -> tuple[type[Rows], Any]:
     """The h-term site of a ``CosineLinear`` for its units ``[lo, hi)``; ``(Rows, None)`` for
     any other linear map (a matmul with its weight, which the kernel does)."""
     return (CosineRows, (lin, lo, hi)) if isinstance(lin, CosineLinear) else (Rows, None)
-
-
-def check_gen(row: Any, gen: int) -> None:
-    """Raise if a later window has taken ``row`` (``sites.held_row``) since generation ``gen``."""
-    if row.gen != gen:
-        raise RuntimeError("models.fast: this window's Streaming Norm arrays were reused by a "
-                           "later window of the same site; run backward before the next "
-                           "window, or use models.fast.switch.disabled()")
-
-
-def begin_backward(sites: Sequence[Rows], steps: int, first_h: bool) -> None:
-    """Start every site's backward. An h site's call is reached at every step after the first
-    (its input depends on the window's inputs) and at the first if ``W_h`` or ``h0`` needs a
-    gradient (``first_h``)."""
-    routed = [first_h, *[True] * (steps - 1)]
-    for s in sites:
-        s.begin_backward(routed)
 
 
 class Plug:
@@ -497,9 +495,28 @@ class Plug:
                 s.release()
         return out
 
+    def fits(self, cell: Any) -> bool:
+        """Whether the kernel computes this window as the generic path would: a site whose
+        backward moves state needs every call reached, so every parameter needing a gradient
+        (or no graph at all)."""
+        return not (torch.is_grad_enabled() and any(cls.routes(spec) for cls, spec in self.sites)
+                    and not all(p.requires_grad for p in cell.parameters()))
+
     @staticmethod
-    def grads(sites: Sequence[Rows], needs: Sequence[bool]) -> list[Tensor | None]:
-        """Each site's tensor gradients, ``None`` where not needed."""
-        flat = [g for s in sites for g in s.grads()]
-        return [None if g is None or not n else torch.from_numpy(np.ascontiguousarray(g))
-                for g, n in zip(flat, needs, strict=True)]
+    def grads(sites: Sequence[Rows], needs: Sequence[bool], idle: Sequence[int] = ()
+              ) -> list[Tensor | None]:
+        """Each site's tensor gradients, ``None`` where not needed and for the sites in
+        ``idle`` (never called in the window: autograd would leave their ``.grad`` alone)."""
+        flat = [None if i in idle else g for i, s in enumerate(sites) for g in s.grads()]
+        return [tensor(g) if n else None for g, n in zip(flat, needs, strict=True)]
+
+
+def supported(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None,
+              plug: Callable[[Any, int, int, bool], Plug | None], fused_up_to: int = 0) -> bool:
+    """Whether a kernel with this ``plug`` runs ``cell``'s window ``x [T, B, I]`` from ``state``:
+    every site has a class here that takes it, ``Plug.fits``, ``switch.fits``; a method with no
+    sites (``none``, ``weight``) stays on PyTorch's fused kernel up to ``fused_up_to`` steps."""
+    if cell.fused and x.shape[0] <= fused_up_to:
+        return False
+    p = plug(cell, x.shape[1], 0, state is None)
+    return p is not None and p.fits(cell) and fits(cell, x, state)

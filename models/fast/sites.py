@@ -17,7 +17,7 @@ from ..norms.layer import LayerNormSite
 from ..norms.streaming import COUNTERS, MEMORIES, StreamingSite
 from .arrays import Arr, add, const, cumsum, mul, sub, tri
 
-__all__ = ["RowSite", "WindowSite", "forward_only", "held_row", "kept_row", "release"]
+__all__ = ["RowSite", "WindowSite", "forward_only", "held_row", "kept_row"]
 
 Mod = LayerNormSite | StreamingSite
 _VIEWS: weakref.WeakKeyDictionary[Any, tuple[dict[str, Tensor], dict[str, Arr]]] = (
@@ -239,6 +239,26 @@ class RowSite(WindowSite):
 
     held, gen = False, 0  # ``held_row``'s bookkeeping
 
+    @property  # type: ignore[override]
+    def mod(self) -> Any:
+        """The site module, referenced weakly (``held_row`` keeps rows per module)."""
+        return self._mod()
+
+    @mod.setter
+    def mod(self, mod: Mod) -> None:
+        self._mod = weakref.ref(mod)
+
+    def release(self) -> None:
+        """Hand the row back to ``held_row``: its window's backward is done, or none will come."""
+        self.held = False
+
+    def check(self, gen: int) -> None:
+        """Raise if a later window has taken this row since generation ``gen``."""
+        if self.gen != gen:
+            raise RuntimeError("models.fast: this window's Streaming Norm arrays were reused by "
+                               "a later window of the same site; run backward before the next "
+                               "window, or use models.fast.switch.disabled()")
+
     def __init__(self, mod: Mod, steps: int, dt: Any) -> None:
         self.mod, f = mod, mod.width
         self.stream = isinstance(mod, StreamingSite)
@@ -426,26 +446,26 @@ class RowSite(WindowSite):
 
 _POOL: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], RowSite]] = (
     weakref.WeakKeyDictionary())
+_SHAPES = 8  # window shapes kept per site (as lstm_kernel's kernels per cell)
+_FORWARD_ONLY: list[list[RowSite]] = []
 
 
-def held_row(mod: Mod, steps: int, dt: Any) -> tuple[RowSite, int]:
-    """A ``RowSite`` of ``mod`` for a window of ``steps`` calls and its generation: the one kept
-    for that shape unless a window whose backward has not run still holds it (then a new one,
-    kept from now on). Release it (``held = False``) when the window's backward is done or no
-    backward will come; a window whose generation no longer matches must not read it (a later
-    window has overwritten its arrays)."""
+def held_row(mod: Mod, steps: int, dt: Any) -> RowSite:
+    """A ``RowSite`` of ``mod`` for a window of ``steps`` calls, held until ``release()``: the
+    one kept for that shape unless a window whose backward has not run still holds it (then a
+    new one, kept from now on). Kept rows reference their module weakly: a site's rows go with
+    it."""
     pool = _POOL.setdefault(mod, {})
     key = (steps, np.dtype(dt).str)
     row = pool.get(key)
     if row is None or row.held:
+        if key not in pool and len(pool) >= _SHAPES:
+            del pool[next(iter(pool))]
         row = pool[key] = RowSite(mod, steps, dt)
     row.held, row.gen = True, row.gen + 1
     if _FORWARD_ONLY:
         _FORWARD_ONLY[-1].append(row)
-    return row, row.gen
-
-
-_FORWARD_ONLY: list[list[RowSite]] = []
+    return row
 
 
 @contextlib.contextmanager
@@ -459,16 +479,9 @@ def forward_only() -> Iterator[None]:
     finally:
         _FORWARD_ONLY.pop()
         for row in taken:
-            row.held = False
+            row.release()
 
 
 def kept_row(mod: Mod, steps: int, dt: Any) -> RowSite | None:
     """The ``RowSite`` of ``mod`` kept for windows of ``steps`` calls, if any."""
     return _POOL.get(mod, {}).get((steps, np.dtype(dt).str))
-
-
-def release(mod: Mod, steps: int, dt: Any) -> None:
-    """Hand back the ``RowSite`` of ``mod`` kept for ``steps`` calls (no backward will come)."""
-    row = kept_row(mod, steps, dt)
-    if row is not None:
-        row.held = False

@@ -18,8 +18,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..norms.streaming import StreamingSite
-from .rows import check_gen
-from .sites import WindowSite, held_row, release
+from .sites import WindowSite, held_row, kept_row
 from .switch import is_enabled
 
 __all__ = ["forward_seq"]
@@ -33,9 +32,10 @@ class _StreamingWindow(torch.autograd.Function):
                 ) -> Tensor:
         W, B, A = w.detach().numpy(), None if b is None else b.detach().numpy(), a.detach().numpy()
         steps, batch, _ = A.shape
-        ctx.gen = None
-        if batch == 1 and (site.axes, site.stats) == ("unit", "moments"):  # the online preset
-            row, ctx.gen = held_row(site, steps, A.dtype)
+        ctx.row = None
+        if _rows(site, batch):
+            row = ctx.row = held_row(site, steps, A.dtype)
+            ctx.gen = row.gen
             ws: WindowSite = row.reset(W, B)
             y = ws.run(A).reshape(A.shape).copy()
         else:
@@ -52,18 +52,24 @@ class _StreamingWindow(torch.autograd.Function):
         _ = ctx.saved_tensors
         ws, need = ctx.ws, ctx.needs_input_grad
         D = dy.numpy()
-        if ctx.gen is not None:  # a RowSite
-            check_gen(ws, ctx.gen)
+        if ctx.row is not None:
+            ctx.row.check(ctx.gen)
             D = np.ascontiguousarray(D.reshape(D.shape[0], -1))
             ws.begin(D, [need[1]] * D.shape[0])
         else:  # a call whose input needs no gradient routes nothing (it has no node)
             ws.begin_backward()
         da = ws.run_back(D, need[1]).reshape(dy.shape)
         ws.end_backward()
-        ws.held = False  # type: ignore[attr-defined]
+        if ctx.row is not None:
+            ctx.row.release()
         dw, db = ws.grads()
         return (None, *(None if g is None or not n else torch.from_numpy(np.ascontiguousarray(g))
                         for g, n in ((da, need[1]), (dw, need[2]), (db, need[3]))))
+
+
+def _rows(site: StreamingSite, batch: int) -> bool:
+    """Whether a window of this site runs a ``RowSite`` (else a ``WindowSite``)."""
+    return batch == 1 and (site.axes, site.stats) == ("unit", "moments")  # the online preset
 
 
 def forward_seq(site: Any, a: Tensor, t0: int = 0) -> Tensor:
@@ -74,7 +80,10 @@ def forward_seq(site: Any, a: Tensor, t0: int = 0) -> Tensor:
             and a.dtype == w.dtype == site.memory.dtype and a.device.type == "cpu"
             and a.dtype in (torch.float32, torch.float64) and a.dim() == 3):
         y = _StreamingWindow.apply(site, a, w, site.bias)
-        if not y.requires_grad:  # no backward will come: hand the site's arrays back
-            release(site, a.shape[0], np.float32 if a.dtype == torch.float32 else np.float64)
+        if not y.requires_grad and _rows(site, a.shape[1]):  # no backward will come: the row
+            row = kept_row(site, a.shape[0], np.float32 if a.dtype == torch.float32  # back
+                           else np.float64)
+            if row is not None:
+                row.release()
         return y
     return site.forward_seq(a, t0)
