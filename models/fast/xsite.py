@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..norms.streaming import StreamingSite
+from .arrays import tensor
 from .sites import WindowSite, held_row, kept_row
 from .switch import is_enabled
 
@@ -63,7 +64,7 @@ class _StreamingWindow(torch.autograd.Function):
         if ctx.row is not None:
             ctx.row.release()
         dw, db = ws.grads()
-        return (None, *(None if g is None or not n else torch.from_numpy(np.ascontiguousarray(g))
+        return (None, *(tensor(g) if n else None
                         for g, n in ((da, need[1]), (dw, need[2]), (db, need[3]))))
 
 
@@ -80,9 +81,8 @@ def forward_seq(site: Any, a: Tensor, t0: int = 0) -> Tensor:
             and a.dtype == w.dtype == site.memory.dtype and a.device.type == "cpu"
             and a.dtype in (torch.float32, torch.float64) and a.dim() == 3):
         y = _StreamingWindow.apply(site, a, w, site.bias)
-        if not y.requires_grad and _rows(site, a.shape[1]):  # no backward will come: the row
-            row = kept_row(site, a.shape[0], np.float32 if a.dtype == torch.float32  # back
-                           else np.float64)
+        if not y.requires_grad and _rows(site, a.shape[1]):  # no backward will come: hand
+            row = kept_row(site, a.shape[0], w.detach().numpy().dtype)  # the row just taken back
             if row is not None:
                 row.release()
         return y
