@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .arrays import const, tensor
-from .rows import Plug, cosine_h, rows_for, supported
+from .rows import Plug, cosine_h, h_back, rows_for, supported
 
 __all__ = ["LSTMWindow", "plug", "supports", "window"]
 
@@ -116,13 +116,7 @@ class LSTMWindow(torch.autograd.Function):
             np.multiply(der[t, :, 3 * h:], dh, out=ax[:, 3 * h:])
             ax[...] = s_pre.backward(ax, t)
             dc *= f[t]
-            if t >= first:
-                da_h[t] = s_h.backward(ax, t)
-                dh = np.matmul(da_h[t], Wh)
-                if s_h.reads_h:
-                    dh += s_h.backward_h(t)
-            else:
-                dh = np.zeros_like(dh)
+            dh = h_back(s_h, ax, t, Wh, da_h[t]) if t >= first else np.zeros_like(dh)
         for s in sites:
             s.end_backward()
         idle = first == steps  # no h term in the window: W_hh, the h site got no gradient

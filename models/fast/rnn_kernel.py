@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .arrays import tensor
-from .rows import Plug, cosine_h, rows_for, supported
+from .rows import Plug, cosine_h, h_back, rows_for, supported
 
 __all__ = ["FUSED_UP_TO", "RNNWindow", "plug", "supports", "window"]
 
@@ -68,13 +68,7 @@ class RNNWindow(torch.autograd.Function):
         for t in range(steps - 1, -1, -1):
             dh += D[t]
             da_x[t] = s_pre.backward(dh * der[t], t)
-            if t >= first:
-                da_h[t] = s_h.backward(da_x[t], t)
-                dh = np.matmul(da_h[t], Wh)
-                if s_h.reads_h:
-                    dh += s_h.backward_h(t)
-            else:
-                dh = np.zeros_like(dh)
+            dh = h_back(s_h, da_x[t], t, Wh, da_h[t]) if t >= first else np.zeros_like(dh)
         for s in sites:
             s.end_backward()
         idle = first == steps  # no h term in the window: W_hh, the h site got no gradient

@@ -38,7 +38,7 @@ from .sites import WindowSite, held_row
 from .switch import fits
 
 __all__ = ["BatchRows", "CosineRows", "LayerRows", "OnlineRows", "Plug", "Rows", "StreamingRows",
-           "cosine_h", "rows_for", "sigmoid_", "supported"]
+           "cosine_h", "h_back", "rows_for", "sigmoid_", "supported"]
 
 
 def sigmoid_(a: Arr) -> Arr:
@@ -472,6 +472,16 @@ def cosine_h(lin: Any, lo: int, hi: int) -> tuple[type[Rows], Any]:
     """The h-term site of a ``CosineLinear`` for its units ``[lo, hi)``; ``(Rows, None)`` for
     any other linear map (a matmul with its weight, which the kernel does)."""
     return (CosineRows, (lin, lo, hi)) if isinstance(lin, CosineLinear) else (Rows, None)
+
+
+def h_back(site: Rows, da: Arr, t: int, Wh: Arr, da_h: Arr) -> Arr:
+    """The gradient reaching ``h_{t-1}`` through the h term ``N_h(W_h h)`` of step ``t`` given
+    ``da`` at its output; ``da_h`` receives ``N_h'(da)`` (for ``dW_hh``)."""
+    da_h[...] = site.backward(da, t)
+    dh = np.matmul(da_h, Wh)
+    if site.reads_h:
+        dh += site.backward_h(t)
+    return dh
 
 
 class Plug:
