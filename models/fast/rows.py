@@ -375,9 +375,13 @@ class CosineRows(Rows):
 
     def backward_h(self, t: int) -> Arr | None:
         q = self.q[t]
+        if q.shape[0] == 1:  # one row: its coefficient as a Python float (fewer numpy calls)
+            qv = float(q[0, 0])  # ‖h‖ = 0: no direction, no gradient (torch's)
+            dq = float(np.dot(self.da[t, 0], self.a[t, 0] * self.nd[t, 0]))
+            return self.hs[t] * (-dq / qv if qv > 0.0 else 0.0)
         dq = np.einsum("bf,bf->b", self.da[t], self.a[t] * self.nd[t])[:, None]
         coef = np.zeros_like(q)
-        np.divide(dq, q, out=coef, where=q > 0)  # ‖h‖ = 0: no direction, no gradient (torch's)
+        np.divide(dq, q, out=coef, where=q > 0)
         coef *= -1.0
         return coef * self.hs[t]
 
