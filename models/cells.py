@@ -116,7 +116,7 @@ class RecurrentCell(nn.Module):
     # -- forward -------------------------------------------------------------------------------
     def input_term(self, x: Tensor, t0: int = 0) -> Tensor:
         """``N_x(L_x x) + b`` for a whole window ``[T, B, I]`` at once."""
-        ax = self.lx(x)
+        ax = xsite.linear(self.lx, x)
         if self.nx is not None:
             ax = xsite.forward_seq(self.nx, ax, t0)
         return ax + self.bias
@@ -276,7 +276,7 @@ class GRUCell(RecurrentCell):
 
     def input_term(self, x: Tensor, t0: int = 0) -> Tensor:
         h = self.hidden_size
-        ax = self.lx(x)
+        ax = xsite.linear(self.lx, x)
         if self.nx_rz is None and self.nx_n is None:  # the same values without a split and cat
             return ax + self.bias
         rz, n = ax[..., :2 * h], ax[..., 2 * h:]

@@ -468,3 +468,31 @@ def test_a_window_without_an_h_term_leaves_w_h_without_a_gradient(kind: str, met
         out.sum().backward()
         assert cell.lh.weight.grad is None
         assert cell.lx.weight.grad is not None
+
+
+def test_the_cosine_input_term_equals_torch_and_gradchecks() -> None:
+    """``xsite.CosineWindow`` (a cosine ``W_x x`` over the window): ``CosineLinear``'s values and
+    gradients (a zero input row and a zero weight row included: no gradient through a zero
+    norm, as torch's), and ``gradcheck`` in float64."""
+    from models.fast import xsite
+    from models.norms.cosine import CosineLinear
+
+    torch.manual_seed(4)
+    lin = CosineLinear(3, 5, gain_init=3.0, eps=1e-8).double()
+    with torch.no_grad():
+        lin.weight[2] = 0.0
+        lin.gain.uniform_(0.5, 2.0)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    x[1, 0] = 0.0
+    x.requires_grad_()
+    got = []
+    for fast in (True, False):
+        with contextlib.nullcontext() if fast else switch.disabled():
+            y = xsite.linear(lin, x)
+        assert (type(y.grad_fn).__name__ == "CosineWindowBackward") is fast
+        got.append([y, *torch.autograd.grad((y * y).sum(), [x, lin.weight, lin.gain])])
+    for a, b in zip(*got, strict=True):
+        _close(a, b)
+    args = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in ((4, 2, 3), (5, 3),
+                                                                             (5,))]
+    assert torch.autograd.gradcheck(lambda *a: xsite.CosineWindow.apply(*a, 1e-8), args)

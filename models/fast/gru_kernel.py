@@ -63,8 +63,11 @@ class GRUWindow(torch.autograd.Function):
                 gh = np.matmul(hs[t], WhT)
                 np.add(GX[t, :, :2 * h], s_hrz.forward(gh[:, :2 * h], t), out=rz[t])
                 np.add(s_hn.forward(gh[:, 2 * h:], t), bhn, out=ghn[t])
-            rz[t] = s_prz.forward(rz[t], t)
-            sigmoid_(rz[t])
+            rzt = rz[t]
+            pre = s_prz.forward(rzt, t)
+            if pre is not rzt:  # (the identity returns its input itself)
+                rzt[...] = pre
+            sigmoid_(rzt)
             np.multiply(rz[t, :, :h], ghn[t], out=n[t])
             n[t] += GX[t, :, 2 * h:]
             np.tanh(s_pn.forward(n[t], t), out=n[t])
@@ -113,7 +116,10 @@ class GRUWindow(torch.autograd.Function):
             ax[:, 2 * h:] = s_pn.backward(dh * cn[t], t)
             np.multiply(ax[:, 2 * h:], cr[t], out=ax[:, :h])
             np.multiply(dh, cz[t], out=ax[:, h:2 * h])
-            ax[:, :2 * h] = s_prz.backward(ax[:, :2 * h], t)
+            arz = ax[:, :2 * h]
+            da = s_prz.backward(arz, t)
+            if da is not arz:
+                arz[...] = da
             np.multiply(ax[:, 2 * h:], r[t], out=dghn[t])
             dh *= z[t]
             if t >= first:

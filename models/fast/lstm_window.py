@@ -114,7 +114,9 @@ class LSTMWindow(torch.autograd.Function):
             np.multiply(der[t].reshape(batch, 4, h)[:, :3], dc[:, None],
                         out=ax.reshape(batch, 4, h)[:, :3])
             np.multiply(der[t, :, 3 * h:], dh, out=ax[:, 3 * h:])
-            ax[...] = s_pre.backward(ax, t)
+            da = s_pre.backward(ax, t)
+            if da is not ax:  # (the identity returns ax itself)
+                ax[...] = da
             dc *= f[t]
             dh = h_back(s_h, ax, t, Wh, da_h[t]) if t >= first else np.zeros_like(dh)
         for s in sites:

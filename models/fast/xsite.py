@@ -1,5 +1,6 @@
-"""Streaming Norm's input-to-hidden site over a whole window at once, for the cells whose
-recurrence runs in numpy (``gru_kernel``, ``rnn_kernel``; the LSTM kernel runs its own).
+"""The input term's pieces over a whole window at once, for the cells whose recurrence runs in
+numpy (``gru_kernel``, ``rnn_kernel``, ``lstm_window``): Streaming Norm's input-to-hidden site
+(``forward_seq``) and a cosine ``W_x x`` (``linear``).
 
 The generic ``Site.forward_seq`` calls the site once per step: ~20 torch ops and an
 ``autograd.Function`` each. Here one ``Function`` makes the window's calls in order with the LSTM
@@ -17,12 +18,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..norms.cosine import CosineLinear
 from ..norms.streaming import StreamingSite
 from .arrays import tensor
 from .sites import WindowSite, held_row, kept_row
 from .switch import is_enabled
 
-__all__ = ["forward_seq"]
+__all__ = ["CosineWindow", "forward_seq", "linear"]
 
 
 class _StreamingWindow(torch.autograd.Function):
@@ -87,3 +89,58 @@ def forward_seq(site: Any, a: Tensor, t0: int = 0) -> Tensor:
                 row.release()
         return y
     return site.forward_seq(a, t0)
+
+
+class CosineWindow(torch.autograd.Function):
+    """``CosineLinear`` on every row of ``x [..., I]`` (``gain ⊙ W x / (‖x‖·‖w_j‖ + ε)``) with a
+    hand-written backward (torch's takes ~20 ops for it)::
+
+        D = x Wᵀ,  d = ‖x‖·n + ε (n_j = ‖w_j‖),  C = D / d,  y = C ⊙ g
+        dg = Σ dy ⊙ C,  dD = dy ⊙ g / d,  e = −Σ_j dD ⊙ C   (= ∂/∂d summed with n, per row: ·n)
+        dx = dD W + (Σ_j e_j n_j / ‖x‖) x,  dW = dDᵀ x + (Σ_rows e ‖x‖ / n) w
+    (a zero ``x`` or ``w_j`` passes no gradient through its norm, as torch's)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, gain: Tensor, eps: float) -> Tensor:
+        X, W, g = x.detach().numpy(), w.detach().numpy(), gain.detach().numpy()
+        X2 = X.reshape(-1, X.shape[-1])
+        xn = np.sqrt(np.einsum("ri,ri->r", X2, X2))[:, None]
+        n = np.sqrt(np.einsum("fi,fi->f", W, W))
+        d = xn * n
+        d += eps
+        C = np.matmul(X2, W.T)
+        C /= d
+        ctx.saved = (X2, W, g, xn, n, d, C)
+        ctx.save_for_backward(w, gain)  # an in-place change before backward raises
+        return torch.from_numpy((C * g).reshape(*X.shape[:-1], -1))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        _ = ctx.saved_tensors
+        X2, W, g, xn, n, d, C = ctx.saved
+        need = ctx.needs_input_grad
+        DY = dy.numpy().reshape(C.shape)
+        dD = DY * g
+        dD /= d
+        e = -(dD * C)  # ∂loss/∂d per row and unit (d = ‖x‖·n + ε)
+        dx = dw = None
+        if need[0]:
+            coef = np.zeros_like(xn)
+            np.divide((e * n).sum(-1, keepdims=True), xn, out=coef, where=xn > 0)
+            dx = (np.matmul(dD, W) + coef * X2).reshape((*dy.shape[:-1], W.shape[1]))
+        if need[1]:
+            coef_w = np.zeros_like(n)
+            np.divide(np.einsum("rf,r->f", e, xn[:, 0]), n, out=coef_w, where=n > 0)
+            dw = np.matmul(dD.T, X2) + coef_w[:, None] * W
+        dg = np.einsum("rf,rf->f", DY, C) if need[2] else None
+        return tensor(dx), tensor(dw), tensor(dg), None
+
+
+def linear(lin: Any, x: Tensor) -> Tensor:
+    """``lin(x)`` for a window ``x``; a ``CosineLinear``, float32/float64 on the CPU, runs here."""
+    if (type(lin) is CosineLinear and is_enabled() and x.dtype == lin.weight.dtype
+            == lin.gain.dtype and x.dtype in (torch.float32, torch.float64)
+            and x.device.type == "cpu"):
+        return CosineWindow.apply(x, lin.weight, lin.gain, lin.eps)
+    return lin(x)
