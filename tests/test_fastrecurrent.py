@@ -496,3 +496,39 @@ def test_the_cosine_input_term_equals_torch_and_gradchecks() -> None:
     args = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in ((4, 2, 3), (5, 3),
                                                                              (5,))]
     assert torch.autograd.gradcheck(lambda *a: xsite.CosineWindow.apply(*a, 1e-8), args)
+
+
+@pytest.mark.parametrize("t_max", [1, 3, 8, 64])
+@pytest.mark.parametrize("t0", [0, 2, 7, 70])
+@pytest.mark.parametrize(("steps", "batch", "training"), [(1, 1, True), (5, 1, True),
+                                                          (16, 1, True), (5, 3, False)])
+def test_the_recurrent_bn_input_window_equals_step_by_step(t_max: int, t0: int, steps: int,
+                                                            batch: int, training: bool) -> None:
+    """``xsite.BatchNormWindow`` (Recurrent BN's x site over a window in numpy): the outputs,
+    gradients and running statistics of the site called step by step (``Site.forward_seq``),
+    positions repeating past ``T_max`` included; ``gradcheck`` in eval (no statistic moves)."""
+    from models.fast import xsite
+    from models.norms.base import Site
+    from models.norms.recurrent_batch import RecurrentBatchNormSite
+
+    torch.manual_seed(t_max + t0 + steps)
+    site = RecurrentBatchNormSite(6, bias=True, t_max=t_max, momentum=0.1, gain_init=0.7,
+                                  eps=1e-5).double().train(training)
+    with torch.no_grad():
+        site.running_mean.uniform_(-1, 1)
+        site.running_var.uniform_(0.5, 2)
+        site.bias.uniform_(-1, 1)
+    ref = copy.deepcopy(site)
+    a = torch.randn(steps, batch, 6, dtype=torch.float64, requires_grad=True)
+    got = []
+    for s, fast in ((site, True), (ref, False)):
+        y = xsite.forward_seq(s, a, t0) if fast else Site.forward_seq(s, a, t0)
+        assert (type(y.grad_fn).__name__ == "BatchNormWindowBackward") is fast
+        grads = torch.autograd.grad((y * y).sum(), [a, s.weight, s.bias])
+        got.append([y, *grads, s.running_mean.clone(), s.running_var.clone()])
+    for u, v in zip(*got, strict=True):
+        _close(u, v)
+    if not training:
+        w, b = (p.detach().clone().requires_grad_() for p in (site.weight, site.bias))
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: xsite.BatchNormWindow.apply(site, x, t0, w, b), [a, w, b])

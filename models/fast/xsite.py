@@ -1,6 +1,6 @@
 """The input term's pieces over a whole window at once, for the cells whose recurrence runs in
-numpy (``gru_kernel``, ``rnn_kernel``, ``lstm_window``): Streaming Norm's input-to-hidden site
-(``forward_seq``) and a cosine ``W_x x`` (``linear``).
+numpy (``gru_kernel``, ``rnn_kernel``, ``lstm_window``): Streaming Norm's and Recurrent BN's
+input-to-hidden sites (``forward_seq``) and a cosine ``W_x x`` (``linear``).
 
 The generic ``Site.forward_seq`` calls the site once per step: ~20 torch ops and an
 ``autograd.Function`` each. Here one ``Function`` makes the window's calls in order with the LSTM
@@ -19,12 +19,13 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..norms.cosine import CosineLinear
+from ..norms.recurrent_batch import RecurrentBatchNormSite
 from ..norms.streaming import StreamingSite
 from .arrays import tensor
 from .sites import WindowSite, held_row, kept_row
 from .switch import is_enabled
 
-__all__ = ["CosineWindow", "forward_seq", "linear"]
+__all__ = ["BatchNormWindow", "CosineWindow", "forward_seq", "linear"]
 
 
 class _StreamingWindow(torch.autograd.Function):
@@ -75,9 +76,60 @@ def _rows(site: StreamingSite, batch: int) -> bool:
     return batch == 1 and (site.axes, site.stats) == ("unit", "moments")  # the online preset
 
 
+class BatchNormWindow(torch.autograd.Function):
+    """``RecurrentBatchNormSite.forward_seq`` of a window ``a [T, B, F]`` at batch size 1 in
+    training, or any batch in eval, in numpy: each step normalizes with its position's running
+    statistics as read, then (training) the EMA moves them — a window's own positions at once,
+    the shared last one (``t0 + t ≥ T_max − 1``) step after step. The statistics are constants of
+    the step: ``da = dy ⊙ g·r``, ``dg = Σ dy ⊙ x̂``, ``db = Σ dy``."""
+
+    @staticmethod
+    def forward(ctx: Any, site: RecurrentBatchNormSite, a: Tensor, t0: int, w: Tensor,
+                b: Tensor | None) -> Tensor:
+        A, W = a.detach().numpy(), w.detach().numpy()
+        mean, var = site.running_mean.numpy(), site.running_var.numpy()
+        steps, last, m = A.shape[0], site.t_max - 1, site.momentum
+        ks = [min(t0 + i, last) for i in range(steps)]
+        M, V = mean[ks], var[ks]  # copies: the statistics as each step reads them
+        if site.training:
+            own = max(0, min(steps, last - t0))  # steps whose position is theirs alone
+            delta = A[:own, 0] - M[:own]
+            mean[t0:t0 + own] = M[:own] + m * delta
+            var[t0:t0 + own] = (V[:own] + m * delta * delta) * (1.0 - m)
+            for i in range(own, steps):  # the last position, step after step
+                M[i], V[i] = mean[last], var[last]
+                d = A[i, 0] - M[i]
+                mean[last] += m * d
+                var[last] += m * d * d
+                var[last] *= 1.0 - m
+        R = 1.0 / np.sqrt(V + site.eps)
+        xhat = (A - M[:, None]) * R[:, None]
+        y = xhat * W
+        if b is not None:
+            y += b.detach().numpy()
+        ctx.saved = (xhat, R * W)
+        ctx.save_for_backward(w, b)  # an in-place change before backward raises
+        return torch.from_numpy(y)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        _ = ctx.saved_tensors
+        xhat, RW = ctx.saved
+        need, D = ctx.needs_input_grad, dy.numpy()
+        return (None, tensor(D * RW[:, None]) if need[1] else None, None,
+                tensor(np.einsum("tbf,tbf->f", D, xhat)) if need[3] else None,
+                tensor(D.sum((0, 1))) if need[4] else None)
+
+
 def forward_seq(site: Any, a: Tensor, t0: int = 0) -> Tensor:
-    """``site.forward_seq(a, t0)``; a Streaming Norm site in training, float32/float64 on the
-    CPU, runs the window at once here."""
+    """``site.forward_seq(a, t0)``; a Streaming Norm site in training, or a Recurrent BN site at
+    batch size 1 or in eval, float32/float64 on the CPU, runs the window at once here."""
+    if (type(site) is RecurrentBatchNormSite and (a.shape[1] == 1 or not site.training)
+            and is_enabled() and a.dim() == 3 and a.device.type == "cpu"
+            and a.dtype == site.weight.dtype == site.running_mean.dtype
+            and a.dtype in (torch.float32, torch.float64)):
+        return BatchNormWindow.apply(site, a, t0, site.weight, site.bias)
     w = getattr(site, "weight", None)
     if (type(site) is StreamingSite and site.training and is_enabled() and w is not None
             and a.dtype == w.dtype == site.memory.dtype and a.device.type == "cpu"
