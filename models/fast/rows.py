@@ -291,9 +291,10 @@ class OnlineRows(Rows):
             return z.copy()
         zg, rs = self.zg[t], self.rs[t]
         if zg.shape[0] == 1:  # a few groups: their scale in Python floats (fewer numpy calls)
-            inv, eps = self.inv, mod.eps
-            r = [1.0 / math.sqrt(v * inv + eps) for v in np.einsum("gf,gf->g", zg[0],
-                                                                   zg[0]).tolist()]
+            inv, eps, z0 = self.inv, mod.eps, zg[0]
+            sq = [float(np.dot(z0[0], z0[0]))] if z0.shape[0] == 1 else np.einsum(
+                "gf,gf->g", z0, z0).tolist()
+            r = [1.0 / math.sqrt(v * inv + eps) for v in sq]
             rs[0, :, 0] = r
             self.rs3[t, 0, :, 0] = [x * x * x for x in r]
         else:
@@ -310,9 +311,12 @@ class OnlineRows(Rows):
         elif mod.layer_scaling:  # dz = rs·dy − z·rs³·mean_group(dy ⊙ z)
             zg, dg, dzg = self.zg[t], dy.reshape(self.zg[t].shape), self.dz[t].reshape(
                 self.zg[t].shape)
-            m = np.einsum("bgf,bgf->bg", dg, zg)[..., None]
-            m *= self.rs3[t]
-            m *= self.inv
+            if zg.shape[:2] == (1, 1):  # one row, one group: a Python float
+                m: Any = float(np.dot(dg[0, 0], zg[0, 0])) * float(self.rs3[t, 0, 0, 0]) * self.inv
+            else:
+                m = np.einsum("bgf,bgf->bg", dg, zg)[..., None]
+                m *= self.rs3[t]
+                m *= self.inv
             np.subtract(np.multiply(dg, self.rs[t], out=dzg), zg * m, out=dzg)
         else:
             dz[...] = dy
