@@ -8,9 +8,10 @@ float rounding. Each is checked against the plain path it replaces.
 builds ~20–40 tiny torch ops per step (~1.2 µs of dispatch each); the kernels run the same window
 with one ``autograd.Function`` whose loops are numpy calls on rows (~0.3–1 µs each):
 
-1. the **input term** ``N_x(W_x x) + b`` of every step at once, by torch (``cell.input_term``):
-   its normalization and gradient stay autograd's; a Streaming Norm x site makes its window's
-   calls in one ``Function`` (``xsite``), a Recurrent BN x site reads its positions at once;
+1. the **input term** ``N_x(W_x x) + b`` of every step at once (``cell.input_term``), by torch
+   and autograd, except three pieces that ``xsite`` runs as one numpy ``Function`` each: a
+   Streaming Norm x site (its window's calls in order), a Recurrent BN x site (its positions'
+   statistics at once) and a cosine ``W_x x``;
 2. the **recurrence**, one ``Function`` per cell kind (``gru_kernel``, ``rnn_kernel``,
    ``lstm_window``): per step one matmul with ``W_hh``, the gates, the sites; the backward walks
    the steps last first by hand (each kernel's docstring derives it), forms the gate derivatives
