@@ -24,7 +24,7 @@ with one ``autograd.Function`` whose loops are numpy calls on rows (~0.3–1 µs
 ``pre`` site around the summed pre-activation (Online Norm), the ``c`` site (LSTM) — and each
 site module has one class in ``rows`` with ``forward(a, t)`` / ``backward(dy, t)`` on the rows
 ``[B, F]`` of step ``t``, ``grads()`` for its own tensors, and hooks around the window
-(``end_forward``, ``begin_backward(routed)``, ``end_backward``) for sites with running state,
+(``end_forward``, ``begin_backward``, ``end_backward``) for sites with running state,
 which they read and write in place through numpy views of the module's buffers, in the order
 the generic path does. ``rows.rows_for(module, batch)`` picks the class; ``rows.Plug`` carries a
 window's sites into a kernel and their gradients back. A new method needs a ``Rows`` class and

@@ -4,8 +4,9 @@ PyTorch's own CPU GRU (``torch.gru``) is about 3× slower than its LSTM at batch
 GRU has three gates to the LSTM's four, and a normalized GRU's per-step autograd loop builds
 ~30 tiny torch ops a step (~1.2 µs of dispatch each). How a window runs here:
 
-- the **input term** of every step, ``N_x(W_x x) + b`` (``GRUCell.input_term``), is computed by
-  torch for the whole window at once, so its normalization and its gradient stay autograd's;
+- the **input term** of every step, ``N_x(W_x x) + b`` (``GRUCell.input_term``), is computed for
+  the whole window at once, by torch and autograd (or ``xsite``'s numpy functions for a
+  Streaming Norm or Recurrent BN x site and a cosine ``W_x``);
 - the **recurrence** is one ``autograd.Function``: per step one matmul with ``W_hh`` and a few
   numpy calls on rows (~0.3 µs each); the backward walks the steps back by hand (derivation in
   ``GRUWindow.backward``) and forms ``dW_hh`` as one matmul over the window;

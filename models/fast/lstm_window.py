@@ -2,7 +2,7 @@
 (``recurrent_batch``, ``online``, ``batch_rnn``, ``cosine``); ``none``/``weight`` run
 ``torch.lstm``, ``layer``/``streaming`` the older ``lstm_kernel``.
 
-The design of ``gru_kernel``: the input term ``N_x(W_x x) + b`` by torch for the whole window,
+The design of ``gru_kernel``: the input term ``N_x(W_x x) + b`` for the whole window at once,
 the recurrence one ``autograd.Function`` with the sites plugged in (``rows.Plug``: h, pre, c)::
 
     a = P(gx + N_h(W_h h)),  i, f, o = σ(a_i, a_f, a_o),  g = tanh(a_g)

@@ -1,6 +1,6 @@
 """A plain-RNN window in numpy, every method (its sites from ``models.fast.rows``).
 
-As ``gru_kernel``: the input term ``N_x(W_x x) + b`` of the whole window by torch, the recurrence
+As ``gru_kernel``: the input term ``N_x(W_x x) + b`` of the whole window at once, the recurrence
 ``h' = tanh(P(gx + N_h(W_h h)))`` (``P``: Online Norm's pre site) as one ``autograd.Function``
 looping in numpy with the method's sites, and a hand-written backward::
 
