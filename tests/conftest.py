@@ -3,6 +3,7 @@ real Redis server (plus the real ASGI app over it) for the service tests."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -18,6 +19,7 @@ import redis
 import torch
 from fastapi.testclient import TestClient
 
+from models.fast import switch
 from service.api.app import create_app
 from service.engine.replica import Replica
 from service.redis.embedded import EmbeddedRedis
@@ -43,11 +45,25 @@ def machine() -> dict[str, str]:
             "torch": torch.__version__, "numpy": np.__version__}
 
 
+# fixture writers that had no numpy kernel at all; every other one had models.fast.lstm_kernel
+# and none of the later ones (issue 15's GRU, RNN and other-method windows, ``xsite``)
+BEFORE_THE_KERNEL = {"c106db3"}
+
+
+def as_written(commit: str) -> contextlib.AbstractContextManager[None]:
+    """Only the kernels the fixture's writer at ``commit`` had: its arithmetic, so that its
+    answers are exact on its kind of machine (the later kernels sum in another order)."""
+    return switch.only() if commit in BEFORE_THE_KERNEL else switch.only("lstm_kernel")
+
+
 def same_answer(got: Any, want: Any, recorded_on: dict[str, str] | None) -> bool:
     """``got == want`` on the kind of machine that recorded ``want``. Elsewhere the kernels
     differ and so may the last bits: a model written on an Intel VM predicted 0.4541562795639038
     there and 0.4541563391685486 on an AMD EPYC from the same bytes and events, whatever
-    MKL_CBWR / OPENBLAS_CORETYPE / ATEN_CPU_CAPABILITY said; there, equal to float32 rounding."""
+    MKL_CBWR / OPENBLAS_CORETYPE / ATEN_CPU_CAPABILITY said; there, equal to float32 rounding
+    grown over a stream: 5e-5 relative, 5e-6 absolute (measured: a Streaming Norm ``sample``
+    GRU of schema-learner-1/b1bd267, its writer's code and path, gives a probability of
+    0.1041037 on an Intel Xeon where the AMD EPYC gave 0.1041051, 1.3e-5 apart)."""
     if recorded_on == machine():
         return bool(got == want)
     return _close(got, want)
@@ -61,7 +77,7 @@ def _close(got: Any, want: Any) -> bool:
         return isinstance(got, list | tuple) and len(got) == len(want) and all(
             _close(g, w) for g, w in zip(got, want, strict=True))
     if isinstance(want, float) and isinstance(got, float):
-        return math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-6)
+        return math.isclose(got, want, rel_tol=5e-5, abs_tol=5e-6)
     return bool(got == want)
 
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch.nn import functional as F
 
 from models import LSTMCell, RecurrentStack, norms
-from models.norms.base import Site
 from models.norms.batch_rnn import BatchRNNSite
 from models.norms.cosine import CosineLinear
 from models.norms.recurrent_batch import RecurrentBatchNormSite
@@ -100,34 +97,6 @@ def test_recurrent_bn_one_sample_uses_running_statistics_and_ema() -> None:
     torch.testing.assert_close(site.running_mean[1], mean + 0.01 * delta)
     torch.testing.assert_close(site.running_var[1], (1 - 0.01) * (var + 0.01 * delta ** 2))
     assert torch.equal(site.running_mean[0], torch.zeros(3))
-
-
-@pytest.mark.parametrize("t_max", [1, 3, 8, 64])
-@pytest.mark.parametrize("t0", [0, 2, 7, 70])
-@pytest.mark.parametrize("steps", [1, 5, 16])
-@pytest.mark.parametrize("training", [True, False])
-def test_recurrent_bn_window_at_once_equals_step_by_step(t_max: int, t0: int, steps: int,
-                                                          training: bool) -> None:
-    """``forward_seq`` of one sample (or in eval) at once: the same outputs, gradients and
-    running statistics as ``Site.forward_seq``'s call per step, positions repeating past
-    ``T_max`` included."""
-    torch.manual_seed(t_max + t0 + steps)
-    site = RecurrentBatchNormSite(6, bias=True, t_max=t_max, momentum=0.1, gain_init=0.7,
-                                  eps=1e-5).double().train(training)
-    with torch.no_grad():
-        site.running_mean.uniform_(-1, 1)
-        site.running_var.uniform_(0.5, 2)
-        site.bias.uniform_(-1, 1)
-    ref, before = copy.deepcopy(site), site.running_mean.clone()
-    a = torch.randn(steps, 1, 6, dtype=torch.float64, requires_grad=True)
-    got = []
-    for s, run in ((site, site.forward_seq), (ref, lambda a, t0: Site.forward_seq(ref, a, t0))):
-        y = run(a, t0)
-        grads = torch.autograd.grad((y * y).sum(), [a, s.weight, s.bias])
-        got.append([y, *grads, s.running_mean.clone(), s.running_var.clone()])
-    for x, y in zip(*got, strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
-    assert torch.equal(site.running_mean, before) is not training  # eval changes nothing
 
 
 # -- batch-normalized RNN --------------------------------------------------------------------------

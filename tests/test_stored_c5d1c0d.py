@@ -23,10 +23,11 @@ import torch
 from fastapi.testclient import TestClient
 
 from models import ModelSpec, OnlineLearner, StateError
+from models.fast import switch
 from service.api.app import create_app
 from service.settings import Settings
 
-from .conftest import machine, same_answer
+from .conftest import as_written, machine, same_answer
 from .test_upgrade import restore
 
 DATA = Path(__file__).parent / "data" / "c5d1c0d"
@@ -38,6 +39,14 @@ NAMES: list[str] = list(SERVICE["specs"])
 # the stored streams last moved when the fixture was written: without a long idle expiry they
 # would restart from a zero state once the fixture is a week old (STREAMNORM_STREAM_TTL_S)
 CENTURY_S = 100 * 365 * 86_400.0
+
+
+@pytest.fixture(autouse=True)
+def _as_written() -> Iterator[None]:
+    """Every test here runs the writer's kernels (``as_written``): its answers are exact on its
+    kind of machine; ``test_todays_kernels_answer_as_it_did`` checks today's to float rounding."""
+    with as_written("c5d1c0d"):
+        yield
 
 
 def ask(learner: OnlineLearner, probe: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +111,17 @@ def test_a_stored_learner_loads_and_answers_exactly_as_it_did(name: str) -> None
         assert learn(learner, body) == learn(again, body)
     for probe in combo["probes"]:
         assert ask(learner, probe) == ask(again, probe)
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_todays_kernels_answer_as_it_did(name: str) -> None:
+    """With every kernel of today (the numpy windows sum in another order than the writer's
+    generic path): the recorded answers to float32 rounding (``same_answer`` off its machine)."""
+    combo = LEARNERS[name]
+    learner = OnlineLearner.from_bytes((DATA / f"{name}.learner").read_bytes())
+    with switch.only(*switch.KERNELS):
+        for probe, answer in zip(combo["probes"], combo["answers"], strict=True):
+            assert same_answer(ask(learner, probe), answer, None), probe
 
 
 @pytest.mark.parametrize("name", sorted(LEARNERS))

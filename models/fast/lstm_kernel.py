@@ -292,7 +292,8 @@ def try_window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int =
 
     Applies to ``layer``, and to ``streaming`` in training mode, in float32/float64 on the CPU.
     """
-    if not is_enabled() or x.dim() != 3 or x.shape[0] == 0 or x.shape[2] != cell.input_size:
+    if (not is_enabled("lstm_kernel") or x.dim() != 3 or x.shape[0] == 0
+            or x.shape[2] != cell.input_size):
         return None
     plan = _plan(cell)
     if plan is None or x.dtype != plan[0][0].dtype or x.device.type != "cpu":

@@ -155,7 +155,7 @@ def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
 def supports(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None) -> bool:
     """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``
     (``rows.supported``)."""
-    return supported(cell, x, state, plug)
+    return supported(cell, x, state, plug, "lstm_window")
 
 
 def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0

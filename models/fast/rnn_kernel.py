@@ -106,7 +106,7 @@ FUSED_UP_TO = 4
 def supports(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None) -> bool:
     """Whether ``window`` runs this cell's window ``x [T, B, I]`` from ``state``
     (``rows.supported``)."""
-    return supported(cell, x, state, plug, FUSED_UP_TO)
+    return supported(cell, x, state, plug, "rnn_kernel", FUSED_UP_TO)
 
 
 def window(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None, t0: int = 0

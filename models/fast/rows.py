@@ -544,11 +544,12 @@ class Plug:
 
 
 def supported(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None,
-              plug: Callable[[Any, int, int, bool], Plug | None], fused_up_to: int = 0) -> bool:
+              plug: Callable[[Any, int, int, bool], Plug | None], kernel: str,
+              fused_up_to: int = 0) -> bool:
     """Whether a kernel with this ``plug`` runs ``cell``'s window ``x [T, B, I]`` from ``state``:
     every site has a class here that takes it, ``Plug.fits``, ``switch.fits``; a method with no
     sites (``none``, ``weight``) stays on PyTorch's fused kernel up to ``fused_up_to`` steps."""
     if cell.fused and x.shape[0] <= fused_up_to:
         return False
     p = plug(cell, x.shape[1], 0, state is None)
-    return p is not None and p.fits(cell) and fits(cell, x, state)
+    return p is not None and p.fits(cell) and fits(cell, x, state, kernel)

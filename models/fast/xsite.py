@@ -126,12 +126,12 @@ def forward_seq(site: Any, a: Tensor, t0: int = 0) -> Tensor:
     """``site.forward_seq(a, t0)``; a Streaming Norm site in training, or a Recurrent BN site at
     batch size 1 or in eval, float32/float64 on the CPU, runs the window at once here."""
     if (type(site) is RecurrentBatchNormSite and (a.shape[1] == 1 or not site.training)
-            and is_enabled() and a.dim() == 3 and a.device.type == "cpu"
+            and is_enabled("xsite") and a.dim() == 3 and a.device.type == "cpu"
             and a.dtype == site.weight.dtype == site.running_mean.dtype
             and a.dtype in (torch.float32, torch.float64)):
         return BatchNormWindow.apply(site, a, t0, site.weight, site.bias)
     w = getattr(site, "weight", None)
-    if (type(site) is StreamingSite and site.training and is_enabled() and w is not None
+    if (type(site) is StreamingSite and site.training and is_enabled("xsite") and w is not None
             and a.dtype == w.dtype == site.memory.dtype and a.device.type == "cpu"
             and a.dtype in (torch.float32, torch.float64) and a.dim() == 3):
         y = _StreamingWindow.apply(site, a, w, site.bias)
@@ -191,7 +191,7 @@ class CosineWindow(torch.autograd.Function):
 
 def linear(lin: Any, x: Tensor) -> Tensor:
     """``lin(x)`` for a window ``x``; a ``CosineLinear``, float32/float64 on the CPU, runs here."""
-    if (type(lin) is CosineLinear and is_enabled() and x.dtype == lin.weight.dtype
+    if (type(lin) is CosineLinear and is_enabled("xsite") and x.dtype == lin.weight.dtype
             == lin.gain.dtype and x.dtype in (torch.float32, torch.float64)
             and x.device.type == "cpu"):
         return CosineWindow.apply(x, lin.weight, lin.gain, lin.eps)

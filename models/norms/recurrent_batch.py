@@ -49,33 +49,6 @@ class RecurrentBatchNormSite(Site):
         return bn_step(a, self.running_mean[k], self.running_var[k], self.weight, self.bias,
                        training=self.training, momentum=self.momentum, eps=self.eps)
 
-    def forward_seq(self, a: Tensor, t0: int = 0) -> Tensor:
-        """A window ``[T, B, F]`` at once where every step normalizes with its position's running
-        statistics (eval, or one sample in training): the statistics each step reads, then the
-        EMA of ``bn_step`` per position (in step order where positions repeat past ``T_max``)."""
-        if self.training and a.shape[1] > 1:  # true batch statistics: per step
-            return super().forward_seq(a, t0)
-        steps, last = a.shape[0], self.t_max - 1
-        own = max(0, min(steps, last - t0))  # steps whose position is theirs alone
-        if own == steps:  # the common case: a slice
-            ks: slice | list[int] = slice(t0, t0 + steps)
-        else:
-            ks = [min(t0 + i, last) for i in range(steps)]
-        with torch.no_grad():
-            mean, var = self.running_mean[ks].clone(), self.running_var[ks].clone()  # as read
-            if self.training:
-                m, x = self.momentum, a[:, 0].detach()
-                delta = x[:own] - mean[:own]
-                self.running_mean[t0:t0 + own] = mean[:own] + m * delta
-                self.running_var[t0:t0 + own] = (var[:own] + m * delta * delta) * (1.0 - m)
-                for i in range(own, steps):  # the last position, step after step
-                    mean[i], var[i] = self.running_mean[last], self.running_var[last]
-                    d = x[i] - mean[i]
-                    self.running_mean[last] += m * d
-                    self.running_var[last].add_(m * d * d).mul_(1.0 - m)
-        y = (a - mean[:, None]) * torch.rsqrt(var[:, None] + self.eps) * self.weight
-        return y + self.bias if self.bias is not None else y
-
     def extra_repr(self) -> str:
         return f"{self.width}, t_max={self.t_max}, momentum={self.momentum}, eps={self.eps}"
 
