@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .arrays import Arr, tensor
-from .rows import Plug, cosine_h, rows_for, sigmoid_, supported
+from .rows import Plug, sigmoid_, supported
 
 __all__ = ["FUSED_UP_TO", "GRUWindow", "plug", "supports", "window"]
 
@@ -51,7 +51,7 @@ class GRUWindow(torch.autograd.Function):
         h = Wh.shape[1]
         hs = np.empty((steps + 1, batch, h), GX.dtype)  # h_{t-1} for each step, then the last
         hs[0] = h0.detach().numpy()
-        s_hrz, s_hn, s_prz, s_pn = sites = plug.build(tensors, steps, batch, hs)
+        s_hrz, s_hn, s_prz, s_pn = plug.build(tensors, steps, batch, hs)
         bhn, WhT = bias_hn.detach().numpy(), Wh.T
         rz = np.empty((steps, batch, 2 * h), GX.dtype)
         n = np.empty((steps, batch, h), GX.dtype)
@@ -75,9 +75,8 @@ class GRUWindow(torch.autograd.Function):
             np.subtract(hs[t], n[t], out=hs[t + 1])  # h' = n + z ⊙ (h − n)
             hs[t + 1] *= rz[t, :, h:]
             hs[t + 1] += n[t]
-        for s in sites:
-            s.end_forward()
-        ctx.saved = (plug, Wh, hs, rz, n, ghn, sites)
+        plug.end_forward()
+        ctx.saved = (plug, Wh, hs, rz, n, ghn)
         ctx.save_for_backward(w_hh, *tensors)  # an in-place change before backward raises
         return torch.from_numpy(hs[1:].copy())
 
@@ -94,8 +93,8 @@ class GRUWindow(torch.autograd.Function):
         and over the window ``dW_hh = Σ [N_h'(…)]ᵀ h_prev``. The gate derivatives are formed
         for the whole window first, one op each."""
         _ = ctx.saved_tensors  # autograd's check that the weights read below are unchanged
-        plug, Wh, hs, rz, n, ghn, sites = ctx.saved
-        s_hrz, s_hn, s_prz, s_pn = sites
+        plug, Wh, hs, rz, n, ghn = ctx.saved
+        s_hrz, s_hn, s_prz, s_pn = plug.built
         steps, batch, h = n.shape
         r, z = rz[..., :h], rz[..., h:]
         # per step: dh ⊙ cn = da_n before N_pn', ⊙ cr (with da_n) = da_r, ⊙ cz = da_z
@@ -107,10 +106,9 @@ class GRUWindow(torch.autograd.Function):
         da_h = np.zeros((steps, batch, 3 * h), n.dtype)  # ∂/∂ (W_hh h) per step
         dghn = np.empty((steps, batch, h), n.dtype)
         dh = np.zeros((batch, h), n.dtype)
-        first = 1 if plug.fresh else 0
+        first = plug.first
         need = ctx.needs_input_grad
-        for s in sites:
-            s.begin_backward()
+        plug.begin_backward()
         for t in range(steps - 1, -1, -1):
             dh += D[t]
             ax = da_x[t]
@@ -130,8 +128,7 @@ class GRUWindow(torch.autograd.Function):
                 for s in (s_hrz, s_hn):
                     if s.reads_h:
                         dh += s.backward_h(t)
-        for s in sites:
-            s.end_backward()
+        plug.end_backward()
         idle = first == steps  # no h term in the window: W_hh, the h sites got no gradient
         grads: list[Arr | None] = [
             da_x if need[1] else None,
@@ -141,25 +138,15 @@ class GRUWindow(torch.autograd.Function):
             dghn.sum((0, 1)) if need[4] else None,
         ]
         return (None, *(tensor(g) for g in grads),
-                *Plug.grads(sites, need[5:], (0, 1) if idle else ()))
+                *plug.grads(need[5:], (0, 1) if idle else ()))
 
 
 def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
     """The sites of ``cell``'s window (h_rz, h_n, pre_rz, pre_n), or ``None`` where a site is
     not one ``rows`` computes."""
     h = cell.hidden_size
-    m = cell._modules
-    if m.get("nh_rz") is None and m.get("nh_n") is None:
-        hrz, hn = cosine_h(m.get("lh"), 0, 2 * h), cosine_h(m.get("lh"), 2 * h, 3 * h)
-    else:
-        c_rz, c_n = rows_for(m.get("nh_rz"), batch), rows_for(m.get("nh_n"), batch)
-        if c_rz is None or c_n is None:
-            return None
-        hrz, hn = (c_rz, m.get("nh_rz")), (c_n, m.get("nh_n"))
-    pre = [rows_for(m.get(k), batch) for k in ("npre_rz", "npre_n")]
-    if pre[0] is None or pre[1] is None:
-        return None
-    return Plug([hrz, hn, (pre[0], m.get("npre_rz")), (pre[1], m.get("npre_n"))], t0, fresh)
+    return Plug.of(cell, batch, t0, fresh, [("nh_rz", 0, 2 * h), ("nh_n", 2 * h, 3 * h)],
+                   ["npre_rz", "npre_n"])
 
 
 # ``none``/``weight`` windows this short run PyTorch's fused kernel, faster there (H 64, one

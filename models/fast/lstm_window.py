@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .arrays import const, tensor
-from .rows import Plug, cosine_h, h_back, rows_for, supported
+from .rows import Plug, h_back, supported
 
 __all__ = ["LSTMWindow", "plug", "supports", "window"]
 
@@ -46,7 +46,7 @@ class LSTMWindow(torch.autograd.Function):
         hs = np.empty((steps + 1, batch, h), dt)  # h_{t-1} for each step, then the last
         cs = np.empty((steps + 1, batch, h), dt)
         hs[0], cs[0] = h0.detach().numpy(), c0.detach().numpy()
-        s_h, s_pre, s_c = sites = plug.build(tensors, steps, batch, hs)
+        s_h, s_pre, s_c = plug.build(tensors, steps, batch, hs)
         gates = np.empty((steps, batch, 4 * h), dt)  # σ(i), σ(f), tanh(g), σ(o)
         tc = np.empty((steps, batch, h), dt)  # tanh(N_c(c'))
         WhT = Wh.T
@@ -69,11 +69,10 @@ class LSTMWindow(torch.autograd.Function):
                 c += g[:, h:2 * h] * cs[t]
             np.tanh(s_c.forward(c, t), out=tc[t])
             np.multiply(g[:, 3 * h:], tc[t], out=hs[t + 1])
-        for s in sites:
-            s.end_forward()
+        plug.end_forward()
         if plug.fresh:
             cs[0] = 0.0  # the first step had no f ⊙ c: its gradient is zero
-        ctx.saved = (plug, Wh, hs, cs, gates, tc, sites)
+        ctx.saved = (plug, Wh, hs, cs, gates, tc)
         ctx.save_for_backward(w_hh, *tensors)  # an in-place change before backward raises
         ctx.set_materialize_grads(False)
         return torch.from_numpy(hs[1:].copy()), torch.from_numpy(cs[1:].copy())
@@ -83,8 +82,8 @@ class LSTMWindow(torch.autograd.Function):
     def backward(ctx: Any, dout: Tensor | None, dcs: Tensor | None
                  ) -> tuple[Tensor | None, ...]:
         _ = ctx.saved_tensors  # autograd's check that the weights read below are unchanged
-        plug, Wh, hs, cs, gates, tc, sites = ctx.saved
-        s_h, s_pre, s_c = sites
+        plug, Wh, hs, cs, gates, tc = ctx.saved
+        s_h, s_pre, s_c = plug.built
         steps, batch, h = tc.shape
         i, f, g, o = (gates[..., k * h:(k + 1) * h] for k in range(4))
         # the gate derivatives of the whole window, one op each
@@ -100,10 +99,9 @@ class LSTMWindow(torch.autograd.Function):
         da_h = np.zeros((steps, batch, 4 * h), tc.dtype)  # ∂/∂ (W_hh h) per step
         dh = np.zeros((batch, h), tc.dtype)
         dc = np.zeros((batch, h), tc.dtype)
-        first = 1 if plug.fresh else 0
+        first = plug.first
         need = ctx.needs_input_grad
-        for s in sites:
-            s.begin_backward()
+        plug.begin_backward()
         for t in range(steps - 1, -1, -1):
             if D is not None:
                 dh += D[t]
@@ -119,8 +117,7 @@ class LSTMWindow(torch.autograd.Function):
                 ax[...] = da
             dc *= f[t]
             dh = h_back(s_h, ax, t, Wh, da_h[t]) if t >= first else np.zeros_like(dh)
-        for s in sites:
-            s.end_backward()
+        plug.end_backward()
         idle = first == steps  # no h term in the window: W_hh, the h site got no gradient
         grads = [
             da_x if need[1] else None,
@@ -130,7 +127,7 @@ class LSTMWindow(torch.autograd.Function):
             if need[4] and not idle else None,
         ]
         return (None, *(tensor(g) for g in grads),
-                *Plug.grads(sites, need[5:], (0,) if idle else ()))
+                *plug.grads(need[5:], (0,) if idle else ()))
 
 
 def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
@@ -138,18 +135,7 @@ def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
     (``none``/``weight``: ``torch.lstm``) or a site is not one ``rows`` computes."""
     if cell.fused or cell.method.name in ("layer", "streaming"):  # lstm_kernel's
         return None
-    m = cell._modules
-    if m.get("nh") is None:
-        hsite = cosine_h(m.get("lh"), 0, 4 * cell.hidden_size)
-    else:
-        cls = rows_for(m.get("nh"), batch)
-        if cls is None:
-            return None
-        hsite = (cls, m.get("nh"))
-    pre, c = rows_for(m.get("npre"), batch), rows_for(m.get("nc"), batch)
-    if pre is None or c is None:
-        return None
-    return Plug([hsite, (pre, m.get("npre")), (c, m.get("nc"))], t0, fresh)
+    return Plug.of(cell, batch, t0, fresh, [("nh", 0, 4 * cell.hidden_size)], ["npre", "nc"])
 
 
 def supports(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None) -> bool:

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .arrays import tensor
-from .rows import Plug, cosine_h, h_back, rows_for, supported
+from .rows import Plug, h_back, supported
 
 __all__ = ["FUSED_UP_TO", "RNNWindow", "plug", "supports", "window"]
 
@@ -36,16 +36,15 @@ class RNNWindow(torch.autograd.Function):
         steps, batch, h = GX.shape
         hs = np.empty((steps + 1, batch, h), GX.dtype)  # h_{t-1} for each step, then the last
         hs[0] = h0.detach().numpy()
-        s_h, s_pre = sites = plug.build(tensors, steps, batch, hs)
+        s_h, s_pre = plug.build(tensors, steps, batch, hs)
         WhT = Wh.T
         for t in range(steps):
             a = GX[t]
             if t or not plug.fresh:  # a None state: no h term at the first step
                 a = a + s_h.forward(np.matmul(hs[t], WhT), t)
             np.tanh(s_pre.forward(a, t), out=hs[t + 1])
-        for s in sites:
-            s.end_forward()
-        ctx.saved = (plug, Wh, hs, sites)
+        plug.end_forward()
+        ctx.saved = (plug, Wh, hs)
         ctx.save_for_backward(w_hh, *tensors)  # an in-place change before backward raises
         return torch.from_numpy(hs[1:].copy())
 
@@ -53,24 +52,22 @@ class RNNWindow(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         _ = ctx.saved_tensors  # autograd's check that the weights read below are unchanged
-        plug, Wh, hs, sites = ctx.saved
-        s_h, s_pre = sites
+        plug, Wh, hs = ctx.saved
+        s_h, s_pre = plug.built
         steps, batch, h = dout.shape
         D = dout.numpy()
         der = 1.0 - hs[1:] * hs[1:]
         da_x = np.empty((steps, batch, h), hs.dtype)  # ∂/∂ gx per step
         da_h = np.zeros((steps, batch, h), hs.dtype)  # ∂/∂ (W_hh h) per step
         dh = np.zeros((batch, h), hs.dtype)
-        first = 1 if plug.fresh else 0
+        first = plug.first
         need = ctx.needs_input_grad
-        for s in sites:
-            s.begin_backward()
+        plug.begin_backward()
         for t in range(steps - 1, -1, -1):
             dh += D[t]
             da_x[t] = s_pre.backward(dh * der[t], t)
             dh = h_back(s_h, da_x[t], t, Wh, da_h[t]) if t >= first else np.zeros_like(dh)
-        for s in sites:
-            s.end_backward()
+        plug.end_backward()
         idle = first == steps  # no h term in the window: W_hh, the h site got no gradient
         grads = [
             da_x if need[1] else None,
@@ -79,22 +76,13 @@ class RNNWindow(torch.autograd.Function):
             if need[3] and not idle else None,
         ]
         return (None, *(tensor(g) for g in grads),
-                *Plug.grads(sites, need[4:], (0,) if idle else ()))
+                *plug.grads(need[4:], (0,) if idle else ()))
 
 
 def plug(cell: Any, batch: int, t0: int, fresh: bool) -> Plug | None:
     """The sites of ``cell``'s window (h, pre), or ``None`` where a site is not one ``rows``
     computes."""
-    m = cell._modules
-    if m.get("nh") is None:
-        hsite = cosine_h(m.get("lh"), 0, cell.hidden_size)
-    else:
-        cls = rows_for(m.get("nh"), batch)
-        if cls is None:
-            return None
-        hsite = (cls, m.get("nh"))
-    pre = rows_for(m.get("npre"), batch)
-    return None if pre is None else Plug([hsite, (pre, m.get("npre"))], t0, fresh)
+    return Plug.of(cell, batch, t0, fresh, [("nh", 0, cell.hidden_size)], ["npre"])
 
 
 # ``none``/``weight`` windows this short run PyTorch's fused kernel, faster there (H 64, one

@@ -38,7 +38,7 @@ from .sites import WindowSite, held_row
 from .switch import fits
 
 __all__ = ["BatchRows", "CosineRows", "LayerRows", "OnlineRows", "Plug", "Rows", "StreamingRows",
-           "cosine_h", "h_back", "rows_for", "sigmoid_", "supported"]
+           "h_back", "rows_for", "sigmoid_", "supported"]
 
 
 def sigmoid_(a: Arr) -> Arr:
@@ -476,9 +476,13 @@ def rows_for(mod: Any, batch: int) -> type[Rows] | None:
     return cls if cls is not None and cls.accepts(mod, batch) else None
 
 
-def cosine_h(lin: Any, lo: int, hi: int) -> tuple[type[Rows], Any]:
-    """The h-term site of a ``CosineLinear`` for its units ``[lo, hi)``; ``(Rows, None)`` for
-    any other linear map (a matmul with its weight, which the kernel does)."""
+def _h_site(lin: Any, mod: Any, lo: int, hi: int, batch: int) -> tuple[type[Rows], Any] | None:
+    """The h site for the units ``[lo, hi)`` of ``W_h h``: the site module's class, or where the
+    method has none, a ``CosineLinear``'s h term (``CosineRows``) or the identity (``Rows``: a
+    plain matmul with the weight, which the kernel does)."""
+    if mod is not None:
+        cls = rows_for(mod, batch)
+        return None if cls is None else (cls, mod)
     return (CosineRows, (lin, lo, hi)) if isinstance(lin, CosineLinear) else (Rows, None)
 
 
@@ -520,6 +524,41 @@ class Plug:
         self.built = out
         return out
 
+    @classmethod
+    def of(cls, cell: Any, batch: int, t0: int, fresh: bool,
+           h_sites: Sequence[tuple[str, int, int]], others: Sequence[str]) -> Plug | None:
+        """The sites of ``cell``'s window: its h sites (module name, units ``[lo, hi)`` of
+        ``W_h h``), then the ``others`` by module name (``None`` modules: the identity); or
+        ``None`` where a site is not one these classes compute."""
+        m = cell._modules
+        sites = [_h_site(m.get("lh"), m.get(name), lo, hi, batch) for name, lo, hi in h_sites]
+        for name in others:
+            kind = rows_for(m.get(name), batch)
+            sites.append(None if kind is None else (kind, m.get(name)))
+        if any(s is None for s in sites):
+            return None
+        return cls([s for s in sites if s is not None], t0, fresh)
+
+    @property
+    def first(self) -> int:
+        """The first step with an h term (1 after a ``None`` state)."""
+        return 1 if self.fresh else 0
+
+    def end_forward(self) -> None:
+        """Every built site's ``end_forward``."""
+        for s in self.built:
+            s.end_forward()
+
+    def begin_backward(self) -> None:
+        """Every built site's ``begin_backward``."""
+        for s in self.built:
+            s.begin_backward()
+
+    def end_backward(self) -> None:
+        """Every built site's ``end_backward``."""
+        for s in self.built:
+            s.end_backward()
+
     def done(self, out: Tensor) -> Tensor:
         """``out`` of the kernel, the sites released if no backward will come."""
         if not out.requires_grad:
@@ -534,12 +573,10 @@ class Plug:
         return not (torch.is_grad_enabled() and any(cls.routes(spec) for cls, spec in self.sites)
                     and not all(p.requires_grad for p in cell.parameters()))
 
-    @staticmethod
-    def grads(sites: Sequence[Rows], needs: Sequence[bool], idle: Sequence[int] = ()
-              ) -> list[Tensor | None]:
-        """Each site's tensor gradients, ``None`` where not needed and for the sites in
+    def grads(self, needs: Sequence[bool], idle: Sequence[int] = ()) -> list[Tensor | None]:
+        """Each built site's tensor gradients, ``None`` where not needed and for the sites in
         ``idle`` (never called in the window: autograd would leave their ``.grad`` alone)."""
-        flat = [None if i in idle else g for i, s in enumerate(sites) for g in s.grads()]
+        flat = [None if i in idle else g for i, s in enumerate(self.built) for g in s.grads()]
         return [tensor(g) if n else None for g, n in zip(flat, needs, strict=True)]
 
 
