@@ -72,8 +72,7 @@ class _Kernel:
     def __init__(self, cell: Any, steps: int, batch: int, dt: Any) -> None:
         T, H, m = steps, cell.hidden_size, cell._modules
         self.mods = (m["nx"], m["nh"], m["nc"])
-        row = batch == 1 and all(isinstance(s, LayerNormSite) or (s.axes, s.stats) == (
-            "unit", "moments") for s in self.mods)
+        row = all(RowSite.takes(s, batch) for s in self.mods)
         self.rows = tuple(RowSite(s, T, dt) for s in self.mods) if row else None
         self.bs = bs = () if row else (batch,)
         self.busy, self.gen, self.req_key = False, 0, None

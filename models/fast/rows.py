@@ -34,11 +34,11 @@ from ..norms.online import OnlineNormSite
 from ..norms.recurrent_batch import RecurrentBatchNormSite
 from ..norms.streaming import StreamingSite
 from .arrays import Arr, tensor
-from .sites import WindowSite, held_row
+from .sites import RowSite, WindowSite, held_row
 from .switch import fits
 
 __all__ = ["BatchRows", "CosineRows", "LayerRows", "OnlineRows", "Plug", "Rows", "StreamingRows",
-           "h_back", "rows_for", "sigmoid_", "supported"]
+           "bn_moved", "h_back", "own_steps", "rows_for", "sigmoid_", "supported"]
 
 
 def sigmoid_(a: Arr) -> Arr:
@@ -157,6 +157,19 @@ class LayerRows(Rows):
         return [np.einsum("tbf,tbf->f", self.dy, self.xhat)]
 
 
+def own_steps(site: Any, t0: int, steps: int) -> int:
+    """The steps of a window from ``t0`` whose Recurrent BN position is theirs alone (``t0 + t <
+    T_max − 1``): the statistics they read are known when the window starts."""
+    return max(0, min(steps, site.t_max - 1 - t0))
+
+
+def bn_moved(mean: Arr, var: Arr, x: Arr, m: float) -> tuple[Arr, Arr]:
+    """``bn_step``'s one-sample EMA of running statistics: ``δ = x − μ``, ``μ + m·δ`` and
+    ``(1 − m)(σ² + m·δ²)``."""
+    delta = x - mean
+    return mean + m * delta, (var + m * delta * delta) * (1.0 - m)
+
+
 class BatchRows(Rows):
     """``RecurrentBatchNormSite`` at batch size 1 in training, or any batch in eval
     (``_bn.bn_step``): normalize with the running statistics of position ``k = min(t0 + t,
@@ -175,7 +188,7 @@ class BatchRows(Rows):
         self.g, self.b, self.mod, self.t0, self.train = g, arrs[1], spec, t0, spec.training
         self.mean, self.var = _np(spec.running_mean), _np(spec.running_var)
         self.last = spec.t_max - 1
-        self.own = max(0, min(steps, self.last - t0)) if self.train else steps
+        self.own = own_steps(spec, t0, steps) if self.train else steps
         ks = [min(t0 + t, self.last) for t in range(self.own)]
         self.M = np.zeros((steps, g.shape[0]), g.dtype)  # the mean each step reads
         self.M[:self.own] = self.mean[ks]
@@ -201,13 +214,10 @@ class BatchRows(Rows):
             if t < self.own:
                 self.A[t] = a[0]
             else:  # the shared last position: read, then move, step by step
-                mean, var, m = self.mean[self.last], self.var[self.last], self.mod.momentum
-                self.M[t] = mean
-                np.reciprocal(np.sqrt(var + self.mod.eps), out=self.r[t])
-                delta = a[0] - mean
-                mean += m * delta
-                var += m * delta * delta
-                var *= 1.0 - m
+                mean, var, last = self.mean, self.var, self.last
+                self.M[t] = mean[last]
+                np.reciprocal(np.sqrt(var[last] + self.mod.eps), out=self.r[t])
+                mean[last], var[last] = bn_moved(mean[last], var[last], a[0], self.mod.momentum)
         np.multiply(np.subtract(a, self.M[t], out=xh), self.r[t], out=xh)
         y = xh * self.g
         if self.b is not None:
@@ -218,10 +228,9 @@ class BatchRows(Rows):
         own = [t for t in self.called if t < self.own]
         if not own:
             return
-        m, ks = self.mod.momentum, [self.t0 + t for t in own]
-        delta = self.A[own] - self.M[own]
-        self.mean[ks] = self.M[own] + m * delta
-        self.var[ks] = (self.var[ks] + m * delta * delta) * (1.0 - m)
+        ks = [self.t0 + t for t in own]
+        self.mean[ks], self.var[ks] = bn_moved(self.M[own], self.var[ks], self.A[own],
+                                               self.mod.momentum)
 
     def backward(self, dy: Arr, t: int) -> Arr:
         self.dy[t] = dy
@@ -406,7 +415,7 @@ class StreamingRows(Rows):
                  hs: Arr) -> None:
         w, b = arrs
         assert w is not None
-        self.row = batch == 1 and (spec.axes, spec.stats) == ("unit", "moments")
+        self.row = RowSite.takes(spec, batch)
         if self.row:
             self.rowsite = held_row(spec, steps, w.dtype)
             self.gen = self.rowsite.gen

@@ -239,6 +239,13 @@ class RowSite(WindowSite):
 
     held, gen = False, 0  # ``held_row``'s bookkeeping
 
+    @staticmethod
+    def takes(mod: Mod, batch: int) -> bool:
+        """Whether ``mod``'s calls run here: batch size 1, Layer Norm or per-unit raw moments
+        (Streaming Norm's ``online`` preset); other sites and batches run a ``WindowSite``."""
+        return batch == 1 and (isinstance(mod, LayerNormSite)
+                               or (mod.axes, mod.stats) == ("unit", "moments"))
+
     @property  # type: ignore[override]
     def mod(self) -> Any:
         """The site module, referenced weakly (``held_row`` keeps rows per module)."""

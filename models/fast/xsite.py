@@ -22,7 +22,8 @@ from ..norms.cosine import CosineLinear
 from ..norms.recurrent_batch import RecurrentBatchNormSite
 from ..norms.streaming import StreamingSite
 from .arrays import tensor
-from .sites import WindowSite, held_row, kept_row
+from .rows import bn_moved, own_steps
+from .sites import RowSite, WindowSite, held_row, kept_row
 from .switch import is_enabled
 
 __all__ = ["BatchNormWindow", "CosineWindow", "forward_seq", "linear"]
@@ -37,7 +38,7 @@ class _StreamingWindow(torch.autograd.Function):
         W, B, A = w.detach().numpy(), None if b is None else b.detach().numpy(), a.detach().numpy()
         steps, batch, _ = A.shape
         ctx.row = None
-        if _rows(site, batch):
+        if RowSite.takes(site, batch):
             row = ctx.row = held_row(site, steps, A.dtype)
             ctx.gen = row.gen
             ws: WindowSite = row.reset(W, B)
@@ -71,11 +72,6 @@ class _StreamingWindow(torch.autograd.Function):
                         for g, n in ((da, need[1]), (dw, need[2]), (db, need[3]))))
 
 
-def _rows(site: StreamingSite, batch: int) -> bool:
-    """Whether a window of this site runs a ``RowSite`` (else a ``WindowSite``)."""
-    return batch == 1 and (site.axes, site.stats) == ("unit", "moments")  # the online preset
-
-
 class BatchNormWindow(torch.autograd.Function):
     """``RecurrentBatchNormSite.forward_seq`` of a window ``a [T, B, F]`` at batch size 1 in
     training, or any batch in eval, in numpy: each step normalizes with its position's running
@@ -92,16 +88,11 @@ class BatchNormWindow(torch.autograd.Function):
         ks = [min(t0 + i, last) for i in range(steps)]
         M, V = mean[ks], var[ks]  # copies: the statistics as each step reads them
         if site.training:
-            own = max(0, min(steps, last - t0))  # steps whose position is theirs alone
-            delta = A[:own, 0] - M[:own]
-            mean[t0:t0 + own] = M[:own] + m * delta
-            var[t0:t0 + own] = (V[:own] + m * delta * delta) * (1.0 - m)
+            own = own_steps(site, t0, steps)  # their positions' EMA at once
+            mean[t0:t0 + own], var[t0:t0 + own] = bn_moved(M[:own], V[:own], A[:own, 0], m)
             for i in range(own, steps):  # the last position, step after step
                 M[i], V[i] = mean[last], var[last]
-                d = A[i, 0] - M[i]
-                mean[last] += m * d
-                var[last] += m * d * d
-                var[last] *= 1.0 - m
+                mean[last], var[last] = bn_moved(M[i], V[i], A[i, 0], m)
         R = 1.0 / np.sqrt(V + site.eps)
         xhat = (A - M[:, None]) * R[:, None]
         y = xhat * W
@@ -135,7 +126,7 @@ def forward_seq(site: Any, a: Tensor, t0: int = 0) -> Tensor:
             and a.dtype == w.dtype == site.memory.dtype and a.device.type == "cpu"
             and a.dtype in (torch.float32, torch.float64) and a.dim() == 3):
         y = _StreamingWindow.apply(site, a, w, site.bias)
-        if not y.requires_grad and _rows(site, a.shape[1]):  # no backward will come: hand
+        if not y.requires_grad and RowSite.takes(site, a.shape[1]):  # no backward will come: hand
             row = kept_row(site, a.shape[0], w.detach().numpy().dtype)  # the row just taken back
             if row is not None:
                 row.release()
