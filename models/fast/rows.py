@@ -423,7 +423,6 @@ class StreamingRows(Rows):
             self.dys = np.zeros((steps, w.shape[0]), w.dtype)
         else:
             self.site = WindowSite(spec, w, b)
-        self.called: list[int] = []  # the steps that called the site, in order
 
     @staticmethod
     def tensors(spec: Any) -> list[Tensor | None]:
@@ -438,27 +437,25 @@ class StreamingRows(Rows):
         return True
 
     def forward(self, a: Arr, t: int) -> Arr:
-        self.called.append(t)
         return self.site.step(a[0])[None] if self.row else self.site.step(a)
 
     def end_forward(self) -> None:
         self.site.sync_forward()
 
     def begin_backward(self) -> None:
-        self.route = [True] * len(self.called)
+        self.k = self.site.calls  # the calls the forward made (no first one after a None state)
         if self.row:
             self.rowsite.check(self.gen)
-            self.site.begin(self.dys[:len(self.called)], self.route)
+            self.site.begin(self.dys[:self.k], [True] * self.k)
         else:
             self.site.begin_backward()
-        self.k = len(self.called)
 
     def backward(self, dy: Arr, t: int) -> Arr:
         self.k -= 1
         if self.row:
             self.dys[self.k] = dy[0]
-            return self.site.step_back(self.dys[self.k], self.route[self.k])[None]
-        return self.site.step_back(dy, self.route[self.k])
+            return self.site.step_back(self.dys[self.k], True)[None]
+        return self.site.step_back(dy, True)
 
     def end_backward(self) -> None:
         self.site.end_backward()
