@@ -7,6 +7,7 @@ from . import norms
 from .cells import CELLS, GRUCell, LSTMCell, RecurrentStack, RNNCell
 from .context import StreamContext
 from .inputs import InvalidInput
+from .kept import KeptPrediction
 from .learner import LearnResult, OnlineLearner, UpdateRejected
 from .norms import NORMS, notify_optimizer_step
 from .spec import ModelSpec, OptimizerSpec
@@ -17,6 +18,7 @@ __all__ = [
     "NORMS",
     "GRUCell",
     "InvalidInput",
+    "KeptPrediction",
     "LSTMCell",
     "LearnResult",
     "ModelSpec",

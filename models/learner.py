@@ -24,6 +24,7 @@ from .fast import lstm_kernel
 from .fast.flat import FlatState
 from .fast.optim import FlatOptimizer
 from .inputs import InvalidInput, to_features, to_sequence, to_target
+from .kept import KeptPrediction
 from .metrics import Metrics
 from .network import Network
 from .persist import learner_from_bytes, learner_to_bytes, load_into
@@ -169,12 +170,56 @@ class OnlineLearner:
         self._step(loss)
         result = self._score(out.logits, [target], loss)[0]
         if ctx_key is not None:
-            keep = self.spec.window - 1
-            new_state = out.captured if capture is not None else state
-            self.contexts[ctx_key] = StreamContext(
-                None if new_state is None else tuple(s.detach() for s in new_state),
-                window[max(0, window.shape[0] - keep):, 0].detach().clone())
+            self._move_on(ctx_key, window, out.captured if capture is not None else state)
         return result
+
+    def keep_one(self, x: Any = None, *, stream: str = DEFAULT_STREAM, sequence: Any = None
+                 ) -> tuple[float | int, dict[int, float] | None, KeptPrediction]:
+        """The prediction ``predict_one`` gives (and class probabilities), with what a label
+        arriving later needs to train on exactly this window (``learn_kept``). In stream mode
+        ``x`` joins the stream's context (the input has happened); nothing else changes.
+
+        Examples
+        --------
+        >>> from models import ModelSpec, OnlineLearner
+        >>> learner = OnlineLearner(ModelSpec(name="demo", task="regression", n_features=1,
+        ...                                   hidden_size=8, window=4, seed=0))
+        >>> prediction, _, kept = learner.keep_one([0.5], stream="s")
+        >>> learner.updates, learner.contexts["s"].inputs.tolist()  # x joined the context
+        (0, [[0.5]])
+        >>> result = learner.learn_kept(kept, 1.0)  # the label, later
+        >>> result.prediction == prediction, learner.updates
+        (True, 1)
+        """
+        window, state, ctx_key, capture = self._window(x, stream, sequence)
+        self.flat.save_point()
+        try:
+            with lstm_kernel.forward_only():
+                out = self.net(window, state, capture=capture)
+        finally:
+            self.flat.rollback()
+        logits = out.logits.detach().clone()
+        kept = KeptPrediction(window[:, 0].detach().clone(),
+                              None if state is None else tuple(s.detach().clone() for s in state),
+                              capture, logits)
+        if ctx_key is not None:
+            self._move_on(ctx_key, window, out.captured if capture is not None else state)
+        preds, probas = self.net.decode(logits)
+        return preds[0], None if probas is None else dict(enumerate(probas[0])), kept
+
+    def learn_kept(self, kept: KeptPrediction, y: Any) -> LearnResult:
+        """Train on a kept prediction's window with today's weights (the update ``learn_one``
+        would make on that window and start state now), and score the kept prediction: the
+        result's prediction and loss are the kept one's. No stream context changes."""
+        target = to_target(y, self.spec)
+        self.flat.save_point()
+        out = self.net(kept.window.unsqueeze(1), kept.state, capture=kept.capture)
+        self._step(self.net.loss(out.logits, self._target_tensor([target])))
+        return self._score(kept.logits, [target], None)[0]
+
+    def kept_from_bytes(self, data: bytes, max_steps: int = 10_000) -> KeptPrediction:
+        """A ``KeptPrediction.to_bytes`` record, checked to fit this learner's model."""
+        return KeptPrediction.from_bytes(data, self.spec, self.net.stack.n_state, max_steps)
 
     def learn_many(self, sequences: Sequence[Any], ys: Sequence[Any]) -> list[LearnResult]:
         """Several sequence-mode samples, one optimizer step (River's ``learn_many``).
@@ -231,6 +276,14 @@ class OnlineLearner:
         window = row if ctx is None else torch.cat([ctx.inputs, row])
         capture = 0 if window.shape[0] == self.spec.window else None
         return window.unsqueeze(1), None if ctx is None else ctx.state, stream, capture
+
+    def _move_on(self, stream: str, window: Tensor, state: tuple[Tensor, ...] | None) -> None:
+        """The stream's context after ``window`` (its last ``window − 1`` inputs, and the state
+        at their start)."""
+        keep = self.spec.window - 1
+        self.contexts[stream] = StreamContext(
+            None if state is None else tuple(s.detach() for s in state),
+            window[max(0, window.shape[0] - keep):, 0].detach().clone())
 
     def _target_tensor(self, targets: list[float | int]) -> Tensor:
         if self.spec.task == "multiclass":
