@@ -72,6 +72,10 @@ class Settings(BaseSettings):
                                    "contexts keeps fewer than max_streams")
     stream_ttl_s: float = Field(7 * 86_400.0, gt=0, description="a stream with no event for "
                                 "this long restarts from a zero state")
+    label_wait_s: float = Field(86_400.0, gt=0, le=366 * 86_400.0, description="a prediction "
+                                "kept for a delayed label waits this long for it")
+    max_kept: int = Field(100_000, ge=1, description="kept predictions one model holds waiting "
+                          "for labels; a keep beyond it is refused (422)")
     shutdown_grace_s: float = Field(30.0, gt=0, description="on SIGTERM/SIGINT, time to finish "
                                     "requests and batches in hand before children are killed")
 

@@ -36,6 +36,9 @@ STATE_LOADS = Counter("streamnorm_state_loads_total",
                       "model states deserialized from Redis (a hot model loads once)", ["model"])
 REPLAYED = Counter("streamnorm_replayed_updates_total",
                    "logged updates replayed to catch a cached learner up", ["model"])
+LABELS = Counter("streamnorm_labels_total", "delayed labels by outcome: applied, expired (the "
+                 "kept prediction waited longer than STREAMNORM_LABEL_WAIT_S), unknown",
+                 ["model", "outcome"])
 SNAPSHOTS = Counter("streamnorm_snapshots_total", "snapshots written", ["model"])
 
 # the event streams: the worker's own counters, and what any process reads from Redis on scrape

@@ -24,6 +24,7 @@ from ..engine.errors import (
     Rejected,
     Unavailable,
     UnknownModel,
+    UnknownPrediction,
     UnknownRace,
 )
 from ..redis.store import LeaseLost
@@ -37,7 +38,8 @@ log = logging.getLogger("streamnorm")
 
 # the status of each domain error, and whether a retry may help (then Retry-After: 1)
 _STATUS: dict[type[EngineError], tuple[int, bool]] = {
-    UnknownModel: (404, False), UnknownRace: (404, False), Conflict: (409, False),
+    UnknownModel: (404, False), UnknownRace: (404, False), UnknownPrediction: (404, False),
+    Conflict: (409, False),
     Rejected: (422, False), Backlogged: (429, True), Busy: (503, True), Unavailable: (503, True)}
 
 

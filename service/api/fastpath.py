@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import Access, authorize
-from .learning import learn_reply, predict_reply
+from .learning import learn_reply, predict_access, predict_reply
 from .schemas import MODEL_NAME_PATTERN, LearnRequest, PredictRequest
 
 __all__ = ["ROUTE_KEY", "FastPath"]
@@ -90,7 +90,7 @@ class FastPath:
                 authorize(app.state.settings, auth, Access.WRITE)
                 reply = await learn_reply(engine, name, request)  # type: ignore[arg-type]
             else:
-                authorize(app.state.settings, auth, Access.READ)
+                authorize(app.state.settings, auth, predict_access(request))  # type: ignore[arg-type]
                 reply = await predict_reply(engine, name, request)  # type: ignore[arg-type]
         except Exception as exc:
             response = await _handler(app, exc)(Request(scope), exc)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from ..engine import Engine
+from ..engine import Engine, LearnOutcome
+from .auth import Access, authorize
 from .deps import EngineDep, ModelName, WriteAccess
 from .errors import ApiError
 from .schemas import (
+    LabelRequest,
     LearnRequest,
     LearnResponse,
     PredictRequest,
@@ -45,30 +47,49 @@ def proba_json(proba: dict[int, float] | None) -> dict[str, float] | None:
 
 
 async def predict_reply(engine: Engine, name: str, body: PredictRequest) -> bytes:
-    """The JSON reply of ``predict`` (also served by ``fastpath``)."""
+    """The JSON reply of ``predict`` (also served by ``fastpath``); a kept prediction's
+    carries its ``prediction_id``."""
     payload = body.model_dump(exclude_unset=True, warnings=False)
+    if body.keeps():
+        out, pid = await engine.keep(name, payload)
+        return reply_json({"prediction": out.prediction, "version": out.version,
+                           "proba": proba_json(out.proba), "prediction_id": pid})
     pred, proba, version = await engine.predict(name, payload)
     return reply_json({"prediction": pred, "version": version, "proba": proba_json(proba)})
 
 
-async def learn_reply(engine: Engine, name: str, body: LearnRequest) -> bytes:
-    """The JSON reply of ``learn`` (also served by ``fastpath``)."""
+def predict_access(body: PredictRequest) -> Access:
+    """What a predict needs: keeping a prediction is a write (it moves the stream on)."""
+    return Access.WRITE if body.keeps() else Access.READ
+
+
+def _learned(out: LearnOutcome) -> bytes:
+    return reply_json({"prediction": out.prediction, "loss": out.loss,
+                       "version": out.version, "applied": out.applied,
+                       "proba": proba_json(out.proba)})
+
+
+async def learn_reply(engine: Engine, name: str, body: LearnRequest | LabelRequest) -> bytes:
+    """The JSON reply of ``learn`` or ``label`` (also served by ``fastpath``)."""
     event = (await engine.prepare(name, [body.model_dump(exclude_unset=True, warnings=False)]))[0]
     if isinstance(event, Exception):  # refused before any lease: bad input costs nothing
         raise event
     out = (await engine.learn(name, [event]))[0]  # a batch of one, as the worker's
     if isinstance(out, Exception):
         raise out
-    return reply_json({"prediction": out.prediction, "loss": out.loss,
-                       "version": out.version, "applied": out.applied,
-                       "proba": proba_json(out.proba)})
+    return _learned(out)
 
 
 @router.post("/predict", response_model=PredictResponse, responses={**_PREDICT_OK, **_ERRORS},
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "example": {"stream": "sensor-7", "x": [0.1, 0.2, 0.3]}}}}})
-async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> Response:
-    """Exactly the prediction ``learn`` would return for this input now; changes nothing."""
+async def predict(name: ModelName, body: PredictRequest, engine: EngineDep,
+                  request: Request) -> Response:
+    """Exactly the prediction ``learn`` would return for this input now; changes nothing —
+    unless ``keep`` (or a ``prediction_id``): then the prediction is kept for its delayed label
+    (``POST /models/{name}/label``) and, in stream mode, ``x`` joins the stream's context."""
+    authorize(request.app.state.settings, request.headers.get("authorization", ""),
+              predict_access(body))
     return Response(await predict_reply(engine, name, body), media_type="application/json")
 
 
@@ -81,4 +102,17 @@ async def predict(name: ModelName, body: PredictRequest, engine: EngineDep) -> R
 async def learn(name: ModelName, body: LearnRequest, engine: EngineDep) -> Response:
     """Test-then-train: the prediction before the update, then one optimizer step, committed
     to Redis before the reply. A repeated ``event_id`` returns ``applied: false``."""
+    return Response(await learn_reply(engine, name, body), media_type="application/json")
+
+
+@router.post("/label", response_model=LearnResponse, dependencies=[WriteAccess],
+             responses={**_LEARN_OK, **_ERRORS, **errors(
+                 404, e404="no such model, or no kept prediction of that id (unknown or "
+                           "expired: the field is prediction_id)")},
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "example": {"prediction_id": "forecast-0001", "y": 1.5}}}}})
+async def label(name: ModelName, body: LabelRequest, engine: EngineDep) -> Response:
+    """The delayed label of a kept prediction: one update on exactly the window that
+    prediction saw (with today's weights), scoring the kept prediction (the reply's
+    ``prediction`` and ``loss``). A second label of the same id: ``applied: false``."""
     return Response(await learn_reply(engine, name, body), media_type="application/json")

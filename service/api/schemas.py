@@ -21,6 +21,7 @@ __all__ = [
     "ErrorBody",
     "EventsAccepted",
     "EventsBody",
+    "LabelRequest",
     "LearnRequest",
     "LearnResponse",
     "ModelInfo",
@@ -40,6 +41,7 @@ __all__ = [
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 STREAM_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
 EVENT_ID_PATTERN = r"^[!-~]{1,128}$"
+PREDICTION_ID_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
 
 Features = list[float] | dict[str, float]
 
@@ -59,6 +61,29 @@ class PredictRequest(BaseModel):
                           "(`{\"temp\": 0.1, \"load\": 0.2}`)")
     sequence: SkipValidation[list[Features] | None] = Field(
         None, description="sequence mode: every step of one sample; no stream context")
+    keep: bool | None = Field(None, description="keep this prediction for a delayed label "
+                              "(POST /models/{name}/label): the reply carries its "
+                              "prediction_id; in stream mode x joins the stream's context. "
+                              "Needs write access")
+    prediction_id: str | None = Field(None, pattern=PREDICTION_ID_PATTERN, description="keep "
+                                      "the prediction under this id (implies keep); a repeat "
+                                      "answers the kept prediction")
+
+    def keeps(self) -> bool:
+        """Whether this predict keeps its prediction (a write)."""
+        return bool(self.keep) or self.prediction_id is not None
+
+
+class LabelRequest(BaseModel):
+    """The label of a kept prediction."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"prediction_id": "forecast-2026-12-07T10:00", "y": 1.5}]})
+
+    prediction_id: str = Field(pattern=PREDICTION_ID_PATTERN,
+                               description="the id predict returned (or was given)")
+    y: SkipValidation[float | int | bool] = Field(
+        description="target: a number (regression), 0/1/bool (binary), a class index")
 
 
 class BatchItem(BaseModel):
@@ -122,8 +147,11 @@ class EventsAccepted(BaseModel):
 
 class PredictResponse(BaseModel):
     prediction: float | int = Field(description="what learn would predict for this input now")
-    version: int = Field(description="the model version the prediction comes from")
+    version: int = Field(description="the model version the prediction comes from (a kept "
+                         "prediction: the version its keep committed)")
     proba: dict[str, float] | None = Field(None, description="class → probability")
+    prediction_id: str | None = Field(None, description="a kept prediction's id: label it "
+                                      "with POST /models/{name}/label")
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"prediction": 1.37, "version": 42, "proba": None}]})

@@ -9,6 +9,7 @@ from .errors import (
     Rejected,
     Unavailable,
     UnknownModel,
+    UnknownPrediction,
     UnknownRace,
 )
 from .event import Event, LearnOutcome
@@ -24,5 +25,6 @@ __all__ = [
            "Rejected",
            "Unavailable",
            "UnknownModel",
+           "UnknownPrediction",
            "UnknownRace",
 ]

@@ -35,7 +35,7 @@ from ..settings import Settings
 from .budget import Budget
 from .compute import Compute
 from .errors import Backlogged, Busy, Conflict, UnknownModel, UnknownRace
-from .event import Event, predict, predict_arguments
+from .event import Event, LearnOutcome, canonical_keep, predict, predict_arguments
 from .host import Host, bytes_ms
 from .race import Races
 from .replica import Replica, Written
@@ -236,6 +236,33 @@ class Engine:
 
         (pred, proba), version = await (await self._enter(name)).read(head, cost_ms, run)
         return pred, proba, version
+
+    async def keep(self, name: str, payload: dict[str, Any]
+                   ) -> tuple[LearnOutcome, str]:
+        """A prediction kept for a delayed label (``design.md``, "Delayed labels"): ordered and
+        committed like an update (in stream mode ``x`` joins the stream's context), under the
+        payload's ``prediction_id`` or a new one; the outcome and the id. A repeat of a kept id
+        answers the kept prediction (``applied: false``); ``Conflict`` when it is no longer
+        kept or named another input."""
+        pid = payload.get("prediction_id") or uuid.uuid4().hex
+        body = {k: v for k, v in payload.items() if k not in ("keep", "prediction_id")}
+        spec, _ = await self.spec(name)
+        cost_ms = self.host.budget.request_ms(spec, body, train=True)  # its label trains it
+        event = canonical_keep(spec, body, pid).priced(spec, cost_ms)
+        out = (await self.learn(name, [event]))[0]
+        if isinstance(out, Exception):
+            raise out
+        if out.applied:
+            return out, pid
+        record = await self.store.kept(name, pid)
+        if record is None:
+            raise Conflict(f"prediction_id {pid!r} was kept before and is no longer (labelled "
+                           "or expired); choose a new one", "prediction_id")
+        learner = (await self._entry(name)).learner
+        kept = learner.kept_from_bytes(record)
+        preds, probas = learner.net.decode(kept.logits)
+        proba = None if probas is None else dict(enumerate(probas[0]))
+        return LearnOutcome(preds[0], None, out.version, False, proba), pid
 
     async def current_state(self, name: str) -> tuple[bytes, int]:
         """The learner's bytes at the latest version, contexts included (for export)."""

@@ -9,7 +9,7 @@ dead-letter (the event can never apply) or retry (the infrastructure failed).
 from __future__ import annotations
 
 __all__ = ["Backlogged", "Busy", "Conflict", "EngineError", "Rejected", "Unavailable",
-           "UnknownModel", "UnknownRace"]
+           "UnknownModel", "UnknownPrediction", "UnknownRace"]
 
 
 class EngineError(Exception):
@@ -46,6 +46,16 @@ class Unavailable(EngineError):
 
 class Backlogged(EngineError):
     """The event stream is too far behind to take more now: retry later."""
+
+
+class UnknownPrediction(EngineError):
+    """No kept prediction of that id: never kept, already expired (``expired``), or deleted
+    with its model (the label can never apply)."""
+
+    def __init__(self, prediction_id: str, expired: bool) -> None:
+        why = "expired (STREAMNORM_LABEL_WAIT_S)" if expired else "unknown"
+        super().__init__(f"no kept prediction {prediction_id!r}: {why}", "prediction_id")
+        self.expired = expired
 
 
 class UnknownRace(EngineError):

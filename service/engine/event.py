@@ -7,6 +7,7 @@ writer's bit for bit (JSON keeps every float exactly).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,22 @@ import orjson
 from models import InvalidInput, ModelSpec, OnlineLearner
 from models.inputs import to_features, to_sequence, to_target
 
-__all__ = ["Event", "LearnOutcome", "apply_event", "canonical_event", "is_canonical", "predict",
-           "predict_arguments"]
+__all__ = ["Event", "LearnOutcome", "apply_event", "canonical_event", "canonical_keep",
+           "is_canonical", "kept_id", "label_id", "predict", "predict_arguments"]
+
+# the idempotency keys of keeps and labels: a space cannot occur in a client's event_id
+# (``[!-~]``), so these never meet one
+_KEEP, _LABEL = "keep ", "label "
+
+
+def kept_id(prediction_id: str) -> str:
+    """The event id of the keep of ``prediction_id`` (a second keep of it is a repeat)."""
+    return _KEEP + prediction_id
+
+
+def label_id(prediction_id: str) -> str:
+    """The event id of the label of ``prediction_id`` (a second label is not applied)."""
+    return _LABEL + prediction_id
 
 
 @dataclass(frozen=True)
@@ -56,7 +71,18 @@ class Event:
 
     def payload(self) -> dict[str, Any]:
         """The event as a learn payload (to validate it again against another spec)."""
+        if "label" in self.body:
+            return {"prediction_id": self.body["label"], "y": self.body["y"]}
+        if "keep" in self.body:
+            return {"prediction_id": self.body["keep"],
+                    **{k: v for k, v in self.body.items() if k != "keep"}}
         return {**self.body, **({"event_id": self.event_id} if self.event_id else {})}
+
+    def with_kept(self, record: bytes) -> Event:
+        """A label event carrying its kept prediction's record, as the log stores it (a replay
+        needs nothing but the log entry; the record's key is gone once labelled)."""
+        body = {**self.body, "kept": base64.b64encode(record).decode()}
+        return Event(body, self.event_id, self.notes, b"", self.digest, self.spec, self.cost_ms)
 
     def to_json(self) -> str:
         """What the log stores and a replay applies: the body and the notes."""
@@ -72,6 +98,7 @@ class LearnOutcome:
     version: int
     applied: bool
     proba: dict[int, float] | None = None
+    kept: bytes | None = None  # a keep's record (``KeptPrediction.to_bytes``), to store
 
 
 def _check_mode(payload: dict[str, Any], *, batch: bool) -> None:
@@ -109,8 +136,39 @@ def predict(learner: OnlineLearner, kwargs: dict[str, Any], *, forget: bool = Fa
             learner.contexts[kwargs["stream"]] = saved
 
 
+def canonical_keep(spec: ModelSpec, payload: dict[str, Any], prediction_id: str) -> Event:
+    """Validate a predict payload that keeps its prediction under ``prediction_id``."""
+    kwargs = predict_arguments(payload)
+    body: dict[str, Any] = {"keep": prediction_id}
+    if "sequence" in kwargs:
+        body["sequence"] = to_sequence(kwargs["sequence"], spec).tolist()
+    else:
+        body.update(x=to_features(kwargs["x"], spec), stream=kwargs["stream"])
+    return Event(body, kept_id(prediction_id))
+
+
+def _label(spec: ModelSpec, payload: dict[str, Any]) -> Event:
+    """A label for a kept prediction: its id names it, so a second label (whatever its ``y``)
+    is a repeat, not applied again (an ``event_id`` beside it is not used: the
+    ``prediction_id`` is the label's idempotency key)."""
+    pid = payload["prediction_id"]
+    if not isinstance(pid, str) or not 0 < len(pid) <= 128:
+        raise InvalidInput("prediction_id", "must be a string of 1 to 128 characters")
+    event_id = label_id(pid)
+    return Event({"label": pid, "y": to_target(payload.get("y"), spec)}, event_id,
+                 digest=hashlib.blake2b(event_id.encode(), digest_size=12).hexdigest())
+
+
 def canonical_event(spec: ModelSpec, payload: dict[str, Any]) -> Event:
-    """Validate a learn payload against ``spec`` (InvalidInput names the field)."""
+    """Validate a learn payload (or a label: ``prediction_id`` and ``y``) against ``spec``
+    (InvalidInput names the field)."""
+    if payload.get("keep") is not None:
+        raise InvalidInput("keep", "only predict keeps a prediction (learn trains at once)")
+    if payload.get("prediction_id") is not None:
+        if any(payload.get(k) is not None for k in ("x", "sequence", "batch", "stream")):
+            raise InvalidInput("prediction_id", "a label carries prediction_id and y only "
+                                                "(the kept prediction has its input)")
+        return _label(spec, payload)
     _check_mode(payload, batch=True)
     stream, x, seq, batch = (payload.get(k) for k in ("stream", "x", "sequence", "batch"))
     event_id = payload.get("event_id")
@@ -173,6 +231,16 @@ def apply_event(learner: OnlineLearner, body: dict[str, Any]) -> LearnOutcome | 
 
 
 def _learn(learner: OnlineLearner, body: dict[str, Any]) -> LearnOutcome | None:
+    if "label" in body:
+        kept = learner.kept_from_bytes(base64.b64decode(body["kept"], validate=True))
+        r = learner.learn_kept(kept, body["y"])
+        return LearnOutcome(r.prediction, r.loss, 0, True, r.proba)
+    if "keep" in body:
+        if "sequence" in body:
+            pred, proba, kept = learner.keep_one(sequence=body["sequence"])
+        else:
+            pred, proba, kept = learner.keep_one(body["x"], stream=body["stream"])
+        return LearnOutcome(pred, None, 0, True, proba, kept.to_bytes())
     if "batch" in body:
         items = body["batch"]
         learner.learn_many([s["sequence"] for s in items], [s["y"] for s in items])

@@ -41,7 +41,7 @@ from .. import telemetry as m
 from ..redis.store import Committed, ContextWrites, LeaseLost, ModelHead, Stored
 from .budget import replay_ms
 from .contexts import ContextBook
-from .errors import Conflict, Rejected, Unavailable, UnknownModel
+from .errors import Conflict, Rejected, Unavailable, UnknownModel, UnknownPrediction
 from .event import Event, LearnOutcome, apply_event
 from .host import Host, bytes_ms
 from .lease import Lease
@@ -70,12 +70,13 @@ class Ticket:
     rejected: int  # updates rolled back since the previous ticket (counted with this one)
     snapshot: tuple[bytes, ContextWrites] | None  # state + context changes at ``version``
     done: asyncio.Future[int]
+    kept: tuple[str, bytes | None] | None = None  # a keep's record to store, a label's to drop
 
     def committed(self, curve_every: int) -> Committed:
         """What the commit stores for it (the metrics again when it closes a curve point)."""
         point = self.metrics_json if self.version % curve_every == 0 else ""
         return Committed(self.event_json, self.event_id, self.digest, self.loss, point,
-                         self.rejected)
+                         self.rejected, self.kept)
 
 
 class Phase(enum.Enum):
@@ -153,6 +154,7 @@ class Replica:
         self.pending: list[Ticket] = []  # computed, not yet sent to Redis
         self.last: Ticket | None = None  # the newest ticket (a reply at ``version`` waits)
         self.ids: dict[str, Ticket] = {}  # event ids queued or in flight
+        self.records: dict[str, bytes] = {}  # kept predictions queued or in flight, by id
         self.flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -271,8 +273,12 @@ class Replica:
                             _same_event(event, ticket.digest, ticket.version)
                             queued.append((i, None, ticket, False))
                             continue
+                        if "label" in event.body:
+                            event = await self._labelled(event)
+                        elif "keep" in event.body:
+                            await self._room_to_keep()
                         outcome, ticket = await self._apply(event)
-                    except (Conflict, Rejected, InvalidInput) as exc:
+                    except (Conflict, Rejected, InvalidInput, UnknownPrediction) as exc:
                         out[i] = exc
                         continue
                     queued.append((i, outcome, ticket, True))
@@ -303,6 +309,25 @@ class Replica:
                     continue
             todo.append((i, event))
         return todo
+
+    async def _labelled(self, event: Event) -> Event:
+        """A label event with its kept prediction's record (queued here, or in Redis), or
+        ``UnknownPrediction`` (counted on ``/metrics``)."""
+        pid = event.body["label"]
+        record = self.records.get(pid) or await self.host.store.kept(self.name, pid)
+        if record is None:
+            expired = await self.host.store.kept_expired(self.name, pid)
+            m.LABELS.labels(self.name, "expired" if expired else "unknown").inc()
+            raise UnknownPrediction(pid, expired)
+        return event.with_kept(record)
+
+    async def _room_to_keep(self) -> None:
+        """Refuse a keep beyond ``STREAMNORM_MAX_KEPT`` predictions waiting for labels."""
+        limit = self.host.settings.max_kept
+        if await self.host.store.kept_waiting(self.name) + len(self.records) >= limit:
+            raise InvalidInput("keep", f"this model holds {limit} kept predictions waiting for "
+                                       "labels (STREAMNORM_MAX_KEPT); label or let some expire "
+                                       "first")
 
     async def _lock_for_write(self) -> ModelHead | None:
         """Hold the model's lease and its lock: the head read when the lease was taken, or
@@ -343,7 +368,13 @@ class Replica:
                 if self._snapshot_due():
                     state = await host.compute.run(host.state_ms(self.learner.spec),
                                                    self.snapshot_state)
-            return outcome, self._queue(event, state, outcome.loss if outcome else None)
+            kept = None
+            if "keep" in event.body:
+                assert outcome is not None and outcome.kept is not None
+                kept = (event.body["keep"], outcome.kept)
+            elif "label" in event.body:
+                kept = (event.body["label"], None)
+            return outcome, self._queue(event, state, outcome.loss if outcome else None, kept)
         except UpdateRejected as exc:  # the learner rolled itself back
             m.REJECTED.labels(model=self.name).inc()
             self.rejected += 1  # counted in Redis with the next update (nothing changes now)
@@ -415,9 +446,11 @@ class Replica:
         return self.version + 1 - max(self.snapshot_version, self.snapshot_queued) \
             >= self.host.settings.snapshot_every
 
-    def _queue(self, event: Event, state: bytes | None, loss: float | None) -> Ticket:
+    def _queue(self, event: Event, state: bytes | None, loss: float | None,
+                kept: tuple[str, bytes | None] | None) -> Ticket:
         """Queue the commit of ``event``, just applied to the learner (lock held, no await),
-        with ``state``, the learner's bytes after it, when ``_snapshot_due`` said so."""
+        with ``state``, the learner's bytes after it, when ``_snapshot_due`` said so, and the
+        kept prediction it stores or removes."""
         learner = self.learner
         self.version += 1
         snapshot = None
@@ -427,7 +460,9 @@ class Replica:
         ticket = Ticket(self.version, event.to_json(), event.event_id, event.digest,
                         learner.updates, learner.samples, json.dumps(learner.metrics.report()),
                         loss, self.rejected, snapshot,
-                        asyncio.get_running_loop().create_future())
+                        asyncio.get_running_loop().create_future(), kept)
+        if kept is not None and kept[1] is not None:
+            self.records[kept[0]] = kept[1]
         self.rejected = 0
         ticket.done.add_done_callback(_retrieve)
         self.pending.append(ticket)
@@ -487,6 +522,11 @@ class Replica:
         for ticket in batch:
             if ticket.event_id is not None:
                 self.ids.pop(ticket.event_id, None)
+            if ticket.kept is not None:
+                if ticket.kept[1] is not None:
+                    self.records.pop(ticket.kept[0], None)
+                else:
+                    m.LABELS.labels(self.name, "applied").inc()
             ticket.done.set_result(ticket.version)
         m.UPDATES.labels(self.name).inc(len(batch))
 

@@ -11,10 +11,13 @@ latest snapshot · ``sn:{name}:streams`` the index of those: stream → when it 
 applied since (and shortly before) the snapshot, a Redis Stream with entry ids ``{version}-0`` ·
 ``sn:{name}:lock`` the write lease · ``sn:{name}:wanted`` the writer queued first for it ·
 ``sn:{name}:curve`` the learning curve, a Redis Stream of points with entry ids ``{version}-0``
-(bounded: ``STREAMNORM_CURVE_POINTS``). (``streams``, ``digest``, ``wanted`` and ``curve`` are
-additions to the design's layout.) The meta also holds ``rejected`` (updates rolled back, counted
-with the next committed one) and ``loss_sum`` / ``loss_n`` (the losses since the curve's last
-point).
+(bounded: ``STREAMNORM_CURVE_POINTS``) · ``sn:{name}:kept:{prediction_id}`` a kept prediction's
+record (``models.KeptPrediction``), expiring after ``STREAMNORM_LABEL_WAIT_S`` ·
+``sn:{name}:kept`` the index of those: prediction id → when it expires (unix ms), kept one wait
+longer than the record so a late label is told "expired", not "unknown". (``streams``,
+``digest``, ``wanted``, ``curve`` and the ``kept`` keys are additions to the design's layout.)
+The meta also holds ``rejected`` (updates rolled back, counted with the next committed one)
+and ``loss_sum`` / ``loss_n`` (the losses since the curve's last point).
 
 A race (a group of member models fed the same events) is one hash, ``sn:race:{name}``:
 ``def`` (its definition, JSON) and ``leader`` (the member serving its predictions); its
@@ -28,11 +31,11 @@ many entries were applied, ever; ``sn:workers`` the live workers by heartbeat ex
 from __future__ import annotations
 
 __all__ = ["MODEL_PARTS", "RACE_PATTERN", "SPEC_PATTERN", "WORKERS", "context_key",
-           "context_pattern", "model_key", "name_of_race_key", "name_of_spec_key",
-           "partition_key", "race_key", "stream_event_id"]
+           "context_pattern", "kept_key", "kept_pattern", "model_key", "name_of_race_key",
+           "name_of_spec_key", "partition_key", "race_key", "stream_event_id"]
 
 MODEL_PARTS = ("meta", "spec", "state", "seen", "digest", "log", "lock", "wanted", "streams",
-               "curve")
+               "curve", "kept")
 SPEC_PATTERN = "sn:{*}:spec"  # matches every model's spec key (a SCAN lists models)
 RACE_PATTERN = "sn:race:{*}"  # matches every race's key
 WORKERS = "sn:workers"
@@ -51,6 +54,16 @@ def context_key(name: str, stream: str) -> str:
 def context_pattern(name: str) -> str:
     """A SCAN pattern matching every context key of ``name``."""
     return model_key(name, "ctx:*")
+
+
+def kept_key(name: str, prediction_id: str) -> str:
+    """The key of one kept prediction's record (it expires with the label wait)."""
+    return model_key(name, f"kept:{prediction_id}")
+
+
+def kept_pattern(name: str) -> str:
+    """A SCAN pattern matching every kept prediction's key of ``name``."""
+    return model_key(name, "kept:*")
 
 
 def name_of_spec_key(key: str) -> str:

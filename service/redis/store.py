@@ -30,6 +30,8 @@ from .keys import (
     SPEC_PATTERN,
     context_key,
     context_pattern,
+    kept_key,
+    kept_pattern,
     model_key,
     name_of_spec_key,
 )
@@ -49,7 +51,8 @@ class ContextWrites(NamedTuple):
 class Committed(NamedTuple):
     """One applied event as a commit stores it: the log entry, its id and digest, its loss
     (``None``: none, a mini-batch), the metrics JSON when its version closes a curve point
-    (else ``""``), and how many updates were rolled back since the previous one."""
+    (else ``""``), how many updates were rolled back since the previous one, and a kept
+    prediction it stores (a keep: ``(id, record)``) or removes (a label: ``(id, None)``)."""
 
     event_json: str
     event_id: str | None
@@ -57,6 +60,7 @@ class Committed(NamedTuple):
     loss: float | None
     point_metrics: str
     rejected: int
+    kept: tuple[str, bytes | None] | None = None
 
 
 class LeaseLost(RuntimeError):
@@ -119,13 +123,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
-# KEYS: meta lock log seen wanted digest curve; ARGV: token version n updates samples metrics
-#       seen_limit lease_ms uid curve_every curve_points now, then n sextuples (event,
-#       event_id, digest, loss, point metrics, updates rolled back just before it). Appends
-#       the n events as versions version+1 … version+n of the model incarnation ``uid`` (a
-#       model deleted and re-created meanwhile has another), and the learning curve's point of
-#       every version that is a multiple of curve_every (the loss mean over the updates since
-#       the last point, kept in the meta).
+# KEYS: meta lock log seen wanted digest curve kept, then the key of each kept record an event
+#       stores or removes, in event order;
+# ARGV: token version n updates samples metrics seen_limit lease_ms uid curve_every
+#       curve_points now label_wait_ms, then n nonuples (event, event_id, digest, loss, point
+#       metrics, updates rolled back just before it, kept op ("", "put" or "del"), prediction
+#       id, record).
+#       Appends the n events as versions version+1 … version+n of the model incarnation
+#       ``uid`` (a model deleted and re-created meanwhile has another), and the learning curve's
+#       point of every version that is a multiple of curve_every (the loss mean over the
+#       updates since the last point, kept in the meta); stores a keep's record (expiring after
+#       the label wait, indexed by its expiry) and removes a labelled one.
 #       Returns {last version, whether another writer waits}.
 _COMMIT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
@@ -135,10 +143,11 @@ local v = tonumber(m[1])
 if v == nil or v ~= tonumber(ARGV[2]) or m[2] ~= ARGV[9] then return -2 end
 local loss_sum, loss_n = tonumber(m[3]) or 0, tonumber(m[4]) or 0
 local every = tonumber(ARGV[10])
-local ids = false
+local now_ms, wait_ms = math.floor(tonumber(ARGV[12]) * 1000), tonumber(ARGV[13])
+local ids, kk = false, 8
 for i = 1, tonumber(ARGV[3]) do
   v = v + 1
-  local at = 7 + 6 * i
+  local at = 5 + 9 * i
   redis.call('XADD', KEYS[3], v .. '-0', 'event', ARGV[at])
   if ARGV[at + 1] ~= '' then
     redis.call('ZADD', KEYS[4], v, ARGV[at + 1])
@@ -156,6 +165,18 @@ for i = 1, tonumber(ARGV[3]) do
                '{"version":' .. v .. ',"time":' .. ARGV[12] .. ',"loss":' .. mean ..
                ',"rejected":' .. rejected .. ',"metrics":' .. ARGV[at + 4] .. '}')
     loss_sum, loss_n = 0, 0
+  end
+  local op = ARGV[at + 6]
+  if op ~= '' then
+    kk = kk + 1
+    if op == 'put' then
+      redis.call('SET', KEYS[kk], ARGV[at + 8], 'PX', wait_ms)
+      redis.call('ZADD', KEYS[8], now_ms + wait_ms, ARGV[at + 7])
+      redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now_ms - wait_ms)
+    else
+      redis.call('DEL', KEYS[kk])
+      redis.call('ZREM', KEYS[8], ARGV[at + 7])
+    end
   end
 end
 redis.call('HSET', KEYS[1], 'version', v, 'updates', ARGV[4], 'samples', ARGV[5],
@@ -226,9 +247,10 @@ class Store:
     """Async access to models in Redis (one client with a connection pool per process)."""
 
     def __init__(self, redis: Redis, *, seen_limit: int = 100_000, curve_every: int = 10,
-                 curve_points: int = 10_000) -> None:
+                 curve_points: int = 10_000, label_wait_s: float = 86_400.0) -> None:
         self.redis = redis
         self.seen_limit = seen_limit
+        self.label_wait_ms = max(1, round(label_wait_s * 1000))
         self.curve_every, self.curve_points = curve_every, curve_points
         self._acquire = redis.register_script(_ACQUIRE)
         self._release = redis.register_script(_RELEASE)
@@ -241,7 +263,7 @@ class Store:
     def configured(cls, redis: Any, settings: Settings) -> Store:
         """A store with the limits of ``settings``."""
         return cls(redis, seen_limit=settings.seen_limit, curve_every=settings.curve_every,
-                   curve_points=settings.curve_points)
+                   curve_points=settings.curve_points, label_wait_s=settings.label_wait_s)
 
     async def ping(self) -> None:
         """Raise unless Redis answers."""
@@ -283,10 +305,10 @@ class Store:
         """Remove every key of the model (meta first, so readers see it gone at once)."""
         fixed = [model_key(name, p) for p in MODEL_PARTS]  # meta first
         removed = await self.redis.delete(*fixed)
-        ctx = [k async for k in self.redis.scan_iter(match=context_pattern(name),
-                                                     count=1000)]
-        if ctx:
-            await self.redis.delete(*ctx)
+        for pattern in (context_pattern(name), kept_pattern(name)):
+            found = [k async for k in self.redis.scan_iter(match=pattern, count=1000)]
+            for at in range(0, len(found), 1000):
+                await self.redis.delete(*found[at:at + 1000])
         return bool(removed)
 
     # -- snapshot and log ----------------------------------------------------------------------
@@ -366,20 +388,40 @@ class Store:
         close: the new version, and whether another writer is waiting for the lease (the
         holder should yield)."""
         keys = [model_key(name, p) for p in ("meta", "lock", "log", "seen", "wanted", "digest",
-                                             "curve")]
+                                             "curve", "kept")]
         args: list[Any] = [token, version, len(events), updates, samples, metrics_json,
                            self.seen_limit, lease_ms, uid, self.curve_every, self.curve_points,
-                           round(time.time(), 3)]
+                           round(time.time(), 3), self.label_wait_ms]
         for event in events:
             args += (event.event_json, event.event_id or "", event.digest,
                      "" if event.loss is None else repr(event.loss), event.point_metrics,
                      event.rejected)
+            if event.kept is None:
+                args += ("", "", "")
+            else:
+                pid, record = event.kept
+                keys.append(kept_key(name, pid))
+                args += ("put" if record is not None else "del", pid, record or "")
         res = await self._commit(keys=keys, args=args)
         if not isinstance(res, list):
             code = _int(res)
             raise LeaseLost("the lease expired" if code == -1
                             else "the model's version (or incarnation) moved")
         return _int(res[0]), bool(_int(res[1]))
+
+    async def kept(self, name: str, prediction_id: str) -> bytes | None:
+        """A kept prediction's record (``None``: labelled, expired, or never kept)."""
+        raw = await self.redis.get(kept_key(name, prediction_id))
+        return None if raw is None else bytes(raw)
+
+    async def kept_expired(self, name: str, prediction_id: str) -> bool:
+        """Whether ``prediction_id`` was kept and has expired (within the last wait)."""
+        score = await self.redis.zscore(model_key(name, "kept"), prediction_id)
+        return score is not None and score <= time.time() * 1000
+
+    async def kept_waiting(self, name: str) -> int:
+        """How many kept predictions of the model wait for their labels."""
+        return int(await self.redis.zcount(model_key(name, "kept"), time.time() * 1000, "+inf"))
 
     async def curve(self, name: str, after: int, limit: int) -> list[str]:
         """The learning curve's points (JSON) with versions after ``after``, oldest first."""

@@ -1,0 +1,171 @@
+"""Delayed labels over HTTP and the event stream (design.md, "Delayed labels"): keep a
+prediction, label it later, exactly once; bad input changes nothing."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from models import ModelSpec, OnlineLearner
+from service.api.app import create_app
+from service.redis.keys import kept_key, model_key
+from service.settings import Settings
+
+from .conftest import contents
+
+
+def make(client: TestClient, name: str, **kw: Any) -> dict[str, Any]:
+    body = {"name": name, "task": "regression", "n_features": 2, "cell": "gru",
+            "hidden_size": 8, "norm": {"method": "streaming"}, "window": 3, "seed": 2,
+            "optimizer": {"name": "adam", "lr": 0.01}, **kw}
+    r = client.post("/models", json=body)
+    assert r.status_code == 201, r.text
+    return body
+
+
+def xs(n: int, k: int = 0) -> list[list[float]]:
+    return [[0.1 * (i + k), (-1) ** i * 0.3] for i in range(n)]
+
+
+def snapshot(r: redis.Redis, name: str) -> dict[bytes, Any]:
+    """Every key of a model and its content (the lease and its queue aside)."""
+    keys = [k for k in r.scan_iter(match=model_key(name, "*"), count=1000)
+            if not k.endswith((b":lock", b":wanted"))]
+    return {k: contents(r, k) for k in sorted(keys)}
+
+
+def test_a_label_trains_the_kept_window_with_the_weights_of_its_arrival(
+        client: TestClient, model_name: str) -> None:
+    spec = make(client, model_name)
+    local = OnlineLearner(ModelSpec.model_validate(spec))
+    url = f"/models/{model_name}"
+    for x in xs(5):  # the stream is past its window
+        client.post(f"{url}/learn", json={"stream": "s", "x": x, "y": sum(x)})
+        local.learn_one(x, sum(x), stream="s")
+    context_then = copy.deepcopy(local.contexts["s"])
+    x_kept = [0.7, -0.2]
+    kept = client.post(f"{url}/predict", json={"stream": "s", "x": x_kept, "keep": True})
+    assert kept.status_code == 200, kept.text
+    k = kept.json()
+    assert k["prediction"] == local.predict_one(x_kept, stream="s")
+    assert k["version"] == 6 and isinstance(k["prediction_id"], str)
+    info = client.get(url).json()
+    assert info["version"] == 6 and info["updates"] == 5  # ordered, no optimizer step
+    # the input has happened: the next prediction of the stream sees it
+    local_moved = OnlineLearner.from_bytes(local.to_bytes())
+    local_moved.keep_one(x_kept, stream="s")
+    after = client.post(f"{url}/predict", json={"stream": "s", "x": [0.0, 0.1]}).json()
+    assert after["prediction"] == local_moved.predict_one([0.0, 0.1], stream="s")
+    # more events before the label
+    for x in xs(3, 9):
+        client.post(f"{url}/learn", json={"stream": "s", "x": x, "y": sum(x)})
+        local_moved.learn_one(x, sum(x), stream="s")
+    # the oracle: learn_one on the kept window, with the weights current now
+    oracle = OnlineLearner.from_bytes(local_moved.to_bytes())
+    oracle.contexts["s"] = context_then
+    oracle.learn_one(x_kept, 2.0, stream="s")
+    r = client.post(f"{url}/label", json={"prediction_id": k["prediction_id"], "y": 2.0})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["applied"] and got["version"] == 10 and got["prediction"] == k["prediction"]
+    assert got["loss"] == pytest.approx((k["prediction"] - 2.0) ** 2, rel=1e-6)
+    state = OnlineLearner.from_bytes(client.get(f"{url}/state").content)
+    assert state.flat.flats.keys() == oracle.flat.flats.keys()
+    for code, flat in state.flat.flats.items():
+        assert flat.equal(oracle.flat.flats[code]), code
+    assert state.updates == oracle.updates == 9
+    assert client.get(url).json()["updates"] == 9
+    # a second label: not applied, nothing changes
+    again = client.post(f"{url}/label", json={"prediction_id": k["prediction_id"], "y": 5.0})
+    assert again.status_code == 200 and again.json()["applied"] is False
+    assert again.json()["version"] == 10
+    assert client.get(url).json()["version"] == 10
+
+
+def test_a_client_chosen_id_a_repeat_and_sequence_mode(client: TestClient,
+                                                       model_name: str) -> None:
+    make(client, model_name, task="binary")
+    url = f"/models/{model_name}"
+    body = {"sequence": [[0.1, 0.2], [0.3, 0.1]], "prediction_id": "fc-1"}
+    first = client.post(f"{url}/predict", json=body).json()
+    assert first["prediction_id"] == "fc-1" and set(first["proba"]) == {"0", "1"}
+    repeat = client.post(f"{url}/predict", json=body).json()  # a retry: the same answer
+    assert repeat == first
+    assert client.get(url).json()["version"] == 1
+    other = client.post(f"{url}/predict", json={**body, "sequence": [[0.5, 0.5]]})
+    assert other.status_code == 409 and other.json()["field"] == "event_id"
+    r = client.post(f"{url}/label", json={"prediction_id": "fc-1", "y": 1}).json()
+    assert r["applied"] and r["proba"] == first["proba"] and r["version"] == 2
+    gone = client.post(f"{url}/predict", json=body)  # labelled: the id is spent
+    assert gone.status_code == 409 and gone.json()["field"] == "prediction_id"
+
+
+def test_unknown_expired_and_bad_labels_change_nothing(settings: Settings,
+                                                       model_name: str) -> None:
+    r = redis.Redis.from_url(settings.redis_url)
+    quick = settings.model_copy(update={"label_wait_s": 0.3})
+    with TestClient(create_app(quick)) as client:
+        make(client, model_name)
+        url = f"/models/{model_name}"
+        pid = client.post(f"{url}/predict", json={"stream": "s", "x": [0.1, 0.1],
+                                                  "keep": True}).json()["prediction_id"]
+        assert r.exists(kept_key(model_name, pid))
+        before = snapshot(r, model_name)
+        for body, status, field in [
+                ({"prediction_id": "nope", "y": 1.0}, 404, "prediction_id"),
+                ({"prediction_id": pid, "y": "high"}, 422, "y"),
+                ({"prediction_id": pid, "y": float("nan")}, 422, "y"),
+                ({"prediction_id": pid}, 422, "y"),
+                ({"prediction_id": "a b", "y": 1.0}, 422, "prediction_id"),
+                ({"prediction_id": pid, "y": 1.0, "x": [1, 2]}, 422, "x")]:
+            got = client.post(f"{url}/label", json=body) if body.get("y") == body.get("y") \
+                else client.post(f"{url}/label", content=f'{{"prediction_id": "{pid}", '
+                                                         '"y": NaN}',
+                                 headers={"content-type": "application/json"})
+            assert got.status_code == status, (body, got.text)
+            assert got.json()["field"] == field, (body, got.text)
+        assert snapshot(r, model_name) == before
+        assert client.post("/models/nope/label", json={"prediction_id": pid,
+                                                       "y": 1.0}).status_code == 404
+        assert client.post(f"{url}/learn", json={"stream": "s", "x": [0.1, 0.1], "y": 1.0,
+                                                 "keep": True}).json()["field"] == "keep"
+        time.sleep(0.5)
+        late = client.post(f"{url}/label", json={"prediction_id": pid, "y": 1.0})
+        assert late.status_code == 404 and "expired" in late.json()["detail"]
+        text = client.get("/metrics").text
+        line = (f'streamnorm_labels_total{{model="{model_name}",outcome="expired"}} 1.0')
+        assert line in text
+        assert (f'streamnorm_labels_total{{model="{model_name}",outcome="unknown"}} 1.0'
+                in text)
+        assert snapshot(r, model_name).keys() - before.keys() == set()
+
+
+def test_keeping_needs_write_access_and_has_a_limit(settings: Settings,
+                                                    model_name: str) -> None:
+    keyed = settings.model_copy(update={"api_keys": ("admin",), "read_keys": ("reader",),
+                                        "max_kept": 2})
+    admin, reader = {"authorization": "Bearer admin"}, {"authorization": "Bearer reader"}
+    with TestClient(create_app(keyed)) as client:
+        r = client.post("/models", headers=admin, json={
+            "name": model_name, "task": "regression", "n_features": 2, "hidden_size": 4})
+        assert r.status_code == 201
+        url = f"/models/{model_name}"
+        body = {"stream": "s", "x": [0.1, 0.1], "keep": True}
+        assert client.post(f"{url}/predict", json={"stream": "s", "x": [0.1, 0.1]},
+                           headers=reader).status_code == 200
+        assert client.post(f"{url}/predict", json=body, headers=reader).status_code == 403
+        assert client.post(f"{url}/label", json={"prediction_id": "x", "y": 1.0},
+                           headers=reader).status_code == 403
+        assert client.post(f"{url}/predict", json=body, headers=admin).status_code == 200
+        assert client.post(f"{url}/predict", json=body, headers=admin).status_code == 200
+        full = client.post(f"{url}/predict", json=body, headers=admin)
+        assert full.status_code == 422 and full.json()["field"] == "keep"
+        assert client.get(url, headers=admin).json()["version"] == 2
+        client.delete(url, headers=admin)
+    r = redis.Redis.from_url(settings.redis_url)
+    assert list(r.scan_iter(match=model_key(model_name, "*"))) == []
