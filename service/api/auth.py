@@ -7,7 +7,9 @@ the page sends the key its user types on every read) needs ``Authorization: Bear
 - **read** (either kind of key): predictions, every ``GET`` (models, metrics, norms, the OpenAPI
   document and ``/docs``) and Prometheus ``/metrics`` (model names are in its labels), also on
   a stream worker's metrics port;
-- **write** (admin keys only): creating and deleting models, learning, ``POST /events``, and
+- **write** (admin keys only): creating and deleting models, learning, keeping a prediction
+  (``predict`` with ``keep``/``prediction_id``: it moves the stream on) and labelling it,
+  ``POST /events``, and
   ``GET /models/{name}/state`` (weights, optimizer moments, stream names and their last inputs).
 Keys are compared in constant time against every configured key (no early exit).
 """
