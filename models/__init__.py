@@ -10,13 +10,14 @@ from .inputs import InvalidInput
 from .kept import KeptPrediction
 from .learner import LearnResult, OnlineLearner, UpdateRejected
 from .norms import NORMS, notify_optimizer_step
-from .spec import ModelSpec, OptimizerSpec
+from .spec import GuardSpec, ModelSpec, OptimizerSpec
 from .state import StateError
 
 __all__ = [
     "CELLS",
     "NORMS",
     "GRUCell",
+    "GuardSpec",
     "InvalidInput",
     "KeptPrediction",
     "LSTMCell",

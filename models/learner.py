@@ -11,6 +11,7 @@ moment or statistic non-finite is rolled back and reported (``UpdateRejected``).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -341,6 +342,26 @@ class OnlineLearner:
                 logits[i:i + 1].detach(), self._target_tensor([target])))
             results.append(LearnResult(pred, sample_loss, proba))
         return results
+
+    def with_spec(self, spec: ModelSpec) -> OnlineLearner:
+        """A copy of this learner under another name and optimizer settings (a fork): the same
+        weights, optimizer moments, statistics, contexts, counters and metrics. Any other spec
+        change, or another kind of optimizer (other moments), raises ``InvalidInput``."""
+        same = {**self.spec.model_dump(), "name": spec.name, "optimizer": spec.optimizer}
+        if ModelSpec.model_validate(same) != spec:
+            raise InvalidInput("spec", "a fork may change only its name and optimizer settings")
+        other = OnlineLearner.blank(spec)
+        if other.flat.layout_json != self.flat.layout_json:
+            raise InvalidInput("optimizer.name", "a fork keeps its optimizer's kind (its "
+                                                 "moments carry over); change lr, betas, clip")
+        with torch.no_grad():
+            for code, flat in other.flat.flats.items():
+                flat.copy_(self.flat.flats[code])
+        other.contexts = {s: StreamContext(None if c.state is None else tuple(
+            t.clone() for t in c.state), c.inputs.clone()) for s, c in self.contexts.items()}
+        other.metrics = copy.deepcopy(self.metrics)
+        other.updates, other.samples = self.updates, self.samples
+        return other
 
     # serialization lives in models/persist.py to keep this file about learning
     def to_bytes(self, *, contexts: bool = True) -> bytes:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from . import norms
 
-__all__ = ["NAME_PATTERN", "ModelSpec", "OptimizerSpec"]
+__all__ = ["NAME_PATTERN", "GuardSpec", "ModelSpec", "OptimizerSpec"]
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -23,6 +23,25 @@ class OptimizerSpec(BaseModel):
     lr: float = Field(0.005, gt=0, le=10, description="learning rate")
     clip: float | None = Field(1.0, gt=0, le=1e6,
                                description="max gradient norm (None: no clipping)")
+
+
+class GuardSpec(BaseModel):
+    """When a service hosting the model rolls it back by itself to the retained version with
+    the best rolling loss (``MAE``, or ``LogLoss`` for classifiers): after ``rejected_in_row``
+    rejected updates in a row, or when the rolling loss is over ``loss_ratio`` times that best
+    (looked at with each snapshot, once ``min_samples`` predictions were scored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rejected_in_row: int | None = Field(None, ge=1, le=100_000)
+    loss_ratio: float | None = Field(None, gt=1, le=1e6)
+    min_samples: int = Field(100, ge=1, le=10**9)
+
+    @model_validator(mode="after")
+    def _some_trigger(self) -> GuardSpec:
+        if self.rejected_in_row is None and self.loss_ratio is None:
+            raise ValueError("give rejected_in_row, loss_ratio, or both")
+        return self
 
 
 class ModelSpec(BaseModel):
@@ -69,6 +88,9 @@ class ModelSpec(BaseModel):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     window: int = Field(16, ge=1, le=1024, description="truncated-BPTT length (stream mode)")
     seed: int = Field(0, ge=0, le=2**63 - 1)
+    guard: GuardSpec | None = Field(None, exclude_if=lambda v: v is None,
+                                    description="automatic rollback of a diverging model "
+                                                "(a service feature; unset: none)")
 
     @field_validator("norm", mode="before")
     @classmethod

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
                                    "contexts keeps fewer than max_streams")
     stream_ttl_s: float = Field(7 * 86_400.0, gt=0, description="a stream with no event for "
                                 "this long restarts from a zero state")
+    keep_snapshots: int = Field(20, ge=0, le=1000, description="snapshots kept as versions to "
+                                "roll back to or fork from (each holds every stream context; "
+                                "0: none)")
     label_wait_s: float = Field(86_400.0, gt=0, le=366 * 86_400.0, description="a prediction "
                                 "kept for a delayed label waits this long for it")
     max_kept: int = Field(100_000, ge=1, description="kept predictions one model holds waiting "

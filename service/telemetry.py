@@ -39,6 +39,8 @@ REPLAYED = Counter("streamnorm_replayed_updates_total",
 LABELS = Counter("streamnorm_labels_total", "delayed labels by outcome: applied, expired (the "
                  "kept prediction waited longer than STREAMNORM_LABEL_WAIT_S), unknown",
                  ["model", "outcome"])
+ROLLBACKS = Counter("streamnorm_rollbacks_total", "rollbacks to a retained version, by why: "
+                    "request (POST rollback) or the spec's divergence guard", ["model", "why"])
 SNAPSHOTS = Counter("streamnorm_snapshots_total", "snapshots written", ["model"])
 
 # the event streams: the worker's own counters, and what any process reads from Redis on scrape

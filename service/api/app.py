@@ -20,7 +20,7 @@ from ..redis.connect import close, connect
 from ..redis.store import Store
 from ..redis.streams import Streams
 from ..settings import Settings
-from . import catalog, dashboard, ingest, learning, races, system
+from . import catalog, dashboard, ingest, learning, races, system, versions
 from .auth import keys_configured
 from .deps import ReadAccess
 from .errors import install_handlers
@@ -66,8 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.health)  # the probes: open
     app.include_router(dashboard.page)  # the page: open (its data calls carry the key)
     app.include_router(dashboard.router, dependencies=[ReadAccess], responses=errors(401, 403))
-    for router in (learning.router, catalog.router, races.router, ingest.router,
-                   system.router):
+    for router in (learning.router, catalog.router, versions.router, races.router,
+                   ingest.router, system.router):
         app.include_router(router, dependencies=[ReadAccess],  # a key when keys are set
                            responses=errors(401, 403))
     _document_auth(app, keys_configured(settings))

@@ -28,7 +28,8 @@ _SPEC_EXAMPLE = {"name": "demo", "task": "regression", "n_features": 3, "cell": 
                  "optimizer": {"name": "adam", "lr": 0.005}, "window": 16, "seed": 0}
 
 
-def _info(spec_json: str, meta: dict[str, str]) -> dict[str, Any]:
+def model_info(spec_json: str, meta: dict[str, str]) -> dict[str, Any]:
+    """A model as ``GET /models/{name}`` shows it, from its spec JSON and meta."""
     return {**json.loads(spec_json), "version": int(meta["version"]),
             "updates": int(meta.get("updates", 0)), "samples": int(meta.get("samples", 0)),
             "metrics": json.loads(meta.get("metrics") or "null")}
@@ -61,7 +62,7 @@ async def create_model(body: NewModel, engine: EngineDep, response: Response
     "application/json": {"example": [_INFO_EXAMPLE]}}}})
 async def list_models(engine: EngineDep) -> list[dict[str, Any]]:
     """Every model with its spec and progress."""
-    return [_info(*found) for found in await engine.catalogue()]
+    return [model_info(*found) for found in await engine.catalogue()]
 
 
 @router.get("/{name}", response_model=ModelInfo, responses={
@@ -69,7 +70,7 @@ async def list_models(engine: EngineDep) -> list[dict[str, Any]]:
     200: {"content": {"application/json": {"example": _INFO_EXAMPLE}}}})
 async def get_model(name: ModelName, engine: EngineDep) -> dict[str, Any]:
     """The spec, version, number of updates and prequential metrics."""
-    return _info(*await engine.describe(name))
+    return model_info(*await engine.describe(name))
 
 
 @router.delete("/{name}", status_code=204, dependencies=[WriteAccess],
@@ -86,7 +87,7 @@ async def delete_model(name: ModelName, engine: EngineDep) -> Response:
         "RMSE": {"value": 0.4, "rolling": 0.35}, "n": 42}}}}})
 async def model_metrics(name: ModelName, engine: EngineDep) -> dict[str, Any]:
     """Prequential metrics (cumulative and over the last 100 samples), as River names them."""
-    info = _info(*await engine.describe(name))
+    info = model_info(*await engine.describe(name))
     return {"version": info["version"], "updates": info["updates"], **(info["metrics"] or {})}
 
 

@@ -26,6 +26,7 @@ from ..engine.errors import (
     UnknownModel,
     UnknownPrediction,
     UnknownRace,
+    UnknownVersion,
 )
 from ..redis.store import LeaseLost
 from .auth import AccessDenied
@@ -39,8 +40,8 @@ log = logging.getLogger("streamnorm")
 # the status of each domain error, and whether a retry may help (then Retry-After: 1)
 _STATUS: dict[type[EngineError], tuple[int, bool]] = {
     UnknownModel: (404, False), UnknownRace: (404, False), UnknownPrediction: (404, False),
-    Conflict: (409, False),
-    Rejected: (422, False), Backlogged: (429, True), Busy: (503, True), Unavailable: (503, True)}
+    UnknownVersion: (404, False), Conflict: (409, False), Rejected: (422, False),
+    Backlogged: (429, True), Busy: (503, True), Unavailable: (503, True)}
 
 
 class ApiError(Exception):

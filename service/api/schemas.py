@@ -21,6 +21,7 @@ __all__ = [
     "ErrorBody",
     "EventsAccepted",
     "EventsBody",
+    "ForkRequest",
     "LabelRequest",
     "LearnRequest",
     "LearnResponse",
@@ -32,7 +33,10 @@ __all__ = [
     "RaceInfo",
     "RaceLearnResponse",
     "RacePredictResponse",
+    "RollbackRequest",
+    "RollbackResponse",
     "StreamEvent",
+    "VersionInfo",
     "errors",
 ]
 
@@ -84,6 +88,47 @@ class LabelRequest(BaseModel):
                                description="the id predict returned (or was given)")
     y: SkipValidation[float | int | bool] = Field(
         description="target: a number (regression), 0/1/bool (binary), a class index")
+
+
+class RollbackRequest(BaseModel):
+    """Return a model to a retained version."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"version": 300, "event_id": "rollback-after-bad-batch"}]})
+
+    version: int = Field(ge=0, strict=True, description="a version GET /models/{name}/versions "
+                         "lists")
+    event_id: str | None = Field(None, pattern=EVENT_ID_PATTERN,
+                                 description="idempotency key: a repeat is not applied again")
+
+
+class RollbackResponse(BaseModel):
+    version: int = Field(description="the model's version after the rollback (it moves "
+                         "forward: a rollback is an update)")
+    restored: int = Field(description="the retained version whose state the model now has")
+    applied: bool = Field(description="false when event_id had already been applied")
+
+
+class ForkRequest(BaseModel):
+    """A new model from a model's state."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "demo-lr-low", "optimizer": {"lr": 0.001}}, {"name": "demo-v300",
+                                                              "version": 300}]})
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN, description="the new model's name")
+    version: int | None = Field(None, ge=0, strict=True, description="a retained version "
+                                "(default: the latest state)")
+    optimizer: dict[str, Any] | None = Field(None, description="optimizer settings to change "
+                                             "(`lr`, `betas`, `clip`…; the same kind of "
+                                             "optimizer: its moments carry over)")
+
+
+class VersionInfo(BaseModel):
+    version: int
+    time: float = Field(description="when it was written (unix s)")
+    updates: int = Field(description="optimizer steps the model had taken")
+    metrics: dict[str, Any] = Field(description="prequential metrics then")
 
 
 class BatchItem(BaseModel):

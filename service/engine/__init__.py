@@ -11,6 +11,7 @@ from .errors import (
     UnknownModel,
     UnknownPrediction,
     UnknownRace,
+    UnknownVersion,
 )
 from .event import Event, LearnOutcome
 
@@ -27,4 +28,5 @@ __all__ = [
            "UnknownModel",
            "UnknownPrediction",
            "UnknownRace",
+           "UnknownVersion",
 ]

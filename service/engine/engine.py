@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from models import InvalidInput, ModelSpec, OnlineLearner, cost, health
@@ -34,11 +35,13 @@ from ..redis.streams import PartitionStats, Streams, partition_of
 from ..settings import Settings
 from .budget import Budget
 from .compute import Compute
-from .errors import Backlogged, Busy, Conflict, UnknownModel, UnknownRace
+from .contexts import ContextBook
+from .errors import Backlogged, Busy, Conflict, UnknownModel, UnknownRace, UnknownVersion
 from .event import Event, LearnOutcome, canonical_keep, predict, predict_arguments
 from .host import Host, bytes_ms
 from .race import Races
 from .replica import Replica, Written
+from .versions import public, retained_of
 
 __all__ = ["Engine"]
 
@@ -71,10 +74,20 @@ class Engine:
         host.budget.check_spec(spec)
         build_ms = bytes_ms(cost.state_bytes(spec))
         learner = await host.compute.run(build_ms, OnlineLearner, spec)
-        state = await host.compute.run(build_ms, learner.to_bytes)
+        return await self._store_new(learner)
+
+    async def _store_new(self, learner: OnlineLearner) -> bool:
+        """Store ``learner`` as a new model at version 0 (``create``'s contract); it is also
+        the first retained version."""
+        spec, host = learner.spec, self.host
+        retained = await host.compute.run(host.state_ms(spec), retained_of, learner,
+                                          ContextBook(), 0)
         metrics, uid = json.dumps(learner.metrics.report()), uuid.uuid4().hex
+        keep = retained.meta if self.settings.keep_snapshots else ""
         try:
-            if await self.store.create(spec.name, spec.model_dump_json(), state, uid, metrics):
+            if await self.store.create(spec.name, spec.model_dump_json(), retained.full, uid,
+                                       metrics, updates=learner.updates,
+                                       samples=learner.samples, retained=keep):
                 return True
         except RedisError:  # the script may have run before the reply was lost: look
             head = await self.store.head(spec.name)
@@ -263,6 +276,58 @@ class Engine:
         preds, probas = learner.net.decode(kept.logits)
         proba = None if probas is None else dict(enumerate(probas[0]))
         return LearnOutcome(preds[0], None, out.version, False, proba), pid
+
+    # -- versions ------------------------------------------------------------------------------
+    async def versions(self, name: str) -> list[dict[str, Any]]:
+        """The retained versions, newest first (``design.md``, "Versions, rollback, fork")."""
+        if await self.store.head(name) is None:
+            raise UnknownModel(name)
+        return [public(meta) for meta in await self.store.versions(name)]
+
+    async def rollback(self, name: str, version: int, event_id: str | None = None,
+                       why: str = "request") -> LearnOutcome:
+        """Return the model to a retained version: an update like any other (ordered,
+        logged, once per ``event_id``) whose version moves forward."""
+        spec, _ = await self.spec(name)
+        body: dict[str, Any] = {"rollback": version}
+        if why != "request":
+            body["why"] = why
+        event = Event(body, event_id).priced(spec, self.host.state_ms(spec))
+        out = (await self.learn(name, [event]))[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    async def fork(self, name: str, new: str, version: int | None,
+                   optimizer: dict[str, Any] | None) -> ModelSpec:
+        """A new model ``new`` starting from ``name``'s state at a retained ``version`` (the
+        latest by default): weights, optimizer moments, statistics, stream contexts, counters
+        and metrics, with its optimizer settings changed by ``optimizer`` (same kind)."""
+        spec, _ = await self.spec(name)
+        if version is None:
+            data, _ = await self.current_state(name)
+        else:
+            retained = await self.store.retained(name, version)
+            if retained is None:
+                raise UnknownVersion(version)
+            data = retained.full
+        fields = spec.model_dump(mode="json")
+        fields["name"] = new
+        if optimizer is not None:
+            fields["optimizer"] = {**fields["optimizer"], **optimizer}
+        try:
+            new_spec = ModelSpec.model_validate(fields)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidInput(where, f"{where}: {first['msg']}") from None
+        self.host.budget.check_spec(new_spec)
+        ms = bytes_ms(len(data))
+        source = await self.host.compute.run(ms, OnlineLearner.from_bytes, data)
+        learner = await self.host.compute.run(ms, source.with_spec, new_spec)
+        if not await self._store_new(learner):
+            raise Conflict(f"a model named {new!r} exists", "name")
+        return new_spec
 
     async def current_state(self, name: str) -> tuple[bytes, int]:
         """The learner's bytes at the latest version, contexts included (for export)."""

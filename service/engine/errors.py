@@ -9,7 +9,7 @@ dead-letter (the event can never apply) or retry (the infrastructure failed).
 from __future__ import annotations
 
 __all__ = ["Backlogged", "Busy", "Conflict", "EngineError", "Rejected", "Unavailable",
-           "UnknownModel", "UnknownPrediction", "UnknownRace"]
+           "UnknownModel", "UnknownPrediction", "UnknownRace", "UnknownVersion"]
 
 
 class EngineError(Exception):
@@ -56,6 +56,14 @@ class UnknownPrediction(EngineError):
         why = "expired (STREAMNORM_LABEL_WAIT_S)" if expired else "unknown"
         super().__init__(f"no kept prediction {prediction_id!r}: {why}", "prediction_id")
         self.expired = expired
+
+
+class UnknownVersion(EngineError):
+    """No retained version of that number (never kept, or no longer)."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"version {version} is not kept (GET /models/{{name}}/versions lists "
+                         "those that are)", "version")
 
 
 class UnknownRace(EngineError):

@@ -38,13 +38,21 @@ from models import InvalidInput, ModelSpec, OnlineLearner, UpdateRejected
 from models.persist import context_from_bytes
 
 from .. import telemetry as m
-from ..redis.store import Committed, ContextWrites, LeaseLost, ModelHead, Stored
+from ..redis.store import Committed, LeaseLost, ModelHead, Stored
 from .budget import replay_ms
 from .contexts import ContextBook
-from .errors import Conflict, Rejected, Unavailable, UnknownModel, UnknownPrediction
+from .errors import (
+    Conflict,
+    Rejected,
+    Unavailable,
+    UnknownModel,
+    UnknownPrediction,
+    UnknownVersion,
+)
 from .event import Event, LearnOutcome, apply_event
 from .host import Host, bytes_ms
 from .lease import Lease
+from .versions import Snapshot, guard_target, restore, retained_of, rolling_loss
 
 __all__ = ["Phase", "Replica", "Ticket", "Written"]
 
@@ -68,7 +76,7 @@ class Ticket:
     metrics_json: str
     loss: float | None  # for the learning curve (None: a mini-batch)
     rejected: int  # updates rolled back since the previous ticket (counted with this one)
-    snapshot: tuple[bytes, ContextWrites] | None  # state + context changes at ``version``
+    snapshot: Snapshot | None  # state, context changes, retained version at ``version``
     done: asyncio.Future[int]
     kept: tuple[str, bytes | None] | None = None  # a keep's record to store, a label's to drop
 
@@ -145,6 +153,7 @@ class Replica:
         self.snapshot_version = snapshot_version
         self.snapshot_queued = 0  # version of the latest snapshot queued with a ticket
         self.rejected = 0  # updates rolled back since the last queued one
+        self.in_row = 0  # updates rejected in a row here (the spec's guard counts them)
         self.lock = asyncio.Lock()
         self.waiting = 0  # requests holding or waiting for the lock
         self.lease = Lease(name, host)
@@ -201,6 +210,11 @@ class Replica:
         """The learner as a snapshot stores it: without stream contexts (each has a key of its
         own, written when it moves: ``ContextBook.take``)."""
         return self.learner.to_bytes(contexts=False)
+
+    def _snapshot_bytes(self, force: bool = False) -> tuple[bytes, bool]:
+        """``snapshot_state`` and whether the snapshot is also kept as a version (when
+        ``STREAMNORM_KEEP_SNAPSHOTS`` is not 0); ``force``: a rollback's, always taken."""
+        return self.snapshot_state(), self.host.settings.keep_snapshots > 0 or force
 
     def drop(self) -> None:
         """Never serve again: the engine's cache forgets it at once (and loads a fresh replica
@@ -278,9 +292,13 @@ class Replica:
                         elif "keep" in event.body:
                             await self._room_to_keep()
                         outcome, ticket = await self._apply(event)
-                    except (Conflict, Rejected, InvalidInput, UnknownPrediction) as exc:
+                    except (Conflict, Rejected, InvalidInput, UnknownPrediction,
+                            UnknownVersion) as exc:
                         out[i] = exc
+                        if isinstance(exc, Rejected):
+                            await self._guard(False)
                         continue
+                    await self._guard(ticket.snapshot is not None)
                     queued.append((i, outcome, ticket, True))
                     if eid is not None:  # its commit may land (and leave self.ids) while a
                         inflight[eid] = ticket  # later event of this write computes
@@ -358,6 +376,8 @@ class Replica:
                                      host.budget.streams(self.learner.spec))
             event = event.noted({"t": now, "drop": drop} if drop else {"t": now})
         logged = {**event.body, **event.notes}
+        if "rollback" in event.body:
+            return await self._roll_back(event)
         try:
             async with self._kept_for(event.cost_ms):
                 outcome = await host.compute.run(event.cost_ms, apply_event, self.learner,
@@ -367,7 +387,7 @@ class Replica:
                 state = None
                 if self._snapshot_due():
                     state = await host.compute.run(host.state_ms(self.learner.spec),
-                                                   self.snapshot_state)
+                                                   self._snapshot_bytes)
             kept = None
             if "keep" in event.body:
                 assert outcome is not None and outcome.kept is not None
@@ -378,12 +398,54 @@ class Replica:
         except UpdateRejected as exc:  # the learner rolled itself back
             m.REJECTED.labels(model=self.name).inc()
             self.rejected += 1  # counted in Redis with the next update (nothing changes now)
+            self.in_row += 1
             raise Rejected(f"update rejected: {exc}", "y") from exc
         except InvalidInput:  # refused by the learner before anything changed (an entry
             raise             # marked valid that was not: Engine.prepare trusted it)
         except BaseException:
             self.abandon()  # it may hold a change Redis will never have
             raise
+
+    async def _roll_back(self, event: Event) -> tuple[LearnOutcome | None, Ticket]:
+        """Replace the learner by a retained version (``UnknownVersion`` if it is not kept)
+        and queue the commit with a snapshot of it (lock and lease held)."""
+        version = event.body["rollback"]
+        retained = await self.host.store.retained(self.name, version)
+        if retained is None:
+            raise UnknownVersion(version)
+        host = self.host
+        self.learner, self.book = await host.compute.run(
+            bytes_ms(len(retained.full)), restore, retained, self.learner.spec, self.book)
+        state = await host.compute.run(bytes_ms(len(retained.full)), self._snapshot_bytes, True)
+        m.ROLLBACKS.labels(self.name, event.body.get("why", "request")).inc()
+        return LearnOutcome(None, None, 0, True), self._queue(event, state, None, None)
+
+    async def _guard(self, snapshotted: bool) -> None:
+        """The spec's divergence guard (``models.GuardSpec``), after an event (lock and lease
+        held): roll back to the retained version with the best rolling loss after too many
+        rejected updates in a row, or, when a snapshot was just taken, when the rolling loss
+        is too far above that best. Logged like any rollback (``"why": "guard"``)."""
+        guard = self.learner.spec.guard
+        if guard is None or self.dead:
+            return
+        rejected = guard.rejected_in_row is not None and self.in_row >= guard.rejected_in_row
+        if not rejected and not (guard.loss_ratio is not None and snapshotted):
+            return
+        target = guard_target(await self.host.store.versions(self.name), guard.min_samples)
+        if target is None:
+            return
+        if not rejected:
+            loss, n = rolling_loss(self.learner.metrics.report())
+            if target[1] is None or loss is None or n < guard.min_samples \
+                    or loss <= guard.loss_ratio * target[1]:  # type: ignore[operator]
+                return
+        event = Event({"rollback": target[0], "why": "guard"})
+        try:
+            await self._roll_back(event.priced(self.learner.spec, 0.0))
+        except UnknownVersion:  # trimmed meanwhile: the next event looks again
+            return
+        log.warning("model %s diverged (%s): rolled back to version %d", self.name,
+                    "rejected updates" if rejected else "rolling loss", target[0])
 
     def _kept_for(self, cost_ms: float) -> AbstractAsyncContextManager[None]:
         """The lease renewed meanwhile when the work is long enough to leave the loop."""
@@ -424,6 +486,17 @@ class Replica:
         async with kept:
             try:
                 for (v, body), cost_ms in zip(logged, costs, strict=True):
+                    if "rollback" in body:  # the retained version it restored, or the
+                        retained = await self.host.store.retained(  # snapshot written with it
+                            self.name, body["rollback"])
+                        if retained is None:
+                            await self._reload(self.learner.spec)
+                            return
+                        self.learner, self.book = await self.host.compute.run(
+                            bytes_ms(len(retained.full)), restore, retained, self.learner.spec,
+                            self.book)
+                        self.version = self.committed = v
+                        continue
                     await self.host.compute.run(cost_ms, apply_event, self.learner, body)
                     self.version = self.committed = v
                     self.book.applied(body.get("stream"), body.get("t", time.time()),
@@ -446,21 +519,22 @@ class Replica:
         return self.version + 1 - max(self.snapshot_version, self.snapshot_queued) \
             >= self.host.settings.snapshot_every
 
-    def _queue(self, event: Event, state: bytes | None, loss: float | None,
+    def _queue(self, event: Event, state: tuple[bytes, bool] | None, loss: float | None,
                 kept: tuple[str, bytes | None] | None) -> Ticket:
         """Queue the commit of ``event``, just applied to the learner (lock held, no await),
-        with ``state``, the learner's bytes after it, when ``_snapshot_due`` said so, and the
-        kept prediction it stores or removes."""
+        with ``state``, the learner's bytes after it (and whether to keep it as a version),
+        when ``_snapshot_due`` said so, and the kept prediction it stores or removes."""
         learner = self.learner
         self.version += 1
         snapshot = None
         if state is not None:
-            snapshot = (state, self.book.take(learner))
+            snapshot = self._snapshot_of(*state)
             self.snapshot_queued = self.version
         ticket = Ticket(self.version, event.to_json(), event.event_id, event.digest,
                         learner.updates, learner.samples, json.dumps(learner.metrics.report()),
                         loss, self.rejected, snapshot,
                         asyncio.get_running_loop().create_future(), kept)
+        self.in_row = 0
         if kept is not None and kept[1] is not None:
             self.records[kept[0]] = kept[1]
         self.rejected = 0
@@ -551,8 +625,9 @@ class Replica:
                     await self.lease.release(token)
                     return False  # another process moved the model: this learner is behind
             try:
-                await self._snapshot(token, self.version,
-                                     (self.snapshot_state(), self.book.take(self.learner)))
+                await self._snapshot(token, self.version, self._snapshot_of(
+                    *await self.host.compute.run(self.host.state_ms(self.learner.spec),
+                                                 self._snapshot_bytes)))
                 return self.snapshot_version == self.version
             finally:
                 if taken:
@@ -566,16 +641,21 @@ class Replica:
         if token is not None:
             self.host.background(self.lease.release(token))
 
-    async def _snapshot(self, token: str | None, version: int,
-                        snapshot: tuple[bytes, ContextWrites]) -> None:
+    def _snapshot_of(self, state: bytes, retain: bool) -> Snapshot:
+        """The snapshot of the learner at ``version`` (no await: the book is taken here)."""
+        retained = retained_of(self.learner, self.book, self.version) if retain else None
+        return Snapshot(state, self.book.take(self.learner), retained)
+
+    async def _snapshot(self, token: str | None, version: int, snapshot: Snapshot) -> None:
         """Write the learner's state at ``version`` (committed already) under lease ``token``."""
-        state, contexts = snapshot
+        state, contexts, retained = snapshot
+        settings = self.host.settings
         try:
             if token is None:
                 raise LeaseLost("no lease held")
             written = await self.host.store.write_snapshot(
-                self.name, token, version, state, contexts,
-                keep=self.host.settings.snapshot_every)
+                self.name, token, version, state, contexts, keep=settings.snapshot_every,
+                retained=retained, retain=max(settings.keep_snapshots, retained is not None))
         except Exception as exc:  # committed already; a later update snapshots
             log.warning("snapshot of %s at %d failed: %r", self.name, version, exc)
             written = False
@@ -590,7 +670,7 @@ class Replica:
             self.book.restore(contexts)
             for ticket in self.pending:
                 if ticket.snapshot is not None:
-                    self.book.restore(ticket.snapshot[1])
+                    self.book.restore(ticket.snapshot.contexts)
                     ticket.snapshot = None
 
     # -- the lease -----------------------------------------------------------------------------

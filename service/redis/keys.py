@@ -16,6 +16,10 @@ record (``models.KeptPrediction``), expiring after ``STREAMNORM_LABEL_WAIT_S`` Â
 ``sn:{name}:kept`` the index of those: prediction id â†’ when it expires (unix ms), kept one wait
 longer than the record so a late label is told "expired", not "unknown". (``streams``,
 ``digest``, ``wanted``, ``curve`` and the ``kept`` keys are additions to the design's layout.)
+``sn:{name}:versions`` hash: ``state:{v}`` the learner at version ``v`` with its contexts,
+``meta:{v}`` its JSON (version, time, metrics, when each stream last moved), for the versions
+kept to roll back to (``STREAMNORM_KEEP_SNAPSHOTS``), listed by ``sn:{name}:vindex`` (a sorted
+set of those versions).
 The meta also holds ``rejected`` (updates rolled back, counted with the next committed one)
 and ``loss_sum`` / ``loss_n`` (the losses since the curve's last point).
 
@@ -35,7 +39,7 @@ __all__ = ["MODEL_PARTS", "RACE_PATTERN", "SPEC_PATTERN", "WORKERS", "context_ke
            "name_of_spec_key", "partition_key", "race_key", "stream_event_id"]
 
 MODEL_PARTS = ("meta", "spec", "state", "seen", "digest", "log", "lock", "wanted", "streams",
-               "curve", "kept")
+               "curve", "kept", "versions", "vindex")
 SPEC_PATTERN = "sn:{*}:spec"  # matches every model's spec key (a SCAN lists models)
 RACE_PATTERN = "sn:race:{*}"  # matches every race's key
 WORKERS = "sn:workers"

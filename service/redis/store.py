@@ -36,7 +36,8 @@ from .keys import (
     name_of_spec_key,
 )
 
-__all__ = ["Applied", "Committed", "ContextWrites", "LeaseLost", "ModelHead", "Store", "Stored"]
+__all__ = ["Applied", "Committed", "ContextWrites", "LeaseLost", "ModelHead", "Retained", "Store",
+           "Stored"]
 
 
 class ContextWrites(NamedTuple):
@@ -46,6 +47,14 @@ class ContextWrites(NamedTuple):
     put: dict[str, bytes]
     times: dict[str, float]
     drop: set[str]
+
+
+class Retained(NamedTuple):
+    """A version kept to roll back to: the learner with its contexts (``to_bytes()``) and its
+    meta JSON (``version``, ``time``, ``metrics``, and ``times``: when each stream last moved)."""
+
+    full: bytes
+    meta: str
 
 
 class Committed(NamedTuple):
@@ -195,35 +204,55 @@ redis.call('PEXPIRE', KEYS[2], ARGV[8])
 return {v, redis.call('EXISTS', KEYS[5])}
 """
 
-# KEYS: meta lock state log streams, then n_put ctx keys to write, then the ctx keys to delete;
-# ARGV: token version keep state n_put, then n_put (bytes, stream, time) triples, then the
-# streams whose contexts were dropped
+# KEYS: meta lock state log streams versions vindex, then n_put ctx keys to write, then the ctx
+#       keys to delete;
+# ARGV: token version keep state n_put retain full retained_meta, then n_put (bytes, stream,
+#       time) triples, then the streams whose contexts were dropped. ``full`` (the learner with
+#       its contexts; "" for none) is kept as a version to roll back to, the newest ``retain``.
 _SNAPSHOT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 if tonumber(redis.call('HGET', KEYS[1], 'version')) ~= tonumber(ARGV[2]) then return -2 end
 redis.call('SET', KEYS[3], ARGV[4])
 local n = tonumber(ARGV[5])
 for i = 1, n do
-  redis.call('SET', KEYS[5 + i], ARGV[3 + 3 * i])
-  redis.call('ZADD', KEYS[5], ARGV[5 + 3 * i], ARGV[4 + 3 * i])
+  redis.call('SET', KEYS[7 + i], ARGV[6 + 3 * i])
+  redis.call('ZADD', KEYS[5], ARGV[8 + 3 * i], ARGV[7 + 3 * i])
 end
-for j = 1, #KEYS - 5 - n do
-  redis.call('DEL', KEYS[5 + n + j])
-  redis.call('ZREM', KEYS[5], ARGV[5 + 3 * n + j])
+for j = 1, #KEYS - 7 - n do
+  redis.call('DEL', KEYS[7 + n + j])
+  redis.call('ZREM', KEYS[5], ARGV[8 + 3 * n + j])
 end
 redis.call('HSET', KEYS[1], 'snapshot_version', ARGV[2], 'state_bytes', string.len(ARGV[4]))
 local keep_from = math.max(1, tonumber(ARGV[2]) - tonumber(ARGV[3]) + 1)
 redis.call('XTRIM', KEYS[4], 'MINID', keep_from .. '-0')
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[6], 'state:' .. ARGV[2], ARGV[7], 'meta:' .. ARGV[2], ARGV[8])
+  redis.call('ZADD', KEYS[7], ARGV[2], ARGV[2])
+end
+local extra = redis.call('ZCARD', KEYS[7]) - tonumber(ARGV[6])
+if extra > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', KEYS[7], 0, extra - 1)) do
+    redis.call('HDEL', KEYS[6], 'state:' .. old, 'meta:' .. old)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[7], 0, extra - 1)
+end
 return 1
 """
 
-# KEYS: spec state meta; ARGV: spec state uid metrics
+# KEYS: spec state meta versions vindex; ARGV: spec state uid metrics updates samples
+#       retained_meta (the state, which holds its contexts, is version 0 to roll back to;
+#       "": none)
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[3], 'version', 0, 'updates', 0, 'samples', 0, 'snapshot_version', 0,
-           'uid', ARGV[3], 'metrics', ARGV[4], 'state_bytes', string.len(ARGV[2]))
+redis.call('HSET', KEYS[3], 'version', 0, 'updates', ARGV[5], 'samples', ARGV[6],
+           'snapshot_version', 0, 'uid', ARGV[3], 'metrics', ARGV[4],
+           'state_bytes', string.len(ARGV[2]))
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[4], 'state:0', ARGV[2], 'meta:0', ARGV[7])
+  redis.call('ZADD', KEYS[5], 0, 0)
+end
 return 1
 """
 
@@ -271,10 +300,14 @@ class Store:
 
     # -- models --------------------------------------------------------------------------------
     async def create(self, name: str, spec_json: str, state: bytes, uid: str,
-                     metrics_json: str) -> bool:
-        """Store a new model at version 0; ``False`` if the name is taken."""
-        keys = [model_key(name, p) for p in ("spec", "state", "meta")]
-        return bool(await self._create(keys=keys, args=[spec_json, state, uid, metrics_json]))
+                     metrics_json: str, *, updates: int = 0, samples: int = 0,
+                     retained: str = "") -> bool:
+        """Store a new model at version 0 (a fork's carries the counters of its source);
+        ``False`` if the name is taken. ``retained``: the meta of version 0 kept to roll back
+        to (``state`` then holds the contexts)."""
+        keys = [model_key(name, p) for p in ("spec", "state", "meta", "versions", "vindex")]
+        return bool(await self._create(keys=keys, args=[spec_json, state, uid, metrics_json,
+                                                        updates, samples, retained]))
 
     async def spec(self, name: str) -> str | None:
         raw = await self.redis.get(model_key(name, "spec"))
@@ -423,6 +456,21 @@ class Store:
         """How many kept predictions of the model wait for their labels."""
         return int(await self.redis.zcount(model_key(name, "kept"), time.time() * 1000, "+inf"))
 
+    async def versions(self, name: str) -> list[str]:
+        """The meta JSON of every retained version, newest first."""
+        kept = await self.redis.zrevrange(model_key(name, "vindex"), 0, -1)
+        if not kept:
+            return []
+        metas = await self.redis.hmget(model_key(name, "versions"),
+                                       [f"meta:{_str(v)}" for v in kept])
+        return [_str(m) for m in metas if m is not None]
+
+    async def retained(self, name: str, version: int) -> Retained | None:
+        """A retained version's learner bytes and meta (``None``: not kept)."""
+        full, meta = await self.redis.hmget(model_key(name, "versions"), f"state:{version}",
+                                            f"meta:{version}")
+        return None if full is None or meta is None else Retained(bytes(full), _str(meta))
+
     async def curve(self, name: str, after: int, limit: int) -> list[str]:
         """The learning curve's points (JSON) with versions after ``after``, oldest first."""
         entries = await self.redis.xrange(model_key(name, "curve"), min=f"{after + 1}-0",
@@ -445,14 +493,18 @@ class Store:
         return int(_str(newest[0][0]).split("-")[0]) if newest else None
 
     async def write_snapshot(self, name: str, token: str, version: int, state: bytes,
-                             contexts: ContextWrites, keep: int = 0) -> bool:
+                             contexts: ContextWrites, keep: int = 0,
+                             retained: Retained | None = None, retain: int = 0) -> bool:
         """Store the learner at ``version``, write the contexts that moved and delete those
         dropped since the last snapshot, and trim the log to the ``keep`` entries up to it (a
-        process that far behind replays instead of loading the snapshot); lease holders only."""
+        process that far behind replays instead of loading the snapshot); keep ``retained``
+        as a version to roll back to, the newest ``retain`` of them; lease holders only."""
         put, drop = list(contexts.put), sorted(contexts.drop)
-        keys = [model_key(name, p) for p in ("meta", "lock", "state", "log", "streams")]
+        keys = [model_key(name, p) for p in ("meta", "lock", "state", "log", "streams",
+                                             "versions", "vindex")]
         keys += [context_key(name, stream) for stream in put + drop]
-        args: list[Any] = [token, version, keep, state, len(put)]
+        args: list[Any] = [token, version, keep, state, len(put), retain,
+                           retained.full if retained else "", retained.meta if retained else ""]
         for stream in put:
             args += (contexts.put[stream], stream, contexts.times[stream])
         return _int(await self._snapshot(keys=keys, args=[*args, *drop])) == 1
