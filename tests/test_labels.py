@@ -169,3 +169,42 @@ def test_keeping_needs_write_access_and_has_a_limit(settings: Settings,
         client.delete(url, headers=admin)
     r = redis.Redis.from_url(settings.redis_url)
     assert list(r.scan_iter(match=model_key(model_name, "*"))) == []
+
+
+def test_a_race_keeps_in_every_member_and_one_label_trains_them_all(
+        client: TestClient, model_name: str) -> None:
+    race = model_name
+    spec = {"task": "regression", "n_features": 2, "cell": "rnn", "hidden_size": 4,
+            "window": 3, "seed": 3}
+    r = client.post("/races", json={"name": race, "spec": spec,
+                                     "members": [{"norm": "layer"}, {"norm": "none"}]})
+    assert r.status_code == 201, r.text
+    members = [m["name"] for m in r.json()["members"]]
+    try:
+        local = {m: OnlineLearner(ModelSpec.model_validate(
+            {**spec, "name": m, "norm": m.rsplit(".", 1)[1]})) for m in members}
+        for x in xs(4):
+            client.post(f"/races/{race}/learn", json={"stream": "s", "x": x, "y": sum(x)})
+            for learner in local.values():
+                learner.learn_one(x, sum(x), stream="s")
+        kept = client.post(f"/races/{race}/predict",
+                           json={"stream": "s", "x": [0.2, 0.4], "prediction_id": "r-1"})
+        assert kept.status_code == 200, kept.text
+        body = kept.json()
+        assert body["prediction_id"] == "r-1" and body["model"] == members[0]
+        records = {m: lr.keep_one([0.2, 0.4], stream="s") for m, lr in local.items()}
+        assert body["prediction"] == records[members[0]][0]
+        labelled = client.post(f"/races/{race}/label", json={"prediction_id": "r-1", "y": 1.0})
+        assert labelled.status_code == 200, labelled.text
+        results = labelled.json()["results"]
+        for m in members:
+            assert results[m]["applied"] and results[m]["prediction"] == records[m][0]
+            local[m].learn_kept(records[m][2], 1.0)
+            assert client.get(f"/models/{m}/state").content == local[m].to_bytes()
+        again = client.post(f"/races/{race}/label", json={"prediction_id": "r-1", "y": 1.0})
+        assert all(not res["applied"] for res in again.json()["results"].values())
+        unknown = client.post(f"/races/{race}/label", json={"prediction_id": "r-2", "y": 1.0})
+        assert all(res["status"] == 404 and res["field"] == "prediction_id"
+                   for res in unknown.json()["results"].values())
+    finally:
+        client.delete(f"/races/{race}")

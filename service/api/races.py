@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Response
+from fastapi import APIRouter, Header, Path, Request, Response
 from fastapi.responses import StreamingResponse
 
 from ..engine import LearnOutcome, UnknownRace
+from .auth import authorize
 from .deps import EngineDep, WriteAccess
 from .errors import status_of
-from .learning import proba_json, reply_json
+from .learning import predict_access, proba_json, reply_json
 from .live import resume_from, sse_response
 from .schemas import (
     MODEL_NAME_PATTERN,
+    LabelRequest,
     LearnRequest,
     NewRace,
     PredictRequest,
@@ -116,6 +118,20 @@ async def race_learn(name: RaceName, body: LearnRequest, engine: EngineDep) -> R
     """Test-then-train every member on this event, each exactly once per ``event_id``; a
     member that fails (its update rejected, say) gets its error in ``results`` and holds no
     other back."""
+    return await _race_learned(name, body, engine)
+
+
+@router.post("/{name}/label", response_model=RaceLearnResponse, dependencies=[WriteAccess],
+             openapi_extra=_body({"prediction_id": "forecast-0001", "y": 1.5}),
+             responses=errors(400, 404, 413, 422, 503, e404=_E404))
+async def race_label(name: RaceName, body: LabelRequest, engine: EngineDep) -> Response:
+    """The delayed label of a prediction the race kept: every member trains on the window it
+    kept, once (a member that never kept it answers 404 in ``results``)."""
+    return await _race_learned(name, body, engine)
+
+
+async def _race_learned(name: str, body: LearnRequest | LabelRequest, engine: EngineDep
+                        ) -> Response:
     learned = await engine.races.learn(name, body.model_dump(exclude_unset=True,
                                                              warnings=False))
     served = learned.prediction
@@ -130,10 +146,20 @@ async def race_learn(name: RaceName, body: LearnRequest, engine: EngineDep) -> R
              openapi_extra=_body({"stream": "sensor-7", "x": [0.1, 0.2, 0.3]}),
              responses={**errors(400, 404, 413, 422, 503, e404=_E404), 200: _example({
                  "prediction": 1.37, "version": 121, "proba": None, "model": "demo.layer"})})
-async def race_predict(name: RaceName, body: PredictRequest, engine: EngineDep) -> Response:
-    """The leader's prediction (the first member's until one has ``min_updates`` updates)."""
-    member, (pred, proba, version) = await engine.races.predict(
-        name, body.model_dump(exclude_unset=True, warnings=False))
+async def race_predict(name: RaceName, body: PredictRequest, engine: EngineDep,
+                       request: Request) -> Response:
+    """The leader's prediction (the first member's until one has ``min_updates`` updates).
+    With ``keep`` (or a ``prediction_id``) every member keeps its own prediction under one id,
+    for one delayed label (``POST /races/{name}/label``) to train them all."""
+    authorize(request.app.state.settings, request.headers.get("authorization", ""),
+              predict_access(body))
+    payload = body.model_dump(exclude_unset=True, warnings=False)
+    if body.keeps():
+        member, out, pid = await engine.races.keep(name, payload)
+        return Response(reply_json({"prediction": out.prediction, "version": out.version,
+                                    "proba": proba_json(out.proba), "model": member,
+                                    "prediction_id": pid}), media_type="application/json")
+    member, (pred, proba, version) = await engine.races.predict(name, payload)
     return Response(reply_json({"prediction": pred, "version": version,
                                 "proba": proba_json(proba), "model": member}),
                     media_type="application/json")

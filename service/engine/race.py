@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import math
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,7 +27,7 @@ from ..redis.races import RaceStore, Standing
 from ..redis.store import Store
 from ..settings import Settings
 from .errors import Conflict, UnknownModel, UnknownRace
-from .event import Event
+from .event import Event, LearnOutcome
 from .host import Host
 from .replica import Written
 
@@ -46,6 +47,7 @@ class Models(Protocol):
     async def learn(self, name: str, events: list[Event | Exception]) -> list[Written]: ...
     async def predict(self, name: str, payload: dict[str, Any]
                       ) -> tuple[float | int, dict[int, float] | None, int]: ...
+    async def keep(self, name: str, payload: dict[str, Any]) -> tuple[LearnOutcome, str]: ...
     def follow(self, cursors: dict[str, int], alive: Callable[[], Awaitable[bool]]
                ) -> AsyncIterator[tuple[str, dict[str, Any]] | None]: ...
 
@@ -310,9 +312,10 @@ class Races:
                 else:
                     spec = await engine.spec_of(member)
                 cost_ms = engine.host.budget.request_ms(spec, first.body, train=True)
-                out[member] = Event(first.body, f"{event_id}@{member}" if event_id else None,
-                                    body_json=first.body_json, digest=first.digest
-                                    ).priced(spec, cost_ms)
+                # a label keeps its own id (the kept prediction's, each member's own)
+                scoped = f"{event_id}@{member}" if event_id else first.event_id
+                out[member] = Event(first.body, scoped, body_json=first.body_json,
+                                    digest=first.digest).priced(spec, cost_ms)
             except UnknownModel as exc:
                 out[member] = exc
             except InvalidInput as exc:
@@ -362,6 +365,24 @@ class Races:
             with contextlib.suppress(UnknownModel):
                 return member, await self.engine.predict(member, payload)
         return candidates[-1], await self.engine.predict(candidates[-1], payload)
+
+    async def keep(self, name: str, payload: dict[str, Any]
+                   ) -> tuple[str, LearnOutcome, str]:
+        """Keep the prediction for a delayed label in every member (one id for all, so one
+        label trains each); the serving member's prediction, that member, the id."""
+        race, leader = await self.definition(name)
+        pid = payload.get("prediction_id") or uuid.uuid4().hex
+        body = {**payload, "prediction_id": pid}
+        results = await asyncio.gather(*(self.engine.keep(m, body) for m in race.names),
+                                       return_exceptions=True)
+        kept = {m: r[0] for m, r in zip(race.names, results, strict=True)
+                if not isinstance(r, BaseException)}
+        for member in ([leader] if leader else []) + race.names:  # who serves, or who can
+            if member in kept:
+                return member, kept[member], pid
+        error = results[0]
+        assert isinstance(error, BaseException)
+        raise error
 
     async def live(self, name: str, cursor: list[int] | None
                    ) -> AsyncIterator[tuple[str, dict[str, Any], list[int]] | None]:
