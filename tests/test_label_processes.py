@@ -5,7 +5,10 @@ Checked against an independent learner fed the events in the order their version
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -14,7 +17,7 @@ import redis
 from models import KeptPrediction, ModelSpec, OnlineLearner
 from service.redis.keys import model_key
 
-from .test_processes import Server, fire
+from .test_processes import ROOT, Server, fire
 from .test_stream_processes import FAST, WorkerProcess, wait_drained
 
 SPEC = {"task": "regression", "n_features": 2, "cell": "lstm", "hidden_size": 6,
@@ -133,3 +136,22 @@ def test_kill_9_between_keep_and_label_loses_no_acknowledged_keep(db14: str) -> 
     finally:
         for s in (a, b):
             s.kill(signal.SIGTERM)
+
+
+def test_the_forecast_example_learns_from_delayed_labels(redis_url: str) -> None:
+    """``examples/forecast.py`` against a real server: every forecast whose future came was
+    labelled once, and the model's updates are exactly those labels."""
+    server = Server(redis_url)
+    try:
+        name = f"forecast-{os.getpid()}"
+        out = subprocess.run(
+            [sys.executable, "examples/forecast.py", "--url", server.url, "--model", name,
+             "--horizon", "2", "--limit", "30"], cwd=ROOT, capture_output=True, text=True,
+            timeout=120, check=True).stdout
+        assert out.startswith("28 forecasts 2 months ahead"), out
+        assert "service: 28 updates from delayed labels, version 58" in out, out
+        info = httpx.get(f"{server.url}/models/{name}").json()
+        assert info["updates"] == 28 and info["metrics"]["n"] == 28
+        assert httpx.delete(f"{server.url}/models/{name}").status_code == 204
+    finally:
+        server.kill(signal.SIGTERM)

@@ -98,7 +98,8 @@ def test_a_client_chosen_id_a_repeat_and_sequence_mode(client: TestClient,
     assert repeat == first
     assert client.get(url).json()["version"] == 1
     other = client.post(f"{url}/predict", json={**body, "sequence": [[0.5, 0.5]]})
-    assert other.status_code == 409 and other.json()["field"] == "event_id"
+    assert other.status_code == 409 and other.json()["field"] == "prediction_id"
+    assert "another input" in other.json()["detail"]
     r = client.post(f"{url}/label", json={"prediction_id": "fc-1", "y": 1}).json()
     assert r["applied"] and r["proba"] == first["proba"] and r["version"] == 2
     gone = client.post(f"{url}/predict", json=body)  # labelled: the id is spent

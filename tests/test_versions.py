@@ -110,6 +110,8 @@ def test_bad_rollbacks_change_nothing(api: TestClient, redis_url: str,
                                 ({"version": -1}, 422, "version"),
                                 ({"version": "0"}, 422, "version"),
                                 ({"version": 1.5}, 422, "version"),
+                                ({"version": 2**70}, 422, "version"),
+                                ({"version": True}, 422, "version"),
                                 ({}, 422, "version"),
                                 ({"version": 0, "colour": 1}, 422, "colour"),
                                 ({"version": 0, "event_id": "a b"}, 422, "event_id")]:

@@ -80,7 +80,12 @@ async def learn_reply(engine: Engine, name: str, body: LearnRequest | LabelReque
     return _learned(out)
 
 
-@router.post("/predict", response_model=PredictResponse, responses={**_PREDICT_OK, **_ERRORS},
+_KEPT_409 = errors(409, e409="prediction_id was kept for another input, or is spent (labelled "
+                              "or expired)")
+
+
+@router.post("/predict", response_model=PredictResponse,
+             responses={**_PREDICT_OK, **_ERRORS, **_KEPT_409},
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "example": {"stream": "sensor-7", "x": [0.1, 0.2, 0.3]}}}}})
 async def predict(name: ModelName, body: PredictRequest, engine: EngineDep,

@@ -144,7 +144,9 @@ async def _race_learned(name: str, body: LearnRequest | LabelRequest, engine: En
 
 @router.post("/{name}/predict", response_model=RacePredictResponse,
              openapi_extra=_body({"stream": "sensor-7", "x": [0.1, 0.2, 0.3]}),
-             responses={**errors(400, 404, 413, 422, 503, e404=_E404), 200: _example({
+             responses={**errors(400, 404, 409, 413, 422, 503, e404=_E404,
+                                 e409="prediction_id was kept for another input, or is "
+                                      "spent"), 200: _example({
                  "prediction": 1.37, "version": 121, "proba": None, "model": "demo.layer"})})
 async def race_predict(name: RaceName, body: PredictRequest, engine: EngineDep,
                        request: Request) -> Response:

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, SkipValidation, Tag
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SkipValidation,
+    Tag,
+)
 
 from models import ModelSpec
 
@@ -90,14 +98,24 @@ class LabelRequest(BaseModel):
         description="target: a number (regression), 0/1/bool (binary), a class index")
 
 
+def _json_integer(value: Any) -> Any:
+    """A JSON number with no fraction (``7`` or ``7.0``, as JSON Schema's ``integer``); not
+    ``true`` or ``"7"``, which pydantic's lax int would take."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be an integer")
+    return value
+
+
+Version = Annotated[int, Field(ge=0, le=10**15), BeforeValidator(_json_integer)]
+
+
 class RollbackRequest(BaseModel):
     """Return a model to a retained version."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"version": 300, "event_id": "rollback-after-bad-batch"}]})
 
-    version: int = Field(ge=0, strict=True, description="a version GET /models/{name}/versions "
-                         "lists")
+    version: Version = Field(description="a version GET /models/{name}/versions lists")
     event_id: str | None = Field(None, pattern=EVENT_ID_PATTERN,
                                  description="idempotency key: a repeat is not applied again")
 
@@ -117,8 +135,8 @@ class ForkRequest(BaseModel):
                                                               "version": 300}]})
 
     name: str = Field(pattern=MODEL_NAME_PATTERN, description="the new model's name")
-    version: int | None = Field(None, ge=0, strict=True, description="a retained version "
-                                "(default: the latest state)")
+    version: Version | None = Field(None, description="a retained version (default: the "
+                                    "latest state)")
     optimizer: dict[str, Any] | None = Field(None, description="optimizer settings to change "
                                              "(`lr`, `betas`, `clip`…; the same kind of "
                                              "optimizer: its moments carry over)")

@@ -263,6 +263,9 @@ class Engine:
         cost_ms = self.host.budget.request_ms(spec, body, train=True)  # its label trains it
         event = canonical_keep(spec, body, pid).priced(spec, cost_ms)
         out = (await self.learn(name, [event]))[0]
+        if isinstance(out, Conflict):  # the keep's own id names another input
+            raise Conflict(f"prediction_id {pid!r} was kept for another input; choose a new "
+                           "one", "prediction_id")
         if isinstance(out, Exception):
             raise out
         if out.applied:
