@@ -28,6 +28,9 @@ BODIES = {  # a valid body for every POST route (a 401/403 must come before the 
     "/models/{name}/predict": {"stream": "s", "x": [0.1, 0.2, 0.3]},
     "/models/{name}/learn": {"stream": "s", "x": [0.1, 0.2, 0.3], "y": 0.5},
     "/models/{name}/label": {"prediction_id": "p-1", "y": 0.5},
+    "/models/{name}/rollback": {"version": 0},
+    "/models/{name}/fork": {"name": "<new>"},
+    "/races/{name}/label": {"prediction_id": "p-1", "y": 0.5},
     "/events": {"model": "<name>", "stream": "s", "x": [0.1, 0.2, 0.3], "y": 0.5},
     "/races": {"name": "<new>", "spec": SPEC, "members": [{"norm": "layer"}]},
     "/races/{name}/predict": {"stream": "s", "x": [0.1, 0.2, 0.3]},
@@ -35,7 +38,8 @@ BODIES = {  # a valid body for every POST route (a 401/403 must come before the 
 }
 OPEN = {"/healthz", "/readyz", "/", "/static/{file}"}  # probes; the dashboard page (no data)
 WRITES = {("POST", "/models"), ("DELETE", "/models/{name}"), ("POST", "/models/{name}/learn"),
-          ("POST", "/models/{name}/label"),
+          ("POST", "/models/{name}/label"), ("POST", "/models/{name}/rollback"),
+          ("POST", "/models/{name}/fork"), ("POST", "/races/{name}/label"),
           ("POST", "/events"), ("GET", "/models/{name}/state"), ("POST", "/races"),
           ("DELETE", "/races/{name}"), ("POST", "/races/{name}/learn")}
 

@@ -21,7 +21,17 @@ from .schemas import (
 router = APIRouter(prefix="/models/{name}", tags=["versions"])
 
 
-@router.get("/versions", response_model=list[VersionInfo], responses=errors(404, 422, 503))
+def _example(value: Any) -> dict[str, Any]:
+    return {"content": {"application/json": {"example": value}}}
+
+
+def _body(value: Any) -> dict[str, Any]:
+    return {"requestBody": _example(value)}
+
+
+@router.get("/versions", response_model=list[VersionInfo], responses={
+    **errors(404, 422, 503), 200: _example([{"version": 300, "time": 1733580000.0,
+                                             "updates": 300, "metrics": {"n": 300}}])})
 async def versions(name: ModelName, engine: EngineDep) -> list[dict[str, Any]]:
     """The retained versions, newest first: the snapshots kept to roll back to or fork from
     (the last ``STREAMNORM_KEEP_SNAPSHOTS``; version 0 until it is trimmed)."""
@@ -29,8 +39,10 @@ async def versions(name: ModelName, engine: EngineDep) -> list[dict[str, Any]]:
 
 
 @router.post("/rollback", response_model=RollbackResponse, dependencies=[WriteAccess],
-             responses=errors(404, 409, 422, 503, e404="no such model, or that version is "
-                                                        "not kept (the field is version)"))
+             responses={**errors(404, 409, 422, 503, e404="no such model, or that version is "
+                                                           "not kept (the field is version)"),
+                        200: _example({"version": 431, "restored": 300, "applied": True})},
+             openapi_extra=_body({"version": 300, "event_id": "rollback-after-bad-batch"}))
 async def rollback(name: ModelName, body: RollbackRequest, engine: EngineDep
                    ) -> dict[str, Any]:
     """Weights, optimizer state, statistics and stream contexts as they were at a retained
@@ -41,7 +53,8 @@ async def rollback(name: ModelName, body: RollbackRequest, engine: EngineDep
 
 
 @router.post("/fork", status_code=201, response_model=ModelInfo, dependencies=[WriteAccess],
-             responses=errors(404, 409, 422, 503, e409="the new name is taken"))
+             responses=errors(404, 409, 422, 503, e409="the new name is taken"),
+             openapi_extra=_body({"name": "demo-lr-low", "optimizer": {"lr": 0.001}}))
 async def fork(name: ModelName, body: ForkRequest, engine: EngineDep) -> dict[str, Any]:
     """A new model starting from this one's state (latest, or a retained ``version``):
     weights, optimizer moments, statistics, stream contexts, counters and metrics, optionally
