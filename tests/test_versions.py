@@ -3,6 +3,7 @@ fork"): a rollback then the same events again gives the same states, version by 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from models import ModelSpec, OnlineLearner
 from service.api.app import create_app
+from service.engine.versions import guard_target
 from service.redis.keys import model_key
 from service.settings import Settings
 
@@ -230,3 +232,17 @@ def test_a_guard_needs_a_trigger(api: TestClient, model_name: str) -> None:
     assert r.status_code == 422 and r.json()["field"].startswith("guard")
     r = api.post("/models", json={"name": model_name, **SPEC, "guard": {"loss_ratio": 0.5}})
     assert r.status_code == 422 and r.json()["field"] == "guard.loss_ratio"
+
+
+def test_the_guard_aims_at_the_best_rolling_loss_with_enough_samples() -> None:
+    def meta(v: int, rolling: float | None, n: int, name: str = "MAE") -> str:
+        return json.dumps({"version": v, "metrics": {name: {"value": rolling,
+                                                             "rolling": rolling}, "n": n}})
+
+    metas = [meta(30, 0.9, 30), meta(20, 0.2, 20), meta(10, 0.1, 4), meta(0, None, 0)]
+    assert guard_target(metas, 5) == (20, 0.2)  # 10 is better but scored too few
+    assert guard_target(metas, 1) == (10, 0.1)
+    assert guard_target(metas, 100) == (30, None)  # none qualifies: the newest
+    assert guard_target([], 1) is None
+    logloss = [meta(5, 0.7, 9, "LogLoss"), meta(3, 0.3, 9, "LogLoss")]
+    assert guard_target(logloss, 1) == (3, 0.3)

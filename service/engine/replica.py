@@ -14,9 +14,16 @@ A replica is in one of four named states (``Phase``): idle (no lease here, nothi
 held (the lease kept a moment after the last write), writing (writes under way, or commits
 queued or in flight), dropped (never used again: the engine loads a fresh one).
 
+Keeps, labels and rollbacks (``design.md``, "Delayed labels", "Versions, rollback, fork") are
+events of this same write path: a label brings its kept prediction's record, a keep's record
+and a label's removal ride in the commit of their update, and a rollback replaces the learner
+and carries a snapshot (``service.engine.versions``); the spec's guard may add a rollback after
+an event.
+
 (Over 400 lines, for a reason: this is one object's state machine. The lease is its own object
-(``service.engine.lease``); splitting the commit queue from the learner and versions it commits
-would bring back the flags shared by two classes that this replaced.)
+(``service.engine.lease``), what a version holds is ``service.engine.versions``; splitting the
+commit queue from the learner and versions it commits would bring back the flags shared by two
+classes that this replaced.)
 """
 
 from __future__ import annotations
