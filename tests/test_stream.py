@@ -384,3 +384,43 @@ def test_an_event_posted_to_the_api_is_validated_there_once(
     assert "InvalidInput: x:" in errors[0] and "InvalidInput: x:" in errors[2], errors
     assert "event.drop" in errors[1], errors  # the schema of a learn body refused it
     assert int(r.get("sn:events:{0}:done")) == 5  # events 0-4 applied
+
+
+def test_labels_through_the_stream(stream_settings: Settings) -> None:
+    """A label as a stream event: validated at ``POST /events`` (its ``y``; a keep is not an
+    event), applied once by the worker even when sent twice, an unknown id dead-lettered
+    naming ``prediction_id``."""
+    settings = stream_settings.model_copy(update={"partitions": 1})
+    r = redis.Redis.from_url(settings.redis_url)
+
+    async def run() -> dict[str, Any]:
+        async with service(settings) as (client, app):
+            assert (await client.post("/models", json={"name": "lb", **SPEC})).status_code \
+                == 201
+            kept = (await client.post("/models/lb/predict", json={
+                "stream": "s", "x": [0.1, 0.2, 0.3], "prediction_id": "k1"})).json()
+            bad = [({"model": "lb", "prediction_id": "k1", "y": "high"}, "y"),
+                   ({"model": "lb", "prediction_id": "k1", "y": 1.0, "x": [1, 2, 3]},
+                    "prediction_id"),
+                   ({"model": "lb", "stream": "s", "x": [1, 2, 3], "keep": True, "y": 1.0},
+                    "keep"),
+                   ({"model": "lb", "prediction_id": "a b", "y": 1.0}, "prediction_id")]
+            for body, field in bad:
+                res = await client.post("/events", json=body)
+                assert res.status_code == 422 and res.json()["field"] == field, res.text
+            label = {"model": "lb", "prediction_id": "k1", "y": 0.5}
+            unknown = {"model": "lb", "prediction_id": "nobody", "y": 0.5}
+            assert (await client.post("/events", json=[label, unknown, label])).status_code \
+                == 202
+            await drain_with_worker(settings, app.state.engine.streams, "w")
+            return {"kept": kept, "info": (await client.get("/models/lb")).json(),
+                    "metrics": (await client.get("/metrics")).text}
+
+    out = asyncio.run(run())
+    assert out["info"]["updates"] == 1 and out["info"]["version"] == 2
+    dead = r.xrange("sn:events:{0}:dead")
+    assert len(dead) == 1
+    assert "UnknownPrediction" in dead[0][1][b"error"].decode()
+    assert "prediction_id" in dead[0][1][b"error"].decode()
+    assert 'streamnorm_labels_total{model="lb",outcome="unknown"} 1.0' in out["metrics"]
+    assert 'streamnorm_labels_total{model="lb",outcome="applied"} 1.0' in out["metrics"]
