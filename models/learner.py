@@ -200,6 +200,9 @@ class OnlineLearner:
         finally:
             self.flat.rollback()
         logits = out.logits.detach().clone()
+        if not bool(torch.isfinite(logits).all()):  # refused before anything moves
+            raise InvalidInput("x", "the model's output for this input is not finite (inputs "
+                                    "far outside the range it has learned from?)")
         kept = KeptPrediction(window[:, 0].detach().clone(),
                               None if state is None else tuple(s.detach().clone() for s in state),
                               capture, logits)
@@ -353,7 +356,7 @@ class OnlineLearner:
         other = OnlineLearner.blank(spec)
         if other.flat.layout_json != self.flat.layout_json:
             raise InvalidInput("optimizer.name", "a fork keeps its optimizer's kind (its "
-                                                 "moments carry over); change lr, betas, clip")
+                                                 "moments carry over); change lr or clip")
         with torch.no_grad():
             for code, flat in other.flat.flats.items():
                 flat.copy_(self.flat.flats[code])

@@ -4,6 +4,7 @@ prediction, label it later, exactly once; bad input changes nothing."""
 from __future__ import annotations
 
 import copy
+import json
 import time
 from typing import Any
 
@@ -204,8 +205,50 @@ def test_a_race_keeps_in_every_member_and_one_label_trains_them_all(
             assert client.get(f"/models/{m}/state").content == local[m].to_bytes()
         again = client.post(f"/races/{race}/label", json={"prediction_id": "r-1", "y": 1.0})
         assert all(not res["applied"] for res in again.json()["results"].values())
+        # with an event_id (a stream entry always has one): still the prediction's label, once
+        # (found in review: it was scoped by the event_id and applied again)
+        for eid in ("a", "b"):
+            via_learn = client.post(f"/races/{race}/learn", json={
+                "prediction_id": "r-1", "y": 1.0, "event_id": eid}).json()["results"]
+            assert all(res["applied"] is False for res in via_learn.values()), via_learn
+        for m in members:
+            assert client.get(f"/models/{m}/state").content == local[m].to_bytes()
         unknown = client.post(f"/races/{race}/label", json={"prediction_id": "r-2", "y": 1.0})
         assert all(res["status"] == 404 and res["field"] == "prediction_id"
                    for res in unknown.json()["results"].values())
     finally:
         client.delete(f"/races/{race}")
+
+
+def test_a_keep_whose_output_is_not_finite_is_refused_before_anything_moves(
+        client: TestClient, model_name: str, redis_url: str) -> None:
+    make(client, model_name, cell="lstm")
+    url = f"/models/{model_name}"
+    r = redis.Redis.from_url(redis_url)
+    before = snapshot(r, model_name)
+    for _ in range(2):
+        got = client.post(f"{url}/predict", json={"stream": "s", "x": [3e38, -3e38],
+                                                  "prediction_id": "k1"})
+        assert got.status_code == 422 and got.json()["field"] == "x", got.text
+    assert snapshot(r, model_name) == before
+    ok = client.post(f"{url}/predict", json={"stream": "s", "x": [0.1, 0.2], "keep": True})
+    assert ok.status_code == 200 and ok.json()["version"] == 1
+
+
+def test_a_label_is_logged_and_priced_with_its_kept_windows_length(
+        client: TestClient, model_name: str, redis_url: str) -> None:
+    """A sequence-mode keep may hold a long window: its label is priced for it (found in
+    review: priced as one stream window, it ran on the event loop), and the log says so."""
+    from service.engine.budget import estimate_ms, replay_ms
+
+    spec = ModelSpec.model_validate({**make(client, model_name), "name": model_name})
+    url = f"/models/{model_name}"
+    seq = [[0.01 * i, 0.02] for i in range(300)]
+    client.post(f"{url}/predict", json={"sequence": seq, "prediction_id": "long"})
+    assert client.post(f"{url}/label", json={"prediction_id": "long",
+                                             "y": 0.5}).json()["applied"]
+    r = redis.Redis.from_url(redis_url)
+    logged = json.loads(r.xrange(model_key(model_name, "log"))[-1][1][b"event"])
+    assert logged["label"] == "long" and logged["steps"] == 300
+    assert replay_ms(spec, logged) == estimate_ms(spec, [(300, 1)], True) \
+        > estimate_ms(spec, [(spec.window, 1)], True)

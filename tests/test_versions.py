@@ -80,14 +80,17 @@ def test_rollback_then_the_same_events_give_the_same_states(
             assert client.post(f"{url}/learn", json=event(i)).json()["version"] == i + 8
             assert api.get(f"{url}/state").content == states[i], i
     # the rollback's own snapshot is a version; the oldest went
-    assert [v["version"] for v in api.get(f"{url}/versions").json()] == [18, 13, 10]
+    assert [v["version"] for v in api.get(f"{url}/versions").json()] == [18, 10, 5]
 
 
-def test_a_process_whose_version_was_trimmed_reloads_the_rollbacks_snapshot(
-        versioned: Settings, model_name: str) -> None:
+def test_a_process_whose_version_is_gone_reloads_the_rollbacks_snapshot(
+        versioned: Settings, model_name: str, redis_url: str) -> None:
+    """Replaying a rollback loads the version it restored; when that is no longer kept (an
+    operator lowered STREAMNORM_KEEP_SNAPSHOTS, say) the snapshot written with the rollback
+    serves instead."""
     url = f"/models/{model_name}"
-    keep_one = versioned.model_copy(update={"keep_snapshots": 1})
-    with TestClient(create_app(keep_one)) as api, TestClient(create_app(keep_one)) as other:
+    with TestClient(create_app(versioned)) as api, \
+            TestClient(create_app(versioned)) as other:
         api.post("/models", json={"name": model_name, **SPEC})
         for i in range(1, 6):
             api.post(f"{url}/learn", json=event(i))
@@ -95,9 +98,13 @@ def test_a_process_whose_version_was_trimmed_reloads_the_rollbacks_snapshot(
         other.post(f"{url}/predict", json=ask(0))  # holds version 5
         for i in range(6, 9):
             api.post(f"{url}/learn", json=event(i))
-        api.post(f"{url}/rollback", json={"version": 5})  # version 9, retained: 9 only
-        assert [v["version"] for v in api.get(f"{url}/versions").json()] == [9]
+        api.post(f"{url}/rollback", json={"version": 5})  # version 9, with a snapshot
+        r = redis.Redis.from_url(redis_url)
+        r.delete(model_key(model_name, "versions"), model_key(model_name, "vindex"))
+        assert api.get(f"{url}/versions").json() == []
         assert other.get(f"{url}/state").content == five
+        assert other.post(f"{url}/learn", json=event(9)).json()["version"] == 10
+        assert api.get(f"{url}/state").content == other.get(f"{url}/state").content
 
 
 def test_bad_rollbacks_change_nothing(api: TestClient, redis_url: str,
@@ -246,3 +253,58 @@ def test_the_guard_aims_at_the_best_rolling_loss_with_enough_samples() -> None:
     assert guard_target([], 1) is None
     logloss = [meta(5, 0.7, 9, "LogLoss"), meta(3, 0.3, 9, "LogLoss")]
     assert guard_target(logloss, 1) == (3, 0.3)
+
+
+# -- found in review ------------------------------------------------------------------------------
+def test_a_rollback_deletes_the_contexts_dropped_since_the_last_snapshot(
+        versioned: Settings, model_name: str, redis_url: str) -> None:
+    """A context dropped (the stream cap) after the last snapshot still has its key in Redis: the
+    rollback's snapshot deletes it, so another process loads what the writer holds."""
+    url = f"/models/{model_name}"
+    tight = versioned.model_copy(update={"snapshot_every": 2, "max_streams": 1})
+    with TestClient(create_app(tight)) as api:
+        api.post("/models", json={"name": model_name, **SPEC})
+        for i in (2, 4):
+            api.post(f"{url}/learn", json={**event(i), "stream": "a"})  # snapshot: ctx:a
+        api.post(f"{url}/learn", json={**event(5), "stream": "b"})  # the cap drops a
+        assert api.post(f"{url}/rollback", json={"version": 0}).status_code == 200
+        r = redis.Redis.from_url(redis_url)
+        assert list(r.scan_iter(match=model_key(model_name, "ctx:*"))) == []
+        writer = api.get(f"{url}/state").content
+        with TestClient(create_app(tight)) as other:
+            assert other.get(f"{url}/state").content == writer
+            assert other.post(f"{url}/predict", json=ask(7)).json() == \
+                api.post(f"{url}/predict", json=ask(7)).json()
+
+
+def test_the_guard_neither_undoes_a_rollback_nor_spends_the_history(
+        versioned: Settings, model_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"/models/{model_name}"
+    guard = {"rejected_in_row": 1, "loss_ratio": 1.01, "min_samples": 2}
+    keep4 = versioned.model_copy(update={"keep_snapshots": 4})
+    with TestClient(create_app(keep4)) as api:
+        api.post("/models", json={"name": model_name, **SPEC, "guard": guard})
+        for i in range(1, 16):
+            api.post(f"{url}/learn", json=event(i))
+        kept = [v["version"] for v in api.get(f"{url}/versions").json()]
+        version = api.get(url).json()["version"]
+        # a rollback asked for stays, whatever the guard thinks of that version's loss
+        r = api.post(f"{url}/rollback", json={"version": kept[-2]}).json()
+        assert r["applied"] and api.get(url).json()["version"] == version + 1
+        assert OnlineLearner.from_bytes(api.get(f"{url}/state").content).updates == kept[-2]
+        # rejected updates right after: nothing learned since the rollback, nothing to undo
+        for _ in range(4):
+            assert api.post(f"{url}/learn", json={**event(1), "y": 3e38}).status_code == 422
+        assert api.get(url).json()["version"] == version + 1
+        assert [v["version"] for v in api.get(f"{url}/versions").json()] == kept
+        # the guard failing to read Redis does not fail the update it follows
+        from service.redis.store import Store
+
+        async def down(*_: Any) -> Any:
+            raise redis.exceptions.ConnectionError("injected")
+
+        monkeypatch.setattr(Store, "versions", down)
+        api.post(f"{url}/learn", json=event(2))
+        ok = api.post(f"{url}/learn", json={**event(3), "y": 3e38})
+        assert ok.status_code == 422 and ok.json()["field"] == "y"  # rejected, not a 503
+        assert api.post(f"{url}/learn", json=event(4)).status_code == 200

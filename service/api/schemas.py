@@ -16,6 +16,7 @@ from pydantic import (
     Discriminator,
     Field,
     SkipValidation,
+    StrictBool,
     Tag,
 )
 
@@ -73,7 +74,7 @@ class PredictRequest(BaseModel):
                           "(`{\"temp\": 0.1, \"load\": 0.2}`)")
     sequence: SkipValidation[list[Features] | None] = Field(
         None, description="sequence mode: every step of one sample; no stream context")
-    keep: bool | None = Field(None, description="keep this prediction for a delayed label "
+    keep: StrictBool | None = Field(None, description="keep this prediction for a delayed label "
                               "(POST /models/{name}/label): the reply carries its "
                               "prediction_id; in stream mode x joins the stream's context. "
                               "Needs write access")
@@ -138,8 +139,8 @@ class ForkRequest(BaseModel):
     version: Version | None = Field(None, description="a retained version (default: the "
                                     "latest state)")
     optimizer: dict[str, Any] | None = Field(None, description="optimizer settings to change "
-                                             "(`lr`, `betas`, `clip`…; the same kind of "
-                                             "optimizer: its moments carry over)")
+                                             "(`lr`, `clip`; the same kind of optimizer: its "
+                                             "moments carry over)")
 
 
 class VersionInfo(BaseModel):

@@ -129,6 +129,8 @@ def _groups(spec: ModelSpec, payload: dict[str, Any], train: bool
             ) -> tuple[list[tuple[int, int]], str]:
     """``(steps, samples)`` groups of a payload (one per distinct sequence length) and the
     field they come from (``""``: the stream window)."""
+    if isinstance(payload.get("steps"), int):  # a logged label: its kept window's length
+        return [(payload["steps"], 1)], ""
     seq, batch = payload.get("sequence"), payload.get("batch") if train else None
     if isinstance(batch, list):
         lengths = [len(s["sequence"]) for s in batch

@@ -37,7 +37,7 @@ from .budget import Budget
 from .compute import Compute
 from .contexts import ContextBook
 from .errors import Backlogged, Busy, Conflict, UnknownModel, UnknownRace, UnknownVersion
-from .event import Event, LearnOutcome, canonical_keep, predict, predict_arguments
+from .event import Event, LearnOutcome, predict, predict_arguments
 from .host import Host, bytes_ms
 from .race import Races
 from .replica import Replica, Written
@@ -80,8 +80,8 @@ class Engine:
         """Store ``learner`` as a new model at version 0 (``create``'s contract); it is also
         the first retained version."""
         spec, host = learner.spec, self.host
-        retained = await host.compute.run(host.state_ms(spec), retained_of, learner,
-                                          ContextBook(), 0)
+        full = await host.compute.run(host.state_ms(spec), learner.to_bytes)
+        retained = retained_of(full, learner, ContextBook(), 0)
         metrics, uid = json.dumps(learner.metrics.report()), uuid.uuid4().hex
         keep = retained.meta if self.settings.keep_snapshots else ""
         try:
@@ -259,9 +259,7 @@ class Engine:
         kept or named another input."""
         pid = payload.get("prediction_id") or uuid.uuid4().hex
         body = {k: v for k, v in payload.items() if k not in ("keep", "prediction_id")}
-        spec, _ = await self.spec(name)
-        cost_ms = self.host.budget.request_ms(spec, body, train=True)  # its label trains it
-        event = canonical_keep(spec, body, pid).priced(spec, cost_ms)
+        event = self.host.keep((await self.spec(name))[0], body, pid)
         out = (await self.learn(name, [event]))[0]
         if isinstance(out, Conflict):  # the keep's own id names another input
             raise Conflict(f"prediction_id {pid!r} was kept for another input; choose a new "

@@ -73,16 +73,14 @@ class Event:
         """The event as a learn payload (to validate it again against another spec)."""
         if "label" in self.body:
             return {"prediction_id": self.body["label"], "y": self.body["y"]}
-        if "keep" in self.body:
-            return {"prediction_id": self.body["keep"],
-                    **{k: v for k, v in self.body.items() if k != "keep"}}
         return {**self.body, **({"event_id": self.event_id} if self.event_id else {})}
 
-    def with_kept(self, record: bytes) -> Event:
-        """A label event carrying its kept prediction's record, as the log stores it (a replay
-        needs nothing but the log entry; the record's key is gone once labelled)."""
-        body = {**self.body, "kept": base64.b64encode(record).decode()}
-        return Event(body, self.event_id, self.notes, b"", self.digest, self.spec, self.cost_ms)
+    def with_kept(self, record: bytes, steps: int, cost_ms: float) -> Event:
+        """A label event carrying its kept prediction's record and window length, as the log
+        stores it (a replay needs nothing but the log entry; the record's key is gone once
+        labelled), priced for that window."""
+        body = {**self.body, "kept": base64.b64encode(record).decode(), "steps": steps}
+        return Event(body, self.event_id, self.notes, b"", self.digest, self.spec, cost_ms)
 
     def to_json(self) -> str:
         """What the log stores and a replay applies: the body and the notes."""
@@ -162,7 +160,7 @@ def _label(spec: ModelSpec, payload: dict[str, Any]) -> Event:
 def canonical_event(spec: ModelSpec, payload: dict[str, Any]) -> Event:
     """Validate a learn payload (or a label: ``prediction_id`` and ``y``) against ``spec``
     (InvalidInput names the field)."""
-    if payload.get("keep") is not None:
+    if payload.get("keep"):
         raise InvalidInput("keep", "only predict keeps a prediction (learn trains at once)")
     if payload.get("prediction_id") is not None:
         if any(payload.get(k) is not None for k in ("x", "sequence", "batch", "stream")):

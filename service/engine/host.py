@@ -14,7 +14,7 @@ from ..redis.store import Store
 from ..settings import Settings
 from .budget import Budget
 from .compute import Compute
-from .event import Event, canonical_event
+from .event import Event, canonical_event, canonical_keep
 
 __all__ = ["Host", "bytes_ms"]
 
@@ -57,6 +57,12 @@ class Host:
         cost_ms = self.budget.request_ms(spec, payload, train=True)
         event = await self.compute.run(_values_ms(spec, payload), canonical_event, spec, payload)
         return event.priced(spec, cost_ms)
+
+    def keep(self, spec: ModelSpec, payload: dict[str, Any], prediction_id: str) -> Event:
+        """A predict payload that keeps its prediction under ``prediction_id``, validated
+        against ``spec`` and priced as the update its label will make."""
+        cost_ms = self.budget.request_ms(spec, payload, train=True)
+        return canonical_keep(spec, payload, prediction_id).priced(spec, cost_ms)
 
     def admit(self, spec: ModelSpec, payload: dict[str, Any]) -> Event:
         """A payload ``prepare`` already made canonical for ``spec`` (from the event stream, as

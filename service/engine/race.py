@@ -312,8 +312,10 @@ class Races:
                 else:
                     spec = await engine.spec_of(member)
                 cost_ms = engine.host.budget.request_ms(spec, first.body, train=True)
-                # a label keeps its own id (the kept prediction's, each member's own)
-                scoped = f"{event_id}@{member}" if event_id else first.event_id
+                # a label keeps its own id (its prediction's: the same in every member, and
+                # on every delivery, whatever event_id it came with)
+                scoped = first.event_id if "label" in first.body else \
+                    f"{event_id}@{member}" if event_id else None
                 out[member] = Event(first.body, scoped, body_json=first.body_json,
                                     digest=first.digest).priced(spec, cost_ms)
             except UnknownModel as exc:

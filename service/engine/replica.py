@@ -40,13 +40,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
+from redis.exceptions import RedisError
 
 from models import InvalidInput, ModelSpec, OnlineLearner, UpdateRejected
 from models.persist import context_from_bytes
 
 from .. import telemetry as m
 from ..redis.store import Committed, LeaseLost, ModelHead, Stored
-from .budget import replay_ms
+from .budget import estimate_ms, replay_ms
 from .contexts import ContextBook
 from .errors import (
     Conflict,
@@ -161,6 +162,7 @@ class Replica:
         self.snapshot_queued = 0  # version of the latest snapshot queued with a ticket
         self.rejected = 0  # updates rolled back since the last queued one
         self.in_row = 0  # updates rejected in a row here (the spec's guard counts them)
+        self.restored = False  # the learner is a retained version, nothing learned since
         self.lock = asyncio.Lock()
         self.waiting = 0  # requests holding or waiting for the lock
         self.lease = Lease(name, host)
@@ -218,10 +220,12 @@ class Replica:
         own, written when it moves: ``ContextBook.take``)."""
         return self.learner.to_bytes(contexts=False)
 
-    def _snapshot_bytes(self, force: bool = False) -> tuple[bytes, bool]:
-        """``snapshot_state`` and whether the snapshot is also kept as a version (when
-        ``STREAMNORM_KEEP_SNAPSHOTS`` is not 0); ``force``: a rollback's, always taken."""
-        return self.snapshot_state(), self.host.settings.keep_snapshots > 0 or force
+    def _snapshot_bytes(self) -> tuple[bytes, bytes | None]:
+        """``snapshot_state``, and the learner with its contexts when the snapshot is also
+        kept as a version (``STREAMNORM_KEEP_SNAPSHOTS`` is not 0): on the compute thread, as
+        the whole learner costs what its contexts weigh."""
+        full = self.learner.to_bytes() if self.host.settings.keep_snapshots > 0 else None
+        return self.snapshot_state(), full
 
     def drop(self) -> None:
         """Never serve again: the engine's cache forgets it at once (and loads a fresh replica
@@ -305,7 +309,8 @@ class Replica:
                         if isinstance(exc, Rejected):
                             await self._guard(False)
                         continue
-                    await self._guard(ticket.snapshot is not None)
+                    if "rollback" not in event.body:  # a rollback asked for is not undone
+                        await self._guard(ticket.snapshot is not None)
                     queued.append((i, outcome, ticket, True))
                     if eid is not None:  # its commit may land (and leave self.ids) while a
                         inflight[eid] = ticket  # later event of this write computes
@@ -326,9 +331,12 @@ class Replica:
         for i, event in enumerate(events):
             if isinstance(event, Exception):
                 continue
-            if event.spec is not spec and event.spec != spec:
+            if event.spec is not spec and event.spec != spec and "rollback" not in event.body:
                 try:
-                    event = await self.host.prepare(spec, event.payload())
+                    event = await self.host.prepare(spec, event.payload()) \
+                        if "keep" not in event.body else self.host.keep(
+                            spec, {k: v for k, v in event.body.items() if k != "keep"},
+                            event.body["keep"])
                 except InvalidInput as exc:  # it no longer fits
                     out[i] = exc
                     continue
@@ -344,7 +352,9 @@ class Replica:
             expired = await self.host.store.kept_expired(self.name, pid)
             m.LABELS.labels(self.name, "expired" if expired else "unknown").inc()
             raise UnknownPrediction(pid, expired)
-        return event.with_kept(record)
+        steps = self.learner.kept_from_bytes(record).window.shape[0]
+        return event.with_kept(record, steps, estimate_ms(self.learner.spec, [(steps, 1)],
+                                                          True))
 
     async def _room_to_keep(self) -> None:
         """Refuse a keep beyond ``STREAMNORM_MAX_KEPT`` predictions waiting for labels."""
@@ -415,41 +425,52 @@ class Replica:
 
     async def _roll_back(self, event: Event) -> tuple[LearnOutcome | None, Ticket]:
         """Replace the learner by a retained version (``UnknownVersion`` if it is not kept)
-        and queue the commit with a snapshot of it (lock and lease held)."""
+        and queue the commit with a snapshot of it (lock and lease held). Everything is
+        computed before the learner is replaced, and nothing awaits between that and the
+        queueing: an interrupted rollback changes nothing. The snapshot is not kept as a
+        version again (it is the one restored)."""
         version = event.body["rollback"]
         retained = await self.host.store.retained(self.name, version)
         if retained is None:
             raise UnknownVersion(version)
-        host = self.host
-        self.learner, self.book = await host.compute.run(
-            bytes_ms(len(retained.full)), restore, retained, self.learner.spec, self.book)
-        state = await host.compute.run(bytes_ms(len(retained.full)), self._snapshot_bytes, True)
+        ms = 2 * bytes_ms(len(retained.full))
+        learner, book = await self.host.compute.run(ms, restore, retained, self.learner.spec,
+                                                    self.book)
+        state = await self.host.compute.run(ms, lambda: learner.to_bytes(contexts=False))
+        self.learner, self.book = learner, book
+        ticket = self._queue(event, (state, None), None, None)
+        self.restored = True
         m.ROLLBACKS.labels(self.name, event.body.get("why", "request")).inc()
-        return LearnOutcome(None, None, 0, True), self._queue(event, state, None, None)
+        return LearnOutcome(None, None, 0, True), ticket
 
     async def _guard(self, snapshotted: bool) -> None:
         """The spec's divergence guard (``models.GuardSpec``), after an event (lock and lease
         held): roll back to the retained version with the best rolling loss after too many
         rejected updates in a row, or, when a snapshot was just taken, when the rolling loss
-        is too far above that best. Logged like any rollback (``"why": "guard"``)."""
+        is too far above that best. Logged like any rollback (``"why": "guard"``). Never after
+        a rollback with nothing learned since (it would undo one asked for, or spend the
+        history on copies of one version); a failure here leaves the event before it as it
+        is (applied and queued: its reply must not fail) and the guard looks again later."""
         guard = self.learner.spec.guard
-        if guard is None or self.dead:
+        if guard is None or self.dead or self.restored:
             return
         rejected = guard.rejected_in_row is not None and self.in_row >= guard.rejected_in_row
         if not rejected and not (guard.loss_ratio is not None and snapshotted):
             return
-        target = guard_target(await self.host.store.versions(self.name), guard.min_samples)
-        if target is None:
-            return
-        if not rejected:
-            loss, n = rolling_loss(self.learner.metrics.report())
-            if target[1] is None or loss is None or n < guard.min_samples \
-                    or loss <= guard.loss_ratio * target[1]:  # type: ignore[operator]
-                return
-        event = Event({"rollback": target[0], "why": "guard"})
         try:
+            target = guard_target(await self.host.store.versions(self.name),
+                                  guard.min_samples)
+            if target is None:
+                return
+            if not rejected:
+                loss, n = rolling_loss(self.learner.metrics.report())
+                if target[1] is None or loss is None or n < guard.min_samples \
+                        or loss <= guard.loss_ratio * target[1]:  # type: ignore[operator]
+                    return
+            event = Event({"rollback": target[0], "why": "guard"})
             await self._roll_back(event.priced(self.learner.spec, 0.0))
-        except UnknownVersion:  # trimmed meanwhile: the next event looks again
+        except (UnknownVersion, RedisError, LeaseLost, InvalidInput) as exc:
+            log.warning("guard of %s could not roll back: %r", self.name, exc)
             return
         log.warning("model %s diverged (%s): rolled back to version %d", self.name,
                     "rejected updates" if rejected else "rolling loss", target[0])
@@ -526,11 +547,12 @@ class Replica:
         return self.version + 1 - max(self.snapshot_version, self.snapshot_queued) \
             >= self.host.settings.snapshot_every
 
-    def _queue(self, event: Event, state: tuple[bytes, bool] | None, loss: float | None,
-                kept: tuple[str, bytes | None] | None) -> Ticket:
+    def _queue(self, event: Event, state: tuple[bytes, bytes | None] | None,
+               loss: float | None, kept: tuple[str, bytes | None] | None) -> Ticket:
         """Queue the commit of ``event``, just applied to the learner (lock held, no await),
-        with ``state``, the learner's bytes after it (and whether to keep it as a version),
-        when ``_snapshot_due`` said so, and the kept prediction it stores or removes."""
+        with ``state``, the learner's bytes after it (and with its contexts, to keep it as a
+        version), when ``_snapshot_due`` said so, and the kept prediction it stores or
+        removes."""
         learner = self.learner
         self.version += 1
         snapshot = None
@@ -541,7 +563,7 @@ class Replica:
                         learner.updates, learner.samples, json.dumps(learner.metrics.report()),
                         loss, self.rejected, snapshot,
                         asyncio.get_running_loop().create_future(), kept)
-        self.in_row = 0
+        self.in_row, self.restored = 0, False
         if kept is not None and kept[1] is not None:
             self.records[kept[0]] = kept[1]
         self.rejected = 0
@@ -648,9 +670,10 @@ class Replica:
         if token is not None:
             self.host.background(self.lease.release(token))
 
-    def _snapshot_of(self, state: bytes, retain: bool) -> Snapshot:
+    def _snapshot_of(self, state: bytes, full: bytes | None) -> Snapshot:
         """The snapshot of the learner at ``version`` (no await: the book is taken here)."""
-        retained = retained_of(self.learner, self.book, self.version) if retain else None
+        retained = None if full is None else retained_of(full, self.learner, self.book,
+                                                         self.version)
         return Snapshot(state, self.book.take(self.learner), retained)
 
     async def _snapshot(self, token: str | None, version: int, snapshot: Snapshot) -> None:
@@ -662,7 +685,7 @@ class Replica:
                 raise LeaseLost("no lease held")
             written = await self.host.store.write_snapshot(
                 self.name, token, version, state, contexts, keep=settings.snapshot_every,
-                retained=retained, retain=max(settings.keep_snapshots, retained is not None))
+                retained=retained, retain=settings.keep_snapshots)
         except Exception as exc:  # committed already; a later update snapshots
             log.warning("snapshot of %s at %d failed: %r", self.name, version, exc)
             written = False

@@ -31,14 +31,15 @@ class Snapshot(NamedTuple):
     retained: Retained | None
 
 
-def retained_of(learner: OnlineLearner, book: ContextBook, version: int) -> Retained:
-    """The learner at ``version`` as a version to return to (its contexts and when each
-    stream last moved, so a restore keeps their idle expiry)."""
+def retained_of(full: bytes, learner: OnlineLearner, book: ContextBook, version: int
+                ) -> Retained:
+    """The learner at ``version`` (``full``: its ``to_bytes()``) as a version to return to,
+    with when each stream last moved, so a restore keeps their idle expiry."""
     now = time.time()
     meta = {"version": version, "time": round(now, 3), "metrics": learner.metrics.report(),
             "updates": learner.updates,
             "times": {s: book.last.get(s, now) for s in learner.streams}}
-    return Retained(learner.to_bytes(), json.dumps(meta, separators=(",", ":")))
+    return Retained(full, json.dumps(meta, separators=(",", ":")))
 
 
 def public(meta_json: str) -> dict[str, Any]:
@@ -59,7 +60,9 @@ def restore(retained: Retained, spec: ModelSpec, book: ContextBook
     now = time.time()
     order = sorted(learner.streams, key=lambda s: (times.get(s, now), s))
     restored = ContextBook.loaded(((s, float(times.get(s, now))) for s in order), order)
-    restored.dropped = set(book.last) - set(learner.contexts)
+    # every context the next snapshot would find in Redis: those of the book, and those it
+    # dropped since the last snapshot (their keys are still there)
+    restored.dropped = (set(book.last) | book.dropped) - set(learner.contexts)
     return learner, restored
 
 
