@@ -252,3 +252,39 @@ def test_a_label_is_logged_and_priced_with_its_kept_windows_length(
     assert logged["label"] == "long" and logged["steps"] == 300
     assert replay_ms(spec, logged) == estimate_ms(spec, [(300, 1)], True) \
         > estimate_ms(spec, [(spec.window, 1)], True)
+
+
+def test_a_keep_is_validated_again_as_a_keep_for_a_recreated_model(settings: Settings) -> None:
+    """A write validated for a model that was re-created meanwhile is validated again for
+    the new spec (``Host.again``): a keep as a keep (found in review: it was refused as a
+    malformed label), a label and a learn as themselves, a rollback as it is."""
+    import asyncio
+
+    from models import InvalidInput
+    from service.engine.budget import Budget
+    from service.engine.compute import Compute
+    from service.engine.event import Event, canonical_event, canonical_keep
+    from service.engine.host import Host
+
+    old = ModelSpec(name="m", task="regression", n_features=2)
+    same_shape = ModelSpec(name="m", task="regression", n_features=2, hidden_size=4)
+    wider = ModelSpec(name="m", task="regression", n_features=3)
+    host = Host(None, settings, Compute(0.0), Budget(settings))  # type: ignore[arg-type]
+    keep = canonical_keep(old, {"stream": "s", "x": [0.1, 0.2]}, "p-1").priced(old, 1.0)
+    label = canonical_event(old, {"prediction_id": "p-1", "y": 1.0})
+    learn = canonical_event(old, {"stream": "s", "x": [0.1, 0.2], "y": 1.0, "event_id": "e"})
+    rollback = Event({"rollback": 3})
+
+    async def run() -> None:
+        again = await host.again(same_shape, keep)
+        assert again.body == keep.body and again.event_id == keep.event_id == "keep p-1"
+        assert again.spec is same_shape
+        with pytest.raises(InvalidInput) as err:
+            await host.again(wider, keep)
+        assert err.value.field == "x"
+        assert (await host.again(wider, label)).body == label.body
+        assert (await host.again(same_shape, learn)).body == learn.body
+        assert await host.again(wider, rollback) is rollback
+        await host.compute.close()
+
+    asyncio.run(run())

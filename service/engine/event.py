@@ -59,6 +59,12 @@ class Event:
             object.__setattr__(self, "digest", hashlib.blake2b(
                 self.body_json, digest_size=12).hexdigest())
 
+    @property
+    def kind(self) -> str:
+        """``learn`` (a sample, a sequence or a mini-batch), ``keep`` (a prediction kept for
+        its label), ``label`` or ``rollback``."""
+        return next((k for k in ("keep", "label", "rollback") if k in self.body), "learn")
+
     def noted(self, notes: dict[str, Any]) -> Event:
         """This event with the notes of its writer (the body's encoding and digest kept)."""
         return Event(self.body, self.event_id, notes, self.body_json, self.digest, self.spec,
@@ -71,7 +77,7 @@ class Event:
 
     def payload(self) -> dict[str, Any]:
         """The event as a learn payload (to validate it again against another spec)."""
-        if "label" in self.body:
+        if self.kind == "label":
             return {"prediction_id": self.body["label"], "y": self.body["y"]}
         return {**self.body, **({"event_id": self.event_id} if self.event_id else {})}
 

@@ -64,6 +64,16 @@ class Host:
         cost_ms = self.budget.request_ms(spec, payload, train=True)
         return canonical_keep(spec, payload, prediction_id).priced(spec, cost_ms)
 
+    async def again(self, spec: ModelSpec, event: Event) -> Event:
+        """``event`` validated again for ``spec`` (the model was re-created meanwhile); a
+        rollback does not depend on the spec."""
+        if event.kind == "rollback":
+            return event
+        if event.kind == "keep":
+            body = {k: v for k, v in event.body.items() if k != "keep"}
+            return self.keep(spec, body, event.body["keep"])
+        return await self.prepare(spec, event.payload())
+
     def admit(self, spec: ModelSpec, payload: dict[str, Any]) -> Event:
         """A payload ``prepare`` already made canonical for ``spec`` (from the event stream, as
         ``Engine.submit`` appended it), as an event again without validating it twice."""

@@ -314,7 +314,7 @@ class Races:
                 cost_ms = engine.host.budget.request_ms(spec, first.body, train=True)
                 # a label keeps its own id (its prediction's: the same in every member, and
                 # on every delivery, whatever event_id it came with)
-                scoped = first.event_id if "label" in first.body else \
+                scoped = first.event_id if first.kind == "label" else \
                     f"{event_id}@{member}" if event_id else None
                 out[member] = Event(first.body, scoped, body_json=first.body_json,
                                     digest=first.digest).priced(spec, cost_ms)

@@ -298,9 +298,9 @@ class Replica:
                             _same_event(event, ticket.digest, ticket.version)
                             queued.append((i, None, ticket, False))
                             continue
-                        if "label" in event.body:
+                        if event.kind == "label":
                             event = await self._labelled(event)
-                        elif "keep" in event.body:
+                        elif event.kind == "keep":
                             await self._room_to_keep()
                         outcome, ticket = await self._apply(event)
                     except (Conflict, Rejected, InvalidInput, UnknownPrediction,
@@ -309,7 +309,7 @@ class Replica:
                         if isinstance(exc, Rejected):
                             await self._guard(False)
                         continue
-                    if "rollback" not in event.body:  # a rollback asked for is not undone
+                    if event.kind != "rollback":  # a rollback asked for is not undone
                         await self._guard(ticket.snapshot is not None)
                     queued.append((i, outcome, ticket, True))
                     if eid is not None:  # its commit may land (and leave self.ids) while a
@@ -331,12 +331,9 @@ class Replica:
         for i, event in enumerate(events):
             if isinstance(event, Exception):
                 continue
-            if event.spec is not spec and event.spec != spec and "rollback" not in event.body:
+            if event.spec is not spec and event.spec != spec:
                 try:
-                    event = await self.host.prepare(spec, event.payload()) \
-                        if "keep" not in event.body else self.host.keep(
-                            spec, {k: v for k, v in event.body.items() if k != "keep"},
-                            event.body["keep"])
+                    event = await self.host.again(spec, event)
                 except InvalidInput as exc:  # it no longer fits
                     out[i] = exc
                     continue
@@ -393,7 +390,7 @@ class Replica:
                                      host.budget.streams(self.learner.spec))
             event = event.noted({"t": now, "drop": drop} if drop else {"t": now})
         logged = {**event.body, **event.notes}
-        if "rollback" in event.body:
+        if event.kind == "rollback":
             return await self._roll_back(event)
         try:
             async with self._kept_for(event.cost_ms):
@@ -405,11 +402,11 @@ class Replica:
                 if self._snapshot_due():
                     state = await host.compute.run(host.state_ms(self.learner.spec),
                                                    self._snapshot_bytes)
-            kept = None
-            if "keep" in event.body:
+            kept = None  # the record the commit stores (a keep) or removes (a label)
+            if event.kind == "keep":
                 assert outcome is not None and outcome.kept is not None
                 kept = (event.body["keep"], outcome.kept)
-            elif "label" in event.body:
+            elif event.kind == "label":
                 kept = (event.body["label"], None)
             return outcome, self._queue(event, state, outcome.loss if outcome else None, kept)
         except UpdateRejected as exc:  # the learner rolled itself back
@@ -430,18 +427,26 @@ class Replica:
         queueing: an interrupted rollback changes nothing. The snapshot is not kept as a
         version again (it is the one restored)."""
         version = event.body["rollback"]
-        retained = await self.host.store.retained(self.name, version)
-        if retained is None:
+        restored = await self._restore(version)
+        if restored is None:
             raise UnknownVersion(version)
-        ms = 2 * bytes_ms(len(retained.full))
-        learner, book = await self.host.compute.run(ms, restore, retained, self.learner.spec,
-                                                    self.book)
-        state = await self.host.compute.run(ms, lambda: learner.to_bytes(contexts=False))
+        learner, book = restored
+        state = await self.host.compute.run(self.host.state_ms(learner.spec),
+                                            lambda: learner.to_bytes(contexts=False))
         self.learner, self.book = learner, book
         ticket = self._queue(event, (state, None), None, None)
         self.restored = True
         m.ROLLBACKS.labels(self.name, event.body.get("why", "request")).inc()
         return LearnOutcome(None, None, 0, True), ticket
+
+    async def _restore(self, version: int) -> tuple[OnlineLearner, ContextBook] | None:
+        """The learner of retained ``version`` and its book (``versions.restore``), or
+        ``None`` when it is not kept; nothing here changes."""
+        retained = await self.host.store.retained(self.name, version)
+        if retained is None:
+            return None
+        return await self.host.compute.run(bytes_ms(len(retained.full)), restore, retained,
+                                           self.learner.spec, self.book)
 
     async def _guard(self, snapshotted: bool) -> None:
         """The spec's divergence guard (``models.GuardSpec``), after an event (lock and lease
@@ -514,15 +519,12 @@ class Replica:
         async with kept:
             try:
                 for (v, body), cost_ms in zip(logged, costs, strict=True):
-                    if "rollback" in body:  # the retained version it restored, or the
-                        retained = await self.host.store.retained(  # snapshot written with it
-                            self.name, body["rollback"])
-                        if retained is None:
+                    if "rollback" in body:  # the version it restored, or else the
+                        restored = await self._restore(body["rollback"])  # snapshot with it
+                        if restored is None:
                             await self._reload(self.learner.spec)
                             return
-                        self.learner, self.book = await self.host.compute.run(
-                            bytes_ms(len(retained.full)), restore, retained, self.learner.spec,
-                            self.book)
+                        self.learner, self.book = restored
                         self.version = self.committed = v
                         continue
                     await self.host.compute.run(cost_ms, apply_event, self.learner, body)
