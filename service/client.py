@@ -7,8 +7,9 @@ sent by either client. What a careful caller would otherwise write by hand:
   (a UUID) unless one is given, and a kept prediction a ``prediction_id``, so a request retried
   after a lost reply is never applied twice (the service answers ``applied: false``).
 - **Back-off**: 429 and 503 (a stream behind, Redis down, a busy lease) and connection errors
-  are retried up to ``retries`` times, after the server's ``Retry-After`` when it sends one
-  (else 0.1 s doubling), at most ``max_wait_s`` each.
+  are retried up to ``retries`` times (``connect_retries`` for a failed connection), after the
+  server's ``Retry-After`` when it sends one (else 0.1 s doubling), at most ``max_wait_s``
+  each.
 - **Typed errors** carrying the server's ``detail`` and ``field``: ``NotFound`` (404),
   ``Conflict`` (409), ``Invalid`` (422), ``Denied`` (401/403), ``Unavailable`` (429/503 or no
   connection, once retries are spent), ``ServiceError`` for the rest.
@@ -116,6 +117,11 @@ class _Verbs:
     def _send(self, request: _Request) -> Any:
         raise NotImplementedError
 
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """Any call by its method and path (the verbs below name every one of the contract),
+        with the same retries and errors: the reply's JSON, None when it has none."""
+        return self._send(_Request(method, path, body))
+
     # -- models --------------------------------------------------------------------------------
     def create_model(self, spec: dict[str, Any]) -> Any:
         """``POST /models``: the stored spec (the same spec again is not an error)."""
@@ -217,6 +223,13 @@ class _Verbs:
 class _Settings(NamedTuple):
     retries: int
     max_wait_s: float
+    connect_retries: int  # of them, how many may follow a failed connection
+
+    def gives_up(self, attempt: int, response: httpx.Response | None) -> bool:
+        """Whether try ``attempt`` (from 0) was the last: no retry is left for its outcome."""
+        limit = self.retries if response is not None else min(self.retries,
+                                                              self.connect_retries)
+        return attempt >= limit
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -228,10 +241,13 @@ class Client(_Verbs):
 
     def __init__(self, url: str, api_key: str | None = None, *, retries: int = 5,
                  max_wait_s: float = 5.0, timeout_s: float = 30.0,
+                 connect_retries: int | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=_headers(api_key),
                                  timeout=timeout_s)
-        self.settings, self._sleep = _Settings(retries, max_wait_s), sleep
+        self.settings = _Settings(retries, max_wait_s, retries if connect_retries is None
+                                  else connect_retries)
+        self._sleep = sleep
 
     def _send(self, request: _Request) -> Any:
         for attempt in range(self.settings.retries + 1):
@@ -239,10 +255,10 @@ class Client(_Verbs):
             try:
                 response = self.http.request(request.method, request.path, json=request.body)
             except httpx.TransportError as exc:
-                if attempt == self.settings.retries:
+                if self.settings.gives_up(attempt, None):
                     raise Unavailable(0, f"no connection: {exc}") from exc
             if response is not None and (response.status_code not in _RETRY
-                                         or attempt == self.settings.retries):
+                                         or self.settings.gives_up(attempt, response)):
                 return _outcome(request, response, attempt)
             self._sleep(_wait(response, attempt, self.settings.max_wait_s))
         raise AssertionError("unreachable")
@@ -262,10 +278,12 @@ class AsyncClient(_Verbs):
     context manager)."""
 
     def __init__(self, url: str, api_key: str | None = None, *, retries: int = 5,
-                 max_wait_s: float = 5.0, timeout_s: float = 30.0) -> None:
+                 max_wait_s: float = 5.0, timeout_s: float = 30.0,
+                 connect_retries: int | None = None) -> None:
         self.http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=_headers(api_key),
                                       timeout=timeout_s)
-        self.settings = _Settings(retries, max_wait_s)
+        self.settings = _Settings(retries, max_wait_s, retries if connect_retries is None
+                                  else connect_retries)
 
     def _send(self, request: _Request) -> Awaitable[Any]:
         return self._sent(request)
@@ -277,10 +295,10 @@ class AsyncClient(_Verbs):
                 response = await self.http.request(request.method, request.path,
                                                    json=request.body)
             except httpx.TransportError as exc:
-                if attempt == self.settings.retries:
+                if self.settings.gives_up(attempt, None):
                     raise Unavailable(0, f"no connection: {exc}") from exc
             if response is not None and (response.status_code not in _RETRY
-                                         or attempt == self.settings.retries):
+                                         or self.settings.gives_up(attempt, response)):
                 return _outcome(request, response, attempt)
             await asyncio.sleep(_wait(response, attempt, self.settings.max_wait_s))
         raise AssertionError("unreachable")

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console, Group
 from rich.measure import Measurement
 from rich.progress import (
@@ -38,6 +37,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from . import client
 from .sources import NAME, FeedError, Source, csv_source, river_source
 
 __all__ = ["Client", "FeedError", "Options", "Scaler", "Target", "default_spec", "ensure",
@@ -70,51 +70,34 @@ class Options:
 
 
 class Client:
-    """One ``httpx`` connection to the service; a refusal raises ``FeedError`` with the
-    server's ``{"detail", "field"}``; 429 and 503 are retried after their Retry-After."""
+    """``service.client.Client`` for the feed: a refusal, or no service, raises ``FeedError``
+    with the server's ``{"detail", "field"}``; 429 and 503 are retried after Retry-After."""
 
     def __init__(self, url: str, api_key: str | None = None) -> None:
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60.0)
+        self.api = client.Client(url, api_key, retries=RETRIES, max_wait_s=30.0,
+                                 timeout_s=60.0, connect_retries=0)  # nothing there: say so
 
     def close(self) -> None:
-        self.http.close()
+        self.api.close()
 
     def call(self, method: str, path: str, body: Any = None, missing_ok: bool = False) -> Any:
         """The JSON reply (None for 204, or for 404 when ``missing_ok``)."""
-        for attempt in range(RETRIES + 1):
-            try:
-                res = self.http.request(method, path, json=body)
-            except httpx.HTTPError as exc:
-                raise FeedError(f"cannot reach {self.http.base_url}: {exc}") from None
-            if res.status_code in (429, 503) and attempt < RETRIES:
-                time.sleep(_retry_after(res))
-                continue
-            if res.status_code == 404 and missing_ok:
+        try:
+            return self.api.request(method, path, body)
+        except client.NotFound as exc:
+            if missing_ok:
                 return None
-            if res.is_error:
-                raise FeedError(f"{method} {path}: {res.status_code} {_detail(res)}")
-            return res.json() if res.content else None
-        raise AssertionError("unreachable")
+            raise FeedError(f"{method} {path}: {_detail(exc)}") from None
+        except client.ServiceError as exc:
+            if exc.status == 0:  # no connection, after the retries
+                raise FeedError(f"cannot reach {self.api.http.base_url}: {exc.detail}") \
+                    from None
+            raise FeedError(f"{method} {path}: {_detail(exc)}") from None
 
 
-def _retry_after(res: httpx.Response) -> float:
-    try:
-        return min(max(float(res.headers.get("retry-after", "1")), 0.05), 30.0)
-    except ValueError:
-        return 1.0
-
-
-def _detail(res: httpx.Response) -> str:
-    """The server's error message and the field it names."""
-    try:
-        body = res.json()
-    except ValueError:
-        return res.text[:300] or res.reason_phrase
-    if not isinstance(body, dict):
-        return str(body)[:300]
-    field_name = body.get("field")
-    return f"{body.get('detail')}" + (f" (field: {field_name})" if field_name else "")
+def _detail(exc: client.ServiceError) -> str:
+    """The status, the server's error message and the field it names."""
+    return f"{exc.status} {exc.detail}" + (f" (field: {exc.field})" if exc.field else "")
 
 
 @dataclass(frozen=True)
