@@ -5,6 +5,7 @@ field, retries through a Redis outage without applying an update twice; the asyn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 import time
@@ -207,3 +208,24 @@ def test_progressive_val_score_drives_a_hosted_model(sn: Client, server: Server)
         assert river is not None
     finally:
         sn.delete_model(name)
+
+
+def test_the_client_example_runs(server: Server) -> None:
+    import subprocess
+    import sys
+
+    from .test_processes import ROOT
+
+    name = fresh()
+    try:
+        out = subprocess.run([sys.executable, "examples/client.py", "--url", server.url,
+                              "--model", name, "--steps", "30"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        assert f"{name}: version 32, 31 updates" in out, out
+        assert "refused as expected" in out and "(field x)" in out, out
+        assert f"forked {name}-slow at 31 updates, lr 0.001" in out, out
+    finally:
+        with Client(server.url) as sn:
+            for made in (name, f"{name}-slow"):
+                with contextlib.suppress(NotFound):
+                    sn.delete_model(made)

@@ -129,3 +129,21 @@ def test_river_estimator_checks(kind: str, index: int, check: str) -> None:
     found = next(itertools.islice(checks.yield_checks(model), index, None))
     assert found.__name__ == check
     found(model.clone())
+
+
+def test_the_pipeline_example_runs() -> None:
+    """``examples/river_pipeline.py`` (deep-river's row only when it is installed)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "examples/river_pipeline.py", "--limit", "40"],
+                         cwd=root, capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| streamnorm LSTM")]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "streamnorm LSTM layer", "streamnorm LSTM streaming", "streamnorm LSTM none"]
+    for row in rows:
+        mae = float(row.split("|")[2])
+        assert 0 < mae < 100  # TrumpApproval's target is ~40: a number, not a failure
