@@ -11,8 +11,9 @@ These classes speak that: they are ``river.base`` estimators (parameters visible
 - **Streams**: one stream (recurrent context) per estimator; ``stream="sensor_id"`` keys the
   context by that feature's value instead (and leaves it out of the inputs).
 - **Labels** (``RecurrentClassifier``): with ``n_classes=None`` a binary classifier whose labels
-  are ``False``/``True`` (River's convention); with ``n_classes=k`` up to ``k`` labels of any
-  kind, numbered in the order they appear, ``predict_proba_one`` over those seen so far.
+  are ``False``/``True`` (River's convention; 0/1 read as such, anything else refused); with
+  ``n_classes=k`` up to ``k`` labels of any kind, numbered in the order they appear,
+  ``predict_proba_one`` over those seen so far.
 - **Pickling** (River clones and checks pickle estimators) goes through
   ``OnlineLearner.to_bytes``: safetensors + JSON, so unpickling never runs a learner's code.
 
@@ -29,7 +30,27 @@ from river import base
 from .learner import OnlineLearner
 from .spec import ModelSpec
 
-__all__ = ["RecurrentClassifier", "RecurrentRegressor"]
+__all__ = ["RecurrentClassifier", "RecurrentRegressor", "feature_names", "inputs"]
+
+
+def feature_names(x: dict[Any, Any], stream: Any = None) -> tuple[str, ...]:
+    """The input's feature names a first sample ``x`` fixes: its keys but the stream's, as
+    strings, sorted (the order of a dict's keys does not matter)."""
+    key = None if stream is None else str(stream)
+    return tuple(sorted({str(k) for k in x} - {key}))
+
+
+def inputs(x: dict[Any, Any], names: tuple[str, ...], stream: Any = None
+           ) -> tuple[list[float], str]:
+    """The input vector of a River sample (a missing or ``None`` feature reads as 0, one not
+    in ``names`` is ignored) and its stream: the value of the ``stream`` feature as a string,
+    ``"default"`` without one (no ``stream``, or the feature missing or ``None``)."""
+    values = {str(k): v for k, v in x.items()}
+    vector = [0.0 if values.get(n) is None else float(values[n]) for n in names]
+    if stream is None:
+        return vector, "default"
+    value = values.get(str(stream))
+    return vector, "default" if value is None or value == "" else str(value)
 
 
 class _Recurrent:
@@ -62,17 +83,14 @@ class _Recurrent:
         """The learner, built at the first sample (its feature names fixed then)."""
         if self.learner is None:
             if self._names is None:
-                self._names = tuple(sorted(str(k) for k in x if k != self.stream))
+                self._names = feature_names(x, self.stream)
             self.learner = OnlineLearner(self._spec(self._names, **self._task()))
         return self.learner
 
     def _args(self, x: dict[Any, Any]) -> tuple[list[float], str]:
-        """The input vector (missing features 0, others ignored) and the stream."""
+        """The input vector and the stream (``inputs``)."""
         assert self._names is not None
-        values = {str(k): v for k, v in x.items()}
-        vector = [float(values.get(name) or 0.0) for name in self._names]
-        stream = "default" if self.stream is None else str(values.get(self.stream, "default"))
-        return vector, stream or "default"
+        return inputs(x, self._names, self.stream)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -174,7 +192,10 @@ class RecurrentClassifier(_Recurrent, base.Classifier):
     def _index(self, y: Any) -> int:
         """The class index of label ``y`` (a new one numbered next)."""
         if self.n_classes is None:
-            return int(bool(y))
+            if isinstance(y, bool) or y in (0, 1):
+                return int(y)
+            raise ValueError(f"label {y!r}: a binary classifier's labels are False/True (or "
+                             "0/1); give n_classes for labels of another kind")
         if y not in self.labels:
             if len(self.labels) >= self.n_classes:
                 raise ValueError(f"label {y!r} is one more than n_classes={self.n_classes}")

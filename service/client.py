@@ -7,9 +7,9 @@ sent by either client. What a careful caller would otherwise write by hand:
   (a UUID) unless one is given, and a kept prediction a ``prediction_id``, so a request retried
   after a lost reply is never applied twice (the service answers ``applied: false``).
 - **Back-off**: 429 and 503 (a stream behind, Redis down, a busy lease) and connection errors
-  are retried up to ``retries`` times (``connect_retries`` for a failed connection), after the
-  server's ``Retry-After`` when it sends one (else 0.1 s doubling), at most ``max_wait_s``
-  each.
+  are retried up to ``retries`` times (of them at most ``connect_retries`` after finding no
+  server), after the server's ``Retry-After`` when it sends one (else 0.1 s doubling), at most
+  ``max_wait_s`` each. A fork is not retried (a second one would answer 409).
 - **Typed errors** carrying the server's ``detail`` and ``field``: ``NotFound`` (404),
   ``Conflict`` (409), ``Invalid`` (422), ``Denied`` (401/403), ``Unavailable`` (429/503 or no
   connection, once retries are spent), ``ServiceError`` for the rest.
@@ -24,6 +24,7 @@ sent by either client. What a careful caller would otherwise write by hand:
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -73,6 +74,7 @@ class _Request(NamedTuple):
     path: str
     body: Any = None
     gone_ok: bool = False  # a 404 on a retry means the first try did it (a delete)
+    retry: bool = True  # False: not safe to send twice (a fork)
 
 
 def _error(response: httpx.Response) -> ServiceError:
@@ -90,14 +92,20 @@ def _outcome(request: _Request, response: httpx.Response, attempt: int) -> Any:
         return None
     if response.is_error:
         raise _error(response)
-    return response.json() if response.content else None
+    try:
+        return response.json() if response.content else None
+    except ValueError:
+        raise ServiceError(response.status_code, "the reply is not JSON: "
+                           f"{response.text[:200]!r}") from None
 
 
 def _wait(response: httpx.Response | None, attempt: int, max_wait_s: float) -> float:
     """Seconds before the next try: the server's ``Retry-After``, else 0.1 s doubling."""
     if response is not None:
         try:
-            return min(max(float(response.headers.get("retry-after", "")), 0.0), max_wait_s)
+            after = float(response.headers.get("retry-after", ""))
+            if math.isfinite(after):
+                return min(max(after, 0.0), max_wait_s)
         except ValueError:
             pass
     return min(0.1 * 2 ** attempt, max_wait_s)
@@ -169,11 +177,12 @@ class _Verbs:
         return self._send(_Request("POST", f"/models/{name}/label",
                                    {"prediction_id": prediction_id, "y": y}))
 
-    def events(self, events: list[dict[str, Any]]) -> Any:
-        """``POST /events``: each learn event without an ``event_id`` gets one (a label's
-        ``prediction_id`` is its own)."""
-        sent = [e if "event_id" in e or "prediction_id" in e else {**e, "event_id": _new_id()}
-                for e in events]
+    def events(self, events: list[dict[str, Any]] | dict[str, Any]) -> Any:
+        """``POST /events`` (one event or a list): each learn event without an ``event_id``
+        gets one (a label's ``prediction_id`` is its own)."""
+        sent = [e if e.get("event_id") is not None or e.get("prediction_id") is not None
+                else {**e, "event_id": _new_id()}
+                for e in ([events] if isinstance(events, dict) else events)]
         return self._send(_Request("POST", "/events", sent))
 
     # -- versions ------------------------------------------------------------------------------
@@ -186,8 +195,11 @@ class _Verbs:
 
     def fork(self, name: str, new: str, version: int | None = None,
              optimizer: dict[str, Any] | None = None) -> Any:
+        """A new model ``new`` from ``name``'s state. Not retried: a fork whose reply was
+        lost has happened, and a second one would answer 409 (look with ``get_model``)."""
         return self._send(_Request("POST", f"/models/{name}/fork",
-                                   _clean(name=new, version=version, optimizer=optimizer)))
+                                   _clean(name=new, version=version, optimizer=optimizer),
+                                   retry=False))
 
     # -- races ---------------------------------------------------------------------------------
     def create_race(self, race: dict[str, Any]) -> Any:
@@ -225,11 +237,15 @@ class _Settings(NamedTuple):
     max_wait_s: float
     connect_retries: int  # of them, how many may follow a failed connection
 
-    def gives_up(self, attempt: int, response: httpx.Response | None) -> bool:
-        """Whether try ``attempt`` (from 0) was the last: no retry is left for its outcome."""
-        limit = self.retries if response is not None else min(self.retries,
-                                                              self.connect_retries)
-        return attempt >= limit
+    def gives_up(self, request: _Request, attempt: int, failed_connections: int) -> bool:
+        """Whether try ``attempt`` (from 0) was the last, ``failed_connections`` of the tries
+        so far having found no server."""
+        return not request.retry or attempt >= self.retries \
+            or failed_connections > self.connect_retries
+
+
+# a request that cannot work however often it is sent (a URL without http://, say)
+_HOPELESS = (httpx.UnsupportedProtocol,)
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -242,23 +258,28 @@ class Client(_Verbs):
     def __init__(self, url: str, api_key: str | None = None, *, retries: int = 5,
                  max_wait_s: float = 5.0, timeout_s: float = 30.0,
                  connect_retries: int | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=_headers(api_key),
-                                 timeout=timeout_s)
+                                 timeout=timeout_s, transport=transport)
         self.settings = _Settings(retries, max_wait_s, retries if connect_retries is None
                                   else connect_retries)
         self._sleep = sleep
 
     def _send(self, request: _Request) -> Any:
+        failed = 0
         for attempt in range(self.settings.retries + 1):
             response = None
             try:
                 response = self.http.request(request.method, request.path, json=request.body)
+            except _HOPELESS:
+                raise
             except httpx.TransportError as exc:
-                if self.settings.gives_up(attempt, None):
+                failed += 1
+                if self.settings.gives_up(request, attempt, failed):
                     raise Unavailable(0, f"no connection: {exc}") from exc
             if response is not None and (response.status_code not in _RETRY
-                                         or self.settings.gives_up(attempt, response)):
+                                         or self.settings.gives_up(request, attempt, failed)):
                 return _outcome(request, response, attempt)
             self._sleep(_wait(response, attempt, self.settings.max_wait_s))
         raise AssertionError("unreachable")
@@ -279,9 +300,10 @@ class AsyncClient(_Verbs):
 
     def __init__(self, url: str, api_key: str | None = None, *, retries: int = 5,
                  max_wait_s: float = 5.0, timeout_s: float = 30.0,
-                 connect_retries: int | None = None) -> None:
+                 connect_retries: int | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=_headers(api_key),
-                                      timeout=timeout_s)
+                                      timeout=timeout_s, transport=transport)
         self.settings = _Settings(retries, max_wait_s, retries if connect_retries is None
                                   else connect_retries)
 
@@ -289,16 +311,20 @@ class AsyncClient(_Verbs):
         return self._sent(request)
 
     async def _sent(self, request: _Request) -> Any:
+        failed = 0
         for attempt in range(self.settings.retries + 1):
             response = None
             try:
                 response = await self.http.request(request.method, request.path,
                                                    json=request.body)
+            except _HOPELESS:
+                raise
             except httpx.TransportError as exc:
-                if self.settings.gives_up(attempt, None):
+                failed += 1
+                if self.settings.gives_up(request, attempt, failed):
                     raise Unavailable(0, f"no connection: {exc}") from exc
             if response is not None and (response.status_code not in _RETRY
-                                         or self.settings.gives_up(attempt, response)):
+                                         or self.settings.gives_up(request, attempt, failed)):
                 return _outcome(request, response, attempt)
             await asyncio.sleep(_wait(response, attempt, self.settings.max_wait_s))
         raise AssertionError("unreachable")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console, Group
 from rich.measure import Measurement
 from rich.progress import (
@@ -93,6 +94,8 @@ class Client:
                 raise FeedError(f"cannot reach {self.api.http.base_url}: {exc.detail}") \
                     from None
             raise FeedError(f"{method} {path}: {_detail(exc)}") from None
+        except httpx.HTTPError as exc:  # a URL it cannot use, a reply it cannot read
+            raise FeedError(f"cannot reach {self.api.http.base_url}: {exc}") from None
 
 
 def _detail(exc: client.ServiceError) -> str:

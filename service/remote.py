@@ -15,6 +15,8 @@ from typing import Any
 
 from river import base
 
+from models.river import feature_names, inputs
+
 from .client import Client
 
 __all__ = ["RemoteClassifier", "RemoteRegressor"]
@@ -31,24 +33,39 @@ class _Remote:
         self._by_name = False
 
     def _call(self) -> Client:
+        """The client, once the model's feature names are known (an error here leaves
+        nothing half set: the next call looks again)."""
         if self._client is None:
-            self._client = Client(self.url, self.api_key)
-            features = self._client.get_model(self.model).get("features")
+            client = Client(self.url, self.api_key)
+            try:
+                features = client.get_model(self.model).get("features")
+            except BaseException:
+                client.close()
+                raise
             if features:
                 self._names, self._by_name = tuple(features), True
+            self._client = client
         return self._client
 
     def _args(self, x: dict[Any, Any]) -> dict[str, Any]:
-        """The request's ``x`` (and ``stream``) for a River sample."""
-        values = {str(k): v for k, v in x.items()}
+        """The request's ``x`` and ``stream`` for a River sample, as ``models.river`` makes
+        them (by name when the model names its features)."""
         if self._names is None:
-            self._names = tuple(sorted(k for k in values if k != self.stream))
-        vector = [float(values.get(n) or 0.0) for n in self._names]
-        out: dict[str, Any] = {"x": dict(zip(self._names, vector, strict=True))
-                               if self._by_name else vector}
-        out["stream"] = "default" if self.stream is None else \
-            str(values.get(self.stream) or "default")
-        return out
+            self._names = feature_names(x, self.stream)
+        vector, stream = inputs(x, self._names, self.stream)
+        return {"x": dict(zip(self._names, vector, strict=True)) if self._by_name else vector,
+                "stream": stream}
+
+    def close(self) -> None:
+        """Close the client's connections (a later call opens new ones)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __repr__(self) -> str:  # River prints parameters: not the key
+        shown = "..." if self.api_key else None
+        return (f"{type(self).__name__}(url={self.url!r}, model={self.model!r}, "
+                f"api_key={shown!r}, stream={self.stream!r})")
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None}

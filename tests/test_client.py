@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -14,10 +15,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
-from service.client import AsyncClient, Client, Conflict, Invalid, NotFound
+from models import ModelSpec, OnlineLearner
+from service.client import (
+    AsyncClient,
+    Client,
+    Conflict,
+    Invalid,
+    NotFound,
+    ServiceError,
+    Unavailable,
+)
 from service.redis.embedded import EmbeddedRedis
 from service.redis.keys import model_key
 
@@ -139,8 +150,8 @@ def test_retries_through_a_redis_outage_apply_once(tmp_path: Path) -> None:
             holder: dict[str, Any] = {}
 
             def learn() -> None:  # Redis comes back from this (the main) thread: a server
-                holder["out"] = sn.learn(  # started from a thread dies with it (PDEATHSIG)
-                    "outage", x=[0.2, 0.1], y=0.3, stream="s", event_id="through")
+                holder["out"] = sn.learn(  # started from a thread dies with it (PDEATHSIG);
+                    "outage", x=[0.2, 0.1], y=0.3, stream="s")  # the id: the client's own
 
             thread = threading.Thread(target=learn)
             thread.start()
@@ -150,12 +161,10 @@ def test_retries_through_a_redis_outage_apply_once(tmp_path: Path) -> None:
             out = holder["out"]
             assert out["applied"] and out["version"] == 2
             assert waits, "no retry happened"
-            assert sn.learn("outage", x=[0.2, 0.1], y=0.3, stream="s",
-                            event_id="through")["applied"] is False
             info = sn.get_model("outage")
-            assert info["updates"] == 2 and info["version"] == 2
+            assert info["updates"] == 2 and info["version"] == 2  # applied once
             r = redis.Redis.from_url(store.url)
-            assert r.zscore(model_key("outage", "seen"), "through") == 2
+            assert r.zcard(model_key("outage", "seen")) == 2  # each learn's one id
     finally:
         server.kill(signal.SIGTERM)
         store.stop()
@@ -229,3 +238,119 @@ def test_the_client_example_runs(server: Server) -> None:
             for made in (name, f"{name}-slow"):
                 with contextlib.suppress(NotFound):
                     sn.delete_model(made)
+
+
+# -- the retry logic on its own (httpx.MockTransport answers; found in review) ---------------------
+def scripted(answers: list[Any], seen: list[httpx.Request]) -> httpx.MockTransport:
+    """A transport that answers each request with the next of ``answers``: a status (with
+    Retry-After 0.01), a ``(status, body)``, or an exception to raise."""
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        status, body = answer if isinstance(answer, tuple) else (answer, {"detail": "busy"})
+        return httpx.Response(status, json=body, headers={"retry-after": "0.01"})
+    return httpx.MockTransport(handle)
+
+
+def test_retries_keep_the_id_they_made_and_honour_retry_after() -> None:
+    seen: list[httpx.Request] = []
+    waits: list[float] = []
+    ok = (200, {"version": 1, "applied": True})
+    with Client("http://sn", transport=scripted([503, 429, ok], seen), sleep=waits.append) as sn:
+        assert sn.learn("m", x=[1.0], y=1.0)["applied"]
+    ids = {json.loads(r.content)["event_id"] for r in seen}
+    assert len(seen) == 3 and len(ids) == 1  # one generated id, sent three times
+    assert waits == [0.01, 0.01]
+
+
+def test_connect_retries_count_failed_connections_and_a_fork_is_sent_once() -> None:
+    refused = httpx.ConnectError("refused")
+    seen: list[httpx.Request] = []
+    with Client("http://sn", retries=5, connect_retries=1, sleep=lambda _: None,
+                transport=scripted([503, 503, refused, (200, {"ok": 1})], seen)) as sn:
+        assert sn.get_model("m") == {"ok": 1}  # one failed connection is allowed
+    seen.clear()
+    with Client("http://sn", retries=5, connect_retries=1, sleep=lambda _: None,
+                transport=scripted([refused, refused, (200, {})], seen)) as sn, \
+            pytest.raises(Unavailable) as err:
+        sn.get_model("m")
+    assert err.value.status == 0 and len(seen) == 2
+    seen.clear()
+    with Client("http://sn", sleep=lambda _: None,
+                transport=scripted([httpx.ReadTimeout("lost"), (201, {})], seen)) as sn, \
+            pytest.raises(Unavailable):
+        sn.fork("m", "m-2")
+    assert len(seen) == 1
+
+
+def test_events_get_ids_and_bad_replies_are_typed() -> None:
+    seen: list[httpx.Request] = []
+    ok = (202, {"ids": ["1-0"]})
+    with Client("http://sn", transport=scripted([ok, ok], seen)) as sn:
+        sn.events({"model": "m", "x": [1.0], "y": 1.0, "event_id": None})
+        sn.events([{"model": "m", "prediction_id": "p", "y": 1.0},
+                   {"model": "m", "x": [1.0], "y": 1.0, "prediction_id": None}])
+    first, second = (json.loads(r.content) for r in seen)
+    assert len(first) == 1 and first[0]["event_id"]
+    assert "event_id" not in second[0] and second[1]["event_id"]
+
+    def odd(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/nan"):
+            return httpx.Response(503, text="down", headers={"retry-after": "nan"})
+        return httpx.Response(200, text="<html>proxy</html>")
+
+    waits: list[float] = []
+    with Client("http://sn", retries=1, sleep=waits.append,
+                transport=httpx.MockTransport(odd)) as sn:
+        with pytest.raises(ServiceError, match="not JSON"):
+            sn.request("GET", "/models")
+        with pytest.raises(Unavailable) as err:
+            sn.request("GET", "/nan")
+        assert err.value.detail == "down" and waits == [0.1]  # NaN ignored: the back-off
+    with pytest.raises(httpx.UnsupportedProtocol), Client("sn-without-scheme") as sn:
+        sn.get_model("m")  # not retried: it cannot work
+
+
+def test_the_async_client_retries_too() -> None:
+    seen: list[httpx.Request] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) < 3:
+            return httpx.Response(503, json={"detail": "busy"}, headers={"retry-after": "0"})
+        return httpx.Response(200, json={"applied": True})
+
+    async def run() -> Any:
+        async with AsyncClient("http://sn", transport=httpx.MockTransport(handle)) as sn:
+            return await sn.learn("m", x=[1.0], y=1.0)
+
+    assert asyncio.run(run()) == {"applied": True}
+    assert len({json.loads(r.content)["event_id"] for r in seen}) == 1 and len(seen) == 3
+
+
+def test_a_remote_estimator_reads_the_models_features_even_after_a_failed_first_call(
+        sn: Client, server: Server) -> None:
+    pytest.importorskip("river")
+    from service.remote import RemoteRegressor
+
+    name = fresh()
+    remote = RemoteRegressor(url=server.url, model=name, api_key="s3cr3t")
+    assert "s3cr3t" not in repr(remote)
+    with pytest.raises(NotFound):
+        remote.learn_one({"b": 1.0, "a": 0.0}, 1.0)  # the model is not there yet
+    sn.create_model({"name": name, "task": "regression", "features": ["b", "a"],
+                     "hidden_size": 4, "window": 3})
+    try:
+        remote.learn_one({"a": 0.0, "b": 1.0}, 1.0)
+        learner = OnlineLearner(ModelSpec.model_validate(
+            {"name": name, "task": "regression", "features": ["b", "a"], "hidden_size": 4,
+             "window": 3}))
+        learner.learn_one({"b": 1.0, "a": 0.0}, 1.0, stream="default")
+        got = OnlineLearner.from_bytes(httpx.get(f"{server.url}/models/{name}/state").content)
+        assert got.flat.flats.keys() == learner.flat.flats.keys()
+        assert all(got.flat.flats[k].equal(v) for k, v in learner.flat.flats.items())
+        remote.close()
+    finally:
+        sn.delete_model(name)

@@ -147,3 +147,22 @@ def test_the_pipeline_example_runs() -> None:
     for row in rows:
         mae = float(row.split("|")[2])
         assert 0 < mae < 100  # TrumpApproval's target is ~40: a number, not a failure
+
+
+def test_labels_streams_and_values_found_in_review() -> None:
+    binary = RecurrentClassifier(**PARAMS)
+    binary.learn_one({"a": 1.0}, 1)  # 0/1 read as False/True
+    assert set(binary.predict_proba_one({"a": 1.0})) == {False, True}
+    for label in ("yes", -1, 2):
+        with pytest.raises(ValueError, match="n_classes"):
+            binary.learn_one({"a": 1.0}, label)
+    keyed = RecurrentRegressor(stream=0, **PARAMS)  # a stream feature whose key is no string
+    for i in range(6):
+        keyed.learn_one({0: f"s{i % 2}", 1: 0.1 * i}, 0.0)
+    assert keyed.learner is not None and keyed.learner.streams == ["s0", "s1"]
+    assert keyed._names == ("1",)
+    plain = RecurrentRegressor(stream="id", **PARAMS)
+    plain.learn_one({"id": None, "a": None}, 0.0)  # None: the default stream, a 0 input
+    plain.learn_one({"a": 1.0}, 0.0)
+    assert plain.learner is not None and plain.learner.streams == ["default"]
+    assert plain.learner.contexts["default"].inputs.tolist() == [[0.0], [1.0]]
