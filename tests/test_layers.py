@@ -18,12 +18,14 @@ def _sources(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-CLIENTS = ("cli.py", "feed.py")  # the command line starts the service; feed is its client
+# the command line starts the service; feed, client and remote talk to it over HTTP, from outside
+CLIENTS = ("cli.py", "feed.py", "client.py", "remote.py")
 
 
 def _below_api() -> list[Path]:
     """Every service module but the HTTP layer, the command line that starts it and the
-    client that feeds it (``streamnorm feed``: it talks HTTP, from outside)."""
+    clients that talk to it over HTTP, from outside (``streamnorm feed``, ``service.client``,
+    ``service.remote``)."""
     return [p for p in _sources(SERVICE)
             if "api" not in p.relative_to(SERVICE).parts and p.name not in CLIENTS]
 
