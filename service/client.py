@@ -237,15 +237,38 @@ class _Settings(NamedTuple):
     max_wait_s: float
     connect_retries: int  # of them, how many may follow a failed connection
 
-    def gives_up(self, request: _Request, attempt: int, failed_connections: int) -> bool:
-        """Whether try ``attempt`` (from 0) was the last, ``failed_connections`` of the tries
-        so far having found no server."""
-        return not request.retry or attempt >= self.retries \
-            or failed_connections > self.connect_retries
+    @classmethod
+    def of(cls, retries: int, max_wait_s: float, connect_retries: int | None) -> _Settings:
+        return cls(retries, max_wait_s, retries if connect_retries is None else connect_retries)
 
 
 # a request that cannot work however often it is sent (a URL without http://, say)
 _HOPELESS = (httpx.UnsupportedProtocol,)
+
+
+class _Tries:
+    """The retry loop's decisions, the same for both clients: after each try, the reply's
+    JSON (done), an error to raise, or how long to wait before the next try."""
+
+    def __init__(self, request: _Request, settings: _Settings) -> None:
+        self.request, self.settings = request, settings
+        self.attempt = self.failed = 0  # tries so far; of them, without a server
+
+    def after(self, response: httpx.Response | None, error: Exception | None
+              ) -> tuple[bool, Any, float]:
+        """``(done, reply, seconds to wait)`` after a try that got ``response`` or found no
+        server (``error``)."""
+        attempt, settings = self.attempt, self.settings
+        self.attempt += 1
+        self.failed += response is None
+        last = not self.request.retry or attempt >= settings.retries \
+            or self.failed > settings.connect_retries
+        if response is None:
+            if last:
+                raise Unavailable(0, f"no connection: {error}") from error
+        elif response.status_code not in _RETRY or last:
+            return True, _outcome(self.request, response, attempt), 0.0
+        return False, None, _wait(response, attempt, settings.max_wait_s)
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -262,27 +285,23 @@ class Client(_Verbs):
                  transport: httpx.BaseTransport | None = None) -> None:
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=_headers(api_key),
                                  timeout=timeout_s, transport=transport)
-        self.settings = _Settings(retries, max_wait_s, retries if connect_retries is None
-                                  else connect_retries)
+        self.settings = _Settings.of(retries, max_wait_s, connect_retries)
         self._sleep = sleep
 
     def _send(self, request: _Request) -> Any:
-        failed = 0
-        for attempt in range(self.settings.retries + 1):
-            response = None
+        tries = _Tries(request, self.settings)
+        while True:
+            response, error = None, None
             try:
                 response = self.http.request(request.method, request.path, json=request.body)
             except _HOPELESS:
                 raise
             except httpx.TransportError as exc:
-                failed += 1
-                if self.settings.gives_up(request, attempt, failed):
-                    raise Unavailable(0, f"no connection: {exc}") from exc
-            if response is not None and (response.status_code not in _RETRY
-                                         or self.settings.gives_up(request, attempt, failed)):
-                return _outcome(request, response, attempt)
-            self._sleep(_wait(response, attempt, self.settings.max_wait_s))
-        raise AssertionError("unreachable")
+                error = exc
+            done, reply, wait = tries.after(response, error)
+            if done:
+                return reply
+            self._sleep(wait)
 
     def close(self) -> None:
         self.http.close()
@@ -304,30 +323,26 @@ class AsyncClient(_Verbs):
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=_headers(api_key),
                                       timeout=timeout_s, transport=transport)
-        self.settings = _Settings(retries, max_wait_s, retries if connect_retries is None
-                                  else connect_retries)
+        self.settings = _Settings.of(retries, max_wait_s, connect_retries)
 
     def _send(self, request: _Request) -> Awaitable[Any]:
         return self._sent(request)
 
     async def _sent(self, request: _Request) -> Any:
-        failed = 0
-        for attempt in range(self.settings.retries + 1):
-            response = None
+        tries = _Tries(request, self.settings)
+        while True:
+            response, error = None, None
             try:
                 response = await self.http.request(request.method, request.path,
                                                    json=request.body)
             except _HOPELESS:
                 raise
             except httpx.TransportError as exc:
-                failed += 1
-                if self.settings.gives_up(request, attempt, failed):
-                    raise Unavailable(0, f"no connection: {exc}") from exc
-            if response is not None and (response.status_code not in _RETRY
-                                         or self.settings.gives_up(request, attempt, failed)):
-                return _outcome(request, response, attempt)
-            await asyncio.sleep(_wait(response, attempt, self.settings.max_wait_s))
-        raise AssertionError("unreachable")
+                error = exc
+            done, reply, wait = tries.after(response, error)
+            if done:
+                return reply
+            await asyncio.sleep(wait)
 
     async def aclose(self) -> None:
         await self.http.aclose()
