@@ -288,3 +288,27 @@ def test_a_keep_is_validated_again_as_a_keep_for_a_recreated_model(settings: Set
         await host.compute.close()
 
     asyncio.run(run())
+
+
+def test_a_race_keep_names_the_members_that_could_not_keep(client: TestClient,
+                                                            model_name: str) -> None:
+    race = model_name
+    spec = {"task": "regression", "n_features": 2, "hidden_size": 4, "window": 3}
+    r = client.post("/races", json={"name": race, "spec": spec,
+                                     "members": [{"norm": "layer"}, {"norm": "none"}]})
+    first, second = (m["name"] for m in r.json()["members"])
+    try:
+        assert client.delete(f"/models/{second}").status_code == 204  # gone from under it
+        kept = client.post(f"/races/{race}/predict", json={"stream": "s", "x": [0.1, 0.2],
+                                                           "keep": True})
+        assert kept.status_code == 200, kept.text
+        body = kept.json()
+        assert body["model"] == first and set(body["failed"]) == {second}
+        assert body["failed"][second]["status"] == 404
+        plain = client.post(f"/races/{race}/predict", json={"stream": "s", "x": [0.1, 0.2]})
+        assert "failed" not in plain.json()
+        results = client.post(f"/races/{race}/label", json={
+            "prediction_id": body["prediction_id"], "y": 1.0}).json()["results"]
+        assert results[first]["applied"] and results[second]["status"] == 404
+    finally:
+        client.delete(f"/races/{race}")

@@ -157,10 +157,14 @@ async def race_predict(name: RaceName, body: PredictRequest, engine: EngineDep,
               predict_access(body))
     payload = body.model_dump(exclude_unset=True, warnings=False)
     if body.keeps():
-        member, out, pid = await engine.races.keep(name, payload)
-        return Response(reply_json({"prediction": out.prediction, "version": out.version,
-                                    "proba": proba_json(out.proba), "model": member,
-                                    "prediction_id": pid}), media_type="application/json")
+        kept = await engine.races.keep(name, payload)
+        out = kept.outcome
+        reply = {"prediction": out.prediction, "version": out.version,
+                 "proba": proba_json(out.proba), "model": kept.serving,
+                 "prediction_id": kept.prediction_id}
+        if kept.failed:
+            reply["failed"] = {m: _result(exc) for m, exc in kept.failed.items()}
+        return Response(reply_json(reply), media_type="application/json")
     member, (pred, proba, version) = await engine.races.predict(name, payload)
     return Response(reply_json({"prediction": pred, "version": version,
                                 "proba": proba_json(proba), "model": member}),

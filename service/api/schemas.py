@@ -321,6 +321,9 @@ class RaceLearnResponse(BaseModel):
 
 class RacePredictResponse(PredictResponse):
     model: str = Field(description="the member that answered (the leader)")
+    failed: dict[str, dict[str, Any]] | None = Field(None, description="a kept prediction: "
+                                                     "the members that could not keep it, "
+                                                     "each {status, detail, field}")
 
 
 class ErrorItem(BaseModel):

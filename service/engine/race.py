@@ -17,7 +17,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import ValidationError
 
@@ -51,12 +51,21 @@ class Models(Protocol):
     def follow(self, cursors: dict[str, int], alive: Callable[[], Awaitable[bool]]
                ) -> AsyncIterator[tuple[str, dict[str, Any]] | None]: ...
 
-__all__ = ["LOWER_IS_BETTER", "RacePlan", "Races", "choose_leader", "plan"]
+__all__ = ["LOWER_IS_BETTER", "RaceKept", "RacePlan", "Races", "choose_leader", "plan"]
 
 LOWER_IS_BETTER = frozenset({"MAE", "RMSE", "LogLoss"})
 TASK_METRICS = {"regression": ("MAE", "RMSE"), "binary": ("Accuracy", "LogLoss"),
                 "multiclass": ("Accuracy", "LogLoss")}
 SHARED = ("task", "n_features", "features", "n_classes")  # what members may not override
+
+
+class RaceKept(NamedTuple):
+    """A race's kept prediction: who served it, its outcome, its id, who failed to keep it."""
+
+    serving: str
+    outcome: LearnOutcome
+    prediction_id: str
+    failed: dict[str, Exception]
 
 
 @dataclass(frozen=True)
@@ -368,10 +377,10 @@ class Races:
                 return member, await self.engine.predict(member, payload)
         return candidates[-1], await self.engine.predict(candidates[-1], payload)
 
-    async def keep(self, name: str, payload: dict[str, Any]
-                   ) -> tuple[str, LearnOutcome, str]:
+    async def keep(self, name: str, payload: dict[str, Any]) -> RaceKept:
         """Keep the prediction for a delayed label in every member (one id for all, so one
-        label trains each); the serving member's prediction, that member, the id."""
+        label trains each): the serving member's prediction, that member, the id, and the
+        members that could not keep it (their labels will answer 404)."""
         race, leader = await self.definition(name)
         pid = payload.get("prediction_id") or uuid.uuid4().hex
         body = {**payload, "prediction_id": pid}
@@ -379,9 +388,11 @@ class Races:
                                        return_exceptions=True)
         kept = {m: r[0] for m, r in zip(race.names, results, strict=True)
                 if not isinstance(r, BaseException)}
+        failed = {m: r for m, r in zip(race.names, results, strict=True)
+                  if isinstance(r, Exception)}
         for member in ([leader] if leader else []) + race.names:  # who serves, or who can
             if member in kept:
-                return member, kept[member], pid
+                return RaceKept(member, kept[member], pid, failed)
         error = results[0]
         assert isinstance(error, BaseException)
         raise error
