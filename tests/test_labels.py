@@ -312,3 +312,48 @@ def test_a_race_keep_names_the_members_that_could_not_keep(client: TestClient,
         assert results[first]["applied"] and results[second]["status"] == 404
     finally:
         client.delete(f"/races/{race}")
+
+
+def test_a_label_sent_with_its_keep_still_in_flight_applies(
+        settings: Settings, model_name: str, redis_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A label that takes the model's lock while its keep's commit is still on its way reads
+    the record from the queued keep (it is not in Redis yet), in one process. Commits are
+    slowed down by 0.2 s to hold the keep in flight."""
+    import asyncio
+
+    import httpx
+
+    from service.redis.store import Store
+
+    real = Store.commit
+
+    async def slow(self: Store, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.2)
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "commit", slow)
+    r = redis.Redis.from_url(redis_url)
+    url = f"/models/{model_name}"
+
+    async def run() -> tuple[Any, Any, dict[str, Any]]:
+        app = create_app(settings)
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=transport, base_url="http://t") as c:
+            await c.post("/models", json={"name": model_name, "task": "regression",
+                                          "n_features": 2, "hidden_size": 4, "window": 3})
+            keep = asyncio.create_task(c.post(f"{url}/predict", json={
+                "stream": "s", "x": [0.1, 0.2], "prediction_id": "f-1"}))
+            await asyncio.sleep(0.05)  # the keep is computed, its commit on its way
+            assert not r.exists(kept_key(model_name, "f-1"))
+            label = await c.post(f"{url}/label", json={"prediction_id": "f-1", "y": 0.5})
+            kept = await keep
+            info = (await c.get(url)).json()
+            await c.delete(url)
+            return kept, label, info
+
+    kept, label, info = asyncio.run(run())
+    assert kept.status_code == 200 and label.status_code == 200, label.text
+    assert label.json()["applied"] and label.json()["prediction"] == kept.json()["prediction"]
+    assert info["updates"] == 1 and info["version"] == 2

@@ -57,7 +57,7 @@ from .errors import (
     UnknownPrediction,
     UnknownVersion,
 )
-from .event import Event, LearnOutcome, apply_event
+from .event import Event, LearnOutcome, apply_event, kept_id
 from .host import Host, bytes_ms
 from .lease import Lease
 from .versions import Snapshot, guard_target, restore, retained_of, rolling_loss
@@ -172,7 +172,6 @@ class Replica:
         self.pending: list[Ticket] = []  # computed, not yet sent to Redis
         self.last: Ticket | None = None  # the newest ticket (a reply at ``version`` waits)
         self.ids: dict[str, Ticket] = {}  # event ids queued or in flight
-        self.records: dict[str, bytes] = {}  # kept predictions queued or in flight, by id
         self.flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -344,7 +343,9 @@ class Replica:
         """A label event with its kept prediction's record (queued here, or in Redis), or
         ``UnknownPrediction`` (counted on ``/metrics``)."""
         pid = event.body["label"]
-        record = self.records.get(pid) or await self.host.store.kept(self.name, pid)
+        queued = self.ids.get(kept_id(pid))  # its keep not committed yet: the record is here
+        record = queued.kept[1] if queued is not None and queued.kept is not None \
+            else await self.host.store.kept(self.name, pid)
         if record is None:
             expired = await self.host.store.kept_expired(self.name, pid)
             m.LABELS.labels(self.name, "expired" if expired else "unknown").inc()
@@ -356,7 +357,8 @@ class Replica:
     async def _room_to_keep(self) -> None:
         """Refuse a keep beyond ``STREAMNORM_MAX_KEPT`` predictions waiting for labels."""
         limit = self.host.settings.max_kept
-        if await self.host.store.kept_waiting(self.name) + len(self.records) >= limit:
+        queued = sum(t.kept is not None and t.kept[1] is not None for t in self.ids.values())
+        if await self.host.store.kept_waiting(self.name) + queued >= limit:
             raise InvalidInput("keep", f"this model holds {limit} kept predictions waiting for "
                                        "labels (STREAMNORM_MAX_KEPT); label or let some expire "
                                        "first")
@@ -566,8 +568,6 @@ class Replica:
                         loss, self.rejected, snapshot,
                         asyncio.get_running_loop().create_future(), kept)
         self.in_row, self.restored = 0, False
-        if kept is not None and kept[1] is not None:
-            self.records[kept[0]] = kept[1]
         self.rejected = 0
         ticket.done.add_done_callback(_retrieve)
         self.pending.append(ticket)
@@ -627,11 +627,8 @@ class Replica:
         for ticket in batch:
             if ticket.event_id is not None:
                 self.ids.pop(ticket.event_id, None)
-            if ticket.kept is not None:
-                if ticket.kept[1] is not None:
-                    self.records.pop(ticket.kept[0], None)
-                else:
-                    m.LABELS.labels(self.name, "applied").inc()
+            if ticket.kept is not None and ticket.kept[1] is None:  # a label
+                m.LABELS.labels(self.name, "applied").inc()
             ticket.done.set_result(ticket.version)
         m.UPDATES.labels(self.name).inc(len(batch))
 
